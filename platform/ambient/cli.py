@@ -29,9 +29,7 @@ def job_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_job_config(
-    cls: type[T], args: argparse.Namespace, default_path: str | None = None
-) -> T:
+def parse_job_config(cls: type[T], args: argparse.Namespace, default_path: str | None = None) -> T:
     """Validate the job's config from its arguments; on error print the message and exit 2."""
     try:
         return load_config(cls, args.config or default_path, args.overrides)
@@ -43,4 +41,3 @@ def parse_job_config(
 def print_dry_run(config: BaseModel) -> None:
     print(json.dumps(redacted(config), indent=2, default=str))
     print("config is valid (dry run: nothing was started)")
-

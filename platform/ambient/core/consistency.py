@@ -101,7 +101,9 @@ def consistency_loss(
         return y.new_zeros(())
     y = y[rows]
     sn = sn_all[rows]
-    cond = {k: (v[rows] if torch.is_tensor(v) and v.shape[:1] == (batch,) else v) for k, v in (cond or {}).items()}
+    cond = {
+        k: (v[rows] if torch.is_tensor(v) and v.shape[:1] == (batch,) else v) for k, v in (cond or {}).items()
+    }
     n = rows.numel()
 
     if settings.anchor == "data":
@@ -127,7 +129,9 @@ def consistency_loss(
         anchor = denoiser(x_t, t, **cond)
 
     # Two independent chains in one doubled batch; the first step reuses the anchor's prediction.
-    cond2 = {k: (torch.cat([v, v]) if torch.is_tensor(v) and v.shape[:1] == (n,) else v) for k, v in cond.items()}
+    cond2 = {
+        k: (torch.cat([v, v]) if torch.is_tensor(v) and v.shape[:1] == (n,) else v) for k, v in cond.items()
+    }
     x = torch.cat([x_t, x_t])
     t2, s2 = torch.cat([t, t]), torch.cat([s, s])
     ratio = s2 / t2

@@ -106,7 +106,7 @@ def v_from_x0(x: Tensor, x0: Tensor, sigma: Tensor | float) -> Tensor:
     s = as_sigma(sigma, x, "sigma")
     if (s == 0).any():
         raise ValueError("v is undefined at sigma = 0")
-    # v = sqrt(abar) eps - sqrt(1 - abar) x0 with eps = (x - x0) / sigma and sqrt(1 - abar) = sigma sqrt(abar).
+    # v = sqrt(abar) eps - sqrt(1 - abar) x0, eps = (x - x0) / sigma and sqrt(1 - abar) = sigma sqrt(abar).
     return ((x - x0) / s - s * x0) / (1 + s**2).sqrt()
 
 

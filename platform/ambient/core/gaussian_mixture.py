@@ -31,7 +31,9 @@ class GaussianMixture:
         return self.means.shape[1]
 
     @staticmethod
-    def random(dim: int, components: int, *, scale: float = 1.0, std: float = 0.1, seed: int = 0) -> GaussianMixture:
+    def random(
+        dim: int, components: int, *, scale: float = 1.0, std: float = 0.1, seed: int = 0
+    ) -> GaussianMixture:
         """A mixture whose means are drawn uniformly in [-scale, scale]^d, equal weights."""
         g = torch.Generator().manual_seed(seed)
         means = (torch.rand(components, dim, generator=g, dtype=torch.float64) * 2 - 1) * scale

@@ -1,4 +1,4 @@
-"""EDM-preconditioned denoiser for pixel-space and toy models: D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)."""
+"""EDM-preconditioned denoiser for pixel-space and toy models: c_skip x + c_out F(c_in x, c_noise)."""
 
 from __future__ import annotations
 

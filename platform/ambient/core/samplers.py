@@ -75,7 +75,9 @@ def sample(
     return x
 
 
-def full_schedule(num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> Tensor:
+def full_schedule(
+    num_steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0
+) -> Tensor:
     """Karras schedule with a final 0: sampling all the way to a clean sample."""
     s = karras_sigmas(num_steps, sigma_min, sigma_max, rho)
     return torch.cat([s, s.new_zeros(1)])
@@ -113,8 +115,14 @@ def generate(
     (a model trained only above sigma_n is not trusted below it)."""
     x = torch.randn(shape, generator=generator, dtype=dtype, device=device) * sigma_max
     if mode == "full" or sigma_n == 0:
-        return sample(denoiser, x, full_schedule(num_steps, sigma_min, sigma_max, rho), method=method,
-                      generator=generator, cond=cond)
+        return sample(
+            denoiser,
+            x,
+            full_schedule(num_steps, sigma_min, sigma_max, rho),
+            method=method,
+            generator=generator,
+            cond=cond,
+        )
     if mode != "early_stop":
         raise ValueError(f"mode must be 'full' or 'early_stop', got {mode!r}")
     sched = early_stop_schedule(num_steps, sigma_n, sigma_max, rho)
