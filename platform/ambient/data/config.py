@@ -1,0 +1,79 @@
+"""Typed configuration of ``jobs/prepare_shards.py``; validated before any cluster work."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ambient.config import Section
+
+from .storage import StorageConfig
+
+
+class SourceConfig(Section):
+    """Where the images and captions come from."""
+
+    kind: Literal["synthetic", "folder", "parquet"] = "synthetic"
+    # synthetic: the built-in captioned shapes, deterministic by seed
+    count: int = Field(default=256, ge=1, description="synthetic: number of images")
+    seed: int = Field(default=0, description="synthetic: dataset seed")
+    image_size: int | None = Field(
+        default=None, ge=8, description="synthetic: rendered size (None = resolution)"
+    )
+    # folder: images with a `.txt` caption beside each, or a captions.jsonl ({"file": ..., "caption": ...})
+    # parquet: a local or s3:// prefix of Parquet files with image bytes and captions
+    path: str | None = Field(default=None, description="folder or parquet: local path or s3:// prefix")
+    image_column: str = "image"  # binary, or a struct with a `bytes` field (Hugging Face style)
+    caption_column: str = "caption"
+    id_column: str | None = None  # None = content hash of the image bytes
+
+    @model_validator(mode="after")
+    def _path_for_kind(self) -> SourceConfig:
+        if self.kind in ("folder", "parquet") and not self.path:
+            raise ValueError(f"source.path is required when source.kind is {self.kind!r}")
+        if self.kind == "folder" and self.path and self.path.startswith("s3://"):
+            raise ValueError("source.path: a folder source must be local (use kind: parquet for S3)")
+        return self
+
+
+class DestinationConfig(Section):
+    uri: str = Field(default="runs/demo/shards", description="local folder or s3://bucket/prefix")
+
+
+class NoiseConfig(Section):
+    """Data noise level: exactly one of a VE sigma or an SDXL DDPM timestep."""
+
+    sigma_n: float | None = Field(default=None, ge=0, description="VE sigma; 0 writes clean rows")
+    t_n: float | None = Field(default=None, ge=0, le=999, description="SDXL DDPM timestep")
+    seed: int = Field(default=0, description="seed of the frozen per-sample noise")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> NoiseConfig:
+        if (self.sigma_n is None) == (self.t_n is None):
+            raise ValueError("give exactly one of noise.sigma_n (VE sigma) or noise.t_n (DDPM timestep)")
+        return self
+
+
+class EncodeConfig(Section):
+    space: Literal["latent", "image"] = "latent"  # image: pixel-space dataset, no VAE
+    model: str | None = Field(
+        default=None, description="diffusers SDXL folder (local or s3://); None = tiny default"
+    )
+    batch_size: int = Field(default=32, ge=1)
+    actors: int = Field(default=1, ge=1, description="VAE encoder actor pool size")
+    num_gpus: float | None = Field(
+        default=None, ge=0, description="GPUs per actor; None = 1 when the cluster has GPUs"
+    )
+
+
+class PrepareShardsConfig(Section):
+    source: SourceConfig = SourceConfig()
+    destination: DestinationConfig = DestinationConfig()
+    storage: StorageConfig = StorageConfig()
+    noise: NoiseConfig = NoiseConfig(sigma_n=0.5)
+    resolution: int = Field(default=64, ge=8, description="square output resolution in pixels")
+    crop: Literal["center", "random"] = "center"  # random: crop offset frozen per (id, noise.seed)
+    encode: EncodeConfig = EncodeConfig()
+    rows_per_shard: int = Field(default=128, ge=1)
+    ray_address: str | None = Field(default=None, description="None = RAY_ADDRESS or a local cluster")

@@ -1,0 +1,124 @@
+"""VAE encoding and frozen corruption, in one actor so that clean latents never leave it.
+
+The encoder is a callable class for ``Dataset.map_batches`` on an actor pool (one VAE load per actor,
+a GPU per actor when the cluster has one). It returns only the noisy tensor ``y = x0 + sigma_n z``
+with z frozen per (row id, noise seed) by ``ambient.core.corrupt``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ambient.core import corrupt, scale_latents
+
+from .schema import VaeIdentity
+from .storage import StorageConfig, download_prefix, is_s3, join, read_bytes, read_text
+
+
+def vae_config(model: str, storage: StorageConfig | None = None) -> dict:
+    """The VAE's config.json, read without loading weights (driver-side validation)."""
+    try:
+        return json.loads(read_text(join(model, "vae", "config.json"), storage))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"encode.model {model} has no vae/config.json: expected a diffusers SDXL model folder"
+        ) from None
+
+
+def downsample_factor(config: dict) -> int:
+    return 2 ** (len(config["block_out_channels"]) - 1)
+
+
+def vae_identity(model: str, storage: StorageConfig | None = None) -> VaeIdentity:
+    """What the latents were encoded with, so training can check it uses the same VAE."""
+    config = vae_config(model, storage)
+    canonical = json.dumps({k: v for k, v in config.items() if not k.startswith("_")}, sort_keys=True)
+    try:
+        weights = read_bytes(join(model, "vae", "diffusion_pytorch_model.safetensors"), storage)
+        weights_sha = hashlib.sha256(weights).hexdigest()
+    except FileNotFoundError:
+        weights_sha = None
+    return VaeIdentity(
+        model=str(model),
+        config_sha256=hashlib.sha256(canonical.encode()).hexdigest(),
+        weights_sha256=weights_sha,
+        scaling_factor=float(config.get("scaling_factor", 0.18215)),
+        shift_factor=config.get("shift_factor"),
+        latent_channels=int(config["latent_channels"]),
+        downsample_factor=downsample_factor(config),
+    )
+
+
+def load_vae(model: str, storage: StorageConfig | None = None, device: str = "cpu"):
+    from diffusers import AutoencoderKL
+
+    local = model
+    if is_s3(model):
+        local = str(
+            download_prefix(
+                join(model, "vae"), Path(tempfile.mkdtemp(prefix="ambient-vae-")) / "vae", storage
+            ).parent
+        )
+    vae = AutoencoderKL.from_pretrained(local, subfolder="vae", use_safetensors=True)
+    return vae.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_pixels(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] -> scaled latents (the latent distribution's mean, as diffusers trains).
+
+    ambient.models.vae.encode_images is the one definition; this fallback only serves while that
+    package is absent from an installation."""
+    try:
+        from ambient.models.vae import encode_images
+    except ImportError:
+        pass
+    else:
+        return encode_images(vae, pixels)
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    return scale_latents(
+        dist.mean.float(), vae.config.scaling_factor, getattr(vae.config, "shift_factor", None)
+    )
+
+
+class NoisyEncoder:
+    """map_batches callable: ``pixels`` -> ``latent`` (or noisy ``image``), never the clean tensor."""
+
+    def __init__(
+        self,
+        space: str,
+        model: str | None,
+        storage: StorageConfig | None,
+        sigma_n: float,
+        seed: int,
+        shape: tuple[int, ...],
+    ):
+        self.space, self.sigma_n, self.seed, self.shape = space, sigma_n, seed, tuple(shape)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.vae = load_vae(model, storage, self.device) if space == "latent" else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        keep = np.array([not r for r in batch["reject"]], dtype=bool)
+        ids = [str(i) for i in batch["id"]]
+        out = {k: v for k, v in batch.items() if k != "pixels"}
+        # Rejected rows keep a zero placeholder of the same shape (one tensor type per column); the
+        # writer drops them.
+        tensor = np.zeros((len(ids), *self.shape), np.float16)
+        out["tensor"] = tensor
+        if not keep.any():
+            return out
+        x0 = torch.from_numpy(np.asarray(batch["pixels"][keep], np.float32))
+        if self.vae is not None:
+            x0 = encode_pixels(self.vae, x0).float().cpu()
+        kept_ids = [i for i, k in zip(ids, keep, strict=True) if k]
+        y = corrupt(x0, self.sigma_n, kept_ids, self.seed)
+        if tuple(y.shape[1:]) != self.shape:
+            raise ValueError(f"encoder produced {tuple(y.shape[1:])}, expected {self.shape}")
+        tensor[keep] = y.numpy().astype(np.float16)
+        return out

@@ -1,0 +1,158 @@
+"""prepare_shards: images + captions -> noisy-latent Parquet shards, as one Ray Data pipeline.
+
+source -> decode/resize/crop (tasks) -> VAE encode + frozen noise (actor pool) -> write shards (tasks)
+-> summary.json -> manifest.json (last)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+
+import ray
+import ray.data
+
+from ambient.config import redacted
+from ambient.core import sdxl_alphas_cumprod, timestep_to_sigma, ve_sigmas
+
+from .config import NoiseConfig, PrepareShardsConfig
+from .encode import NoisyEncoder, vae_identity
+from .errors import NoValidRowsError
+from .preprocess import Preprocess
+from .schema import SCHEMA_VERSION, SUMMARY_NAME, Manifest, NoiseInfo, SigmaStats, VaeIdentity, utc_now
+from .sources import source_dataset
+from .storage import StorageConfig, ensure_dir, join, write_bytes_atomic
+from .writer import ShardWriter, fold_reports, write_manifest
+
+
+@dataclass
+class PrepareResult:
+    manifest_uri: str
+    manifest: Manifest
+    summary: dict
+
+
+def noise_sigma(noise: NoiseConfig) -> float:
+    """The VE sigma of the configured noise (a DDPM timestep is converted on SDXL's schedule)."""
+    if noise.sigma_n is not None:
+        return float(noise.sigma_n)
+    return float(timestep_to_sigma(noise.t_n, ve_sigmas(sdxl_alphas_cumprod())))
+
+
+def default_model() -> str:
+    try:
+        from ambient.models import ensure_default_model
+    except ImportError as exc:
+        raise RuntimeError(
+            f"encode.model is not set and the default tiny model is unavailable ({exc}); "
+            "set encode.model to a diffusers SDXL folder"
+        ) from None
+    return str(ensure_default_model())
+
+
+def plan_tensor(
+    cfg: PrepareShardsConfig, storage: StorageConfig
+) -> tuple[tuple[int, int, int], VaeIdentity | None]:
+    """Tensor shape and VAE identity, from the VAE's config alone (fails before any cluster work)."""
+    r = cfg.resolution
+    if cfg.encode.space == "image":
+        return (3, r, r), None
+    model = cfg.encode.model or default_model()
+    vae = vae_identity(model, storage)
+    if r % vae.downsample_factor:
+        raise ValueError(
+            f"resolution {r} is not a multiple of the VAE's downsampling factor {vae.downsample_factor}"
+        )
+    side = r // vae.downsample_factor
+    return (vae.latent_channels, side, side), vae
+
+
+def _init_ray(address: str | None) -> None:
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+
+
+def _encoder_gpus(requested: float | None) -> float:
+    if requested is not None:
+        return requested
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def prepare_shards(cfg: PrepareShardsConfig) -> PrepareResult:
+    storage = cfg.storage.resolved()
+    uri = cfg.destination.uri
+    sigma_n = noise_sigma(cfg.noise)
+    shape, vae = plan_tensor(cfg, storage)
+    ensure_dir(uri, storage)  # unreachable endpoint / bad credentials fail here, before Ray starts
+    _init_ray(cfg.ray_address)
+
+    run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    start = time.perf_counter()
+    pre = Preprocess(cfg.resolution, cfg.crop, cfg.noise.seed)
+    writer = ShardWriter(uri, storage, run_id, cfg.encode.space, sigma_n, cfg.noise.seed)
+    ds = (
+        source_dataset(cfg.source, cfg.resolution, storage)
+        .map_batches(_call, fn_args=(pre,), batch_size=cfg.encode.batch_size)
+        .map_batches(
+            NoisyEncoder,
+            fn_constructor_args=(
+                cfg.encode.space,
+                vae.model if vae else None,
+                storage,
+                sigma_n,
+                cfg.noise.seed,
+                shape,
+            ),
+            batch_size=cfg.encode.batch_size,
+            concurrency=cfg.encode.actors,
+            num_gpus=_encoder_gpus(cfg.encode.num_gpus),
+        )
+        .map_batches(_call, fn_args=(writer,), batch_size=cfg.rows_per_shard)
+    )
+    report = fold_reports([row["report"] for row in ds.take_all()])
+    elapsed = time.perf_counter() - start
+
+    summary = {
+        "dataset_id": run_id,
+        "rows_written": report.rows,
+        "rows_rejected": len(report.rejected),
+        "rejected_by_reason": report.reject_reasons(),
+        "rejected": [{"id": i, "reason": r} for i, r in report.rejected[:1000]],
+        "shards": len(report.shards),
+        "bytes": report.bytes,
+        "seconds": round(elapsed, 3),
+        "rows_per_s": round(report.rows / elapsed, 2) if elapsed > 0 else None,
+        "sigma_n": sigma_n,
+        "config": redacted(cfg),
+    }
+    if report.rows == 0:
+        reasons = ", ".join(f"{k}: {v}" for k, v in report.reject_reasons().items()) or "the source is empty"
+        raise NoValidRowsError(
+            f"no valid rows to write to {uri}: all {len(report.rejected)} rejected ({reasons})"
+        )
+
+    manifest = Manifest(
+        dataset_id=run_id,
+        schema_version=SCHEMA_VERSION,
+        complete=True,
+        created_at=utc_now(),
+        space=cfg.encode.space,
+        tensor_shape=list(shape),
+        resolution=cfg.resolution,
+        num_rows=report.rows,
+        num_shards=len(report.shards),
+        shards=report.shards,
+        sigma_n=report.sigma or SigmaStats(min=0, max=0, mean=0, clean_rows=0),
+        noise=NoiseInfo(seed=cfg.noise.seed, sigma_n=sigma_n, t_n=cfg.noise.t_n),
+        vae=vae,
+        source=redacted(cfg.source),
+    )
+    write_bytes_atomic(join(uri, SUMMARY_NAME), json.dumps(summary, indent=2, default=str).encode(), storage)
+    manifest_uri = write_manifest(uri, manifest, storage)
+    return PrepareResult(manifest_uri=manifest_uri, manifest=manifest, summary=summary)
+
+
+def _call(batch, fn):
+    return fn(batch)

@@ -1,0 +1,131 @@
+"""Input sources as Ray Datasets of raw rows: ``id``, ``caption``, ``image`` (encoded bytes), ``reject``.
+
+``reject`` is empty for a usable row and otherwise says why the row cannot be used; rejected rows
+travel down the pipeline (cheaply) so that the final summary can count them with their reasons.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import ray.data
+
+from .config import SourceConfig
+from .storage import StorageConfig, resolve_filesystem
+from .synthetic import render_synthetic
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+CAPTIONS_JSONL = "captions.jsonl"
+
+
+def source_dataset(cfg: SourceConfig, resolution: int, storage: StorageConfig | None) -> ray.data.Dataset:
+    if cfg.kind == "synthetic":
+        return synthetic_source(cfg.count, cfg.seed, cfg.image_size or resolution)
+    if cfg.kind == "folder":
+        return folder_source(Path(str(cfg.path)))
+    return parquet_source(cfg, storage)
+
+
+def synthetic_source(count: int, seed: int, size: int) -> ray.data.Dataset:
+    def render(batch: dict[str, np.ndarray]) -> dict[str, list]:
+        items = [render_synthetic(int(i), seed, size) for i in batch["id"]]
+        return {
+            "id": [it.id for it in items],
+            "caption": [it.caption for it in items],
+            "image": [_png(it.image) for it in items],
+            "reject": [""] * len(items),
+        }
+
+    return ray.data.range(count).map_batches(render, batch_size=64)
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def folder_items(root: Path) -> list[dict]:
+    """One item per image file under ``root``: its caption from ``captions.jsonl`` or ``<stem>.txt``.
+
+    Runs on the driver (listing only); the bytes are read by the workers."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"source.path {root} is not a folder")
+    captions: dict[str, str] = {}
+    jsonl = root / CAPTIONS_JSONL
+    if jsonl.is_file():
+        for n, line in enumerate(jsonl.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                name = rec.get("file") or rec.get("file_name") or rec.get("image")
+                captions[str(name)] = str(rec.get("caption") if "caption" in rec else rec["text"])
+            except (json.JSONDecodeError, KeyError, AttributeError):
+                raise ValueError(f"{jsonl}:{n}: expected {{'file': ..., 'caption': ...}}") from None
+    items = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        rel = path.relative_to(root).as_posix()
+        caption, reject = captions.get(rel), ""
+        txt = path.with_suffix(".txt")
+        if caption is None and txt.is_file():
+            caption = txt.read_text().strip()
+        if not caption:
+            reject = "missing caption"
+        items.append({"id": rel, "path": str(path), "caption": caption or "", "reject": reject})
+    if not items:
+        raise FileNotFoundError(f"source.path {root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return items
+
+
+def folder_source(root: Path) -> ray.data.Dataset:
+    def read(batch: dict[str, np.ndarray]) -> dict[str, list]:
+        images, rejects = [], []
+        for path, reject in zip(batch["path"], batch["reject"], strict=True):
+            data = b""
+            if not reject:
+                try:
+                    data = Path(path).read_bytes()
+                except OSError as exc:
+                    reject = f"unreadable file: {exc.strerror or exc}"
+            images.append(data)
+            rejects.append(reject)
+        return {
+            "id": list(batch["id"]),
+            "caption": list(batch["caption"]),
+            "image": images,
+            "reject": rejects,
+        }
+
+    return ray.data.from_items(folder_items(root)).map_batches(read, batch_size=64)
+
+
+def parquet_source(cfg: SourceConfig, storage: StorageConfig | None) -> ray.data.Dataset:
+    fs, path = resolve_filesystem(str(cfg.path), storage)
+    columns = [cfg.image_column, cfg.caption_column] + ([cfg.id_column] if cfg.id_column else [])
+    image_col, caption_col, id_col = cfg.image_column, cfg.caption_column, cfg.id_column
+
+    def normalize(batch: dict[str, np.ndarray]) -> dict[str, list]:
+        ids, captions, images, rejects = [], [], [], []
+        for i, (raw, caption) in enumerate(zip(batch[image_col], batch[caption_col], strict=True)):
+            data = raw.get("bytes") if isinstance(raw, dict) else raw
+            data = bytes(data) if data is not None else b""
+            reject = "" if data else "missing image bytes"
+            if not caption:
+                reject = reject or "missing caption"
+            if id_col:
+                row_id = str(batch[id_col][i])
+            else:  # content hash: stable across runs and file layouts
+                row_id = "sha-" + hashlib.blake2b(data, digest_size=10).hexdigest()
+            ids.append(row_id)
+            captions.append(str(caption or ""))
+            images.append(data)
+            rejects.append(reject)
+        return {"id": ids, "caption": captions, "image": images, "reject": rejects}
+
+    ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
+    return ds.map_batches(normalize, batch_size=64)

@@ -1,0 +1,124 @@
+"""Shard writing: one Parquet file per batch, named by the run id; the manifest, written last.
+
+Each write task reports what it wrote (file, rows, bytes, sigma_n sums) and which rows it dropped
+and why; the driver folds the reports into the summary and the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .schema import MANIFEST_NAME, SHARD_SUFFIX, Manifest, ShardEntry, SigmaStats, Space, make_table
+from .storage import StorageConfig, join, resolve_filesystem, storage_error, write_bytes_atomic
+
+
+def shard_name(run_id: str) -> str:
+    return f"shard-{run_id}-{uuid.uuid4().hex[:12]}{SHARD_SUFFIX}"
+
+
+class ShardWriter:
+    """map_batches callable: writes the batch's valid rows as one shard, returns a one-row report."""
+
+    def __init__(
+        self,
+        uri: str,
+        storage: StorageConfig | None,
+        run_id: str,
+        space: Space,
+        sigma_n: float,
+        noise_seed: int,
+    ):
+        self.uri, self.storage, self.run_id = uri, storage, run_id
+        self.space, self.sigma_n, self.noise_seed = space, sigma_n, noise_seed
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        rejects = [str(r) for r in batch["reject"]]
+        keep = np.array([not r for r in rejects], dtype=bool)
+        report: dict = {
+            "rejected": [[str(i), r] for i, r in zip(batch["id"], rejects, strict=True) if r],
+            "file": None,
+            "rows": 0,
+            "bytes": 0,
+        }
+        n = int(keep.sum())
+        if n:
+            sigma = np.full(n, self.sigma_n, np.float32)
+            table = make_table(
+                self.space,
+                ids=[str(i) for i in batch["id"][keep]],
+                tensors=batch["tensor"][keep],
+                sigma_n=sigma,
+                captions=[str(c) for c in batch["caption"][keep]],
+                original_size_hw=batch["original_size_hw"][keep],
+                crop_top_left=batch["crop_top_left"][keep],
+                noise_seed=self.noise_seed,
+            )
+            name = shard_name(self.run_id)
+            target = join(self.uri, name)
+            fs, path = resolve_filesystem(target, self.storage)
+            try:
+                # Shard names are unique per run, so a partly written shard is never listed by any manifest.
+                with fs.open_output_stream(path) as f:
+                    pq.write_table(table, f, compression="zstd")
+                size = fs.get_file_info(path).size
+            except OSError as exc:
+                raise storage_error(target, "write shard", exc, self.storage) from None
+            report.update(
+                file=name,
+                rows=n,
+                bytes=int(size),
+                sigma_sum=float(sigma.sum(dtype=np.float64)),
+                sigma_min=float(sigma.min()),
+                sigma_max=float(sigma.max()),
+                clean=int((sigma == 0).sum()),
+            )
+        return {"report": [json.dumps(report)]}
+
+
+@dataclass
+class WriteReport:
+    shards: list[ShardEntry] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    sigma: SigmaStats | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+    def reject_reasons(self) -> dict[str, int]:
+        # Group by the reason's kind (before the first ':') so the summary stays short.
+        return dict(Counter(reason.split(":")[0] for _, reason in self.rejected).most_common())
+
+
+def fold_reports(raw: list[str]) -> WriteReport:
+    out = WriteReport()
+    total, lo, hi, clean = 0.0, float("inf"), float("-inf"), 0
+    for text in raw:
+        rep = json.loads(text)
+        out.rejected.extend((i, r) for i, r in rep["rejected"])
+        if rep["file"]:
+            out.shards.append(ShardEntry(file=rep["file"], rows=rep["rows"], bytes=rep["bytes"]))
+            total += rep["sigma_sum"]
+            lo, hi = min(lo, rep["sigma_min"]), max(hi, rep["sigma_max"])
+            clean += rep["clean"]
+    out.shards.sort(key=lambda s: s.file)
+    if out.rows:
+        out.sigma = SigmaStats(min=lo, max=hi, mean=total / out.rows, clean_rows=clean)
+    return out
+
+
+def write_manifest(uri: str, manifest: Manifest, storage: StorageConfig | None) -> str:
+    """Write the manifest atomically, as the very last step of a run; returns its URI."""
+    target = join(uri, MANIFEST_NAME)
+    write_bytes_atomic(target, manifest.model_dump_json(indent=2).encode(), storage)
+    return target

