@@ -1,0 +1,46 @@
+"""Checkpoints: DeepSpeed's own sharded save (every rank writes its part), plus the loop's state.
+
+Every rank saves into its own temporary folder and reports it; Ray Train merges the folders into one
+checkpoint directory in the run's storage. A resumed run loads the engine (weights, optimizer, LR
+scheduler) and the loop state (step, loss history, EMA) from it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+DS_TAG = "ds"
+STATE_FILE = "train_state.json"
+EMA_FILE = "ema.safetensors"
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    images_seen: int = 0
+    history: list[dict] = field(default_factory=list)  # per logged step: step, loss, ambient, consistency, lr
+    resumed_from_step: int | None = None
+
+
+def save(engine, directory: Path, state: LoopState, ema: dict[str, torch.Tensor] | None, rank: int) -> None:
+    engine.save_checkpoint(str(directory), tag=DS_TAG)  # collective: every rank writes its shard
+    if rank == 0:
+        (directory / STATE_FILE).write_text(json.dumps(asdict(state)))
+        if ema is not None:
+            save_file({k: v.contiguous() for k, v in ema.items()}, str(directory / EMA_FILE))
+
+
+def load(engine, directory: Path) -> tuple[LoopState, dict[str, torch.Tensor] | None]:
+    path, _ = engine.load_checkpoint(str(directory), tag=DS_TAG)
+    if path is None:
+        raise RuntimeError(f"checkpoint {directory} holds no DeepSpeed state under tag {DS_TAG!r}")
+    raw = json.loads((directory / STATE_FILE).read_text())
+    state = LoopState(**raw)
+    ema_path = directory / EMA_FILE
+    ema = load_file(str(ema_path)) if ema_path.exists() else None
+    return state, ema

@@ -1,0 +1,152 @@
+"""The fine-tuning job's configuration: one typed model, validated before any cluster work."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from ambient.config import Section
+from ambient.core import ConsistencySettings
+from ambient.data.storage import StorageConfig
+
+
+class ModelSection(Section):
+    path: str | None = Field(
+        None, description="diffusers SDXL folder (local path or s3:// prefix); None = the tiny demo model"
+    )
+    lora_rank: int = Field(
+        0, ge=0, description="0 trains the whole UNet; > 0 trains LoRA adapters of this rank"
+    )
+    lora_alpha: float | None = Field(None, gt=0)
+    gradient_checkpointing: bool = False
+
+
+class DataSection(Section):
+    uri: str = Field("runs/demo/shards", description="shard dataset (local folder or s3:// prefix)")
+    prepare_if_missing: bool = Field(
+        True, description="create the synthetic demo shards at a local uri when it holds no dataset"
+    )
+    skip_bad_shards: bool = False
+    shuffle_seed: int = 0
+    caption_dropout: float = Field(0.1, ge=0, le=1)
+
+
+class LossSection(Section):
+    weighting: Literal["none", "x0"] = "none"
+    sigma_sampling: Literal["timesteps", "lognormal", "log_uniform"] = Field(
+        "timesteps",
+        description="timesteps: uniform over SDXL's discrete steps above sigma_n (authors' recipe)",
+    )
+    p_mean: float = -1.2
+    p_std: float = Field(1.2, gt=0)
+    max_weight: float = Field(1e4, gt=0)
+    sigma_train: float | None = Field(
+        None, ge=0, description="train at this VE level (>= each row's sigma_n) with frozen extra noise"
+    )
+    noise_seed: int = Field(0, description="seed of the frozen extra noise used with sigma_train")
+
+
+class ConsistencySection(Section):
+    weight: float = Field(1.0, ge=0, description="lambda; 0 disables the consistency loss")
+    steps: int = Field(2, ge=1)
+    fraction: float = Field(0.25, gt=0, le=1)
+    every: int = Field(1, ge=1)
+    anchor: Literal["data", "above"] = "data"
+    s_distribution: Literal["log_uniform", "near"] = "log_uniform"
+    s_min: float = Field(0.03, gt=0)
+    near_ratio: float = Field(0.5, gt=0, lt=1)
+    stop_grad_anchor: bool = True
+
+    def settings(self) -> ConsistencySettings:
+        return ConsistencySettings(**self.model_dump())
+
+
+class OptimSection(Section):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(10, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    grad_accum: int = Field(1, ge=1)
+
+
+class DeepSpeedSection(Section):
+    zero_stage: int = Field(2, ge=0, le=3)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    offload_optimizer: Literal["none", "cpu"] = "none"
+    offload_param: Literal["none", "cpu"] = "none"
+    extra: dict = Field(default_factory=dict, description="merged into the generated DeepSpeed config last")
+
+
+class TrainSection(Section):
+    batch_size: int = Field(4, ge=1, description="per worker, per micro-step")
+    max_steps: int = Field(60, ge=1)
+    log_every: int = Field(5, ge=1)
+    checkpoint_every: int = Field(30, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    seed: int = 0
+    threads_per_worker: int = Field(1, ge=1)
+
+
+class ValidationSection(Section):
+    every_steps: int = Field(30, ge=1)
+    prompts: list[str] = Field(
+        default_factory=lambda: [
+            "a red circle on a blue background",
+            "a yellow square on a black background",
+            "a green triangle on a white background",
+            "a purple ring on an orange background",
+        ]
+    )
+    num_steps: int = Field(20, ge=1)
+    guidance_scale: float = Field(3.0, ge=0)
+    mode: Literal["auto", "full", "early_stop"] = Field(
+        "auto", description="auto: full sampling with consistency, early stop at sigma_n without"
+    )
+    seed: int = 0
+
+
+class ScalingSection(Section):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+
+
+class RunSection(Section):
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9._-]+$")
+    storage_path: str = Field("runs/ray", description="Ray Train storage (local folder or s3:// prefix)")
+    max_failures: int = Field(1, ge=0)
+    ray_address: str | None = Field(None, description="None: RAY_ADDRESS if set, else a local cluster")
+
+
+class FinetuneConfig(Section):
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    loss: LossSection = LossSection()
+    consistency: ConsistencySection = ConsistencySection()
+    optim: OptimSection = OptimSection()
+    deepspeed: DeepSpeedSection = DeepSpeedSection()
+    train: TrainSection = TrainSection()
+    validation: ValidationSection = ValidationSection()
+    scaling: ScalingSection = ScalingSection()
+    run: RunSection = RunSection()
+    storage: StorageConfig = StorageConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FinetuneConfig:
+        if self.deepspeed.offload_param != "none" and self.deepspeed.zero_stage != 3:
+            raise ValueError("deepspeed.offload_param needs deepspeed.zero_stage = 3")
+        if self.deepspeed.offload_optimizer != "none" and self.deepspeed.zero_stage == 0:
+            raise ValueError("deepspeed.offload_optimizer needs deepspeed.zero_stage >= 1")
+        if self.deepspeed.precision == "fp16" and not self.scaling.use_gpu:
+            raise ValueError("deepspeed.precision fp16 needs scaling.use_gpu (CPU has no fp16 kernels)")
+        if self.train.ema_decay is not None and self.deepspeed.zero_stage == 3:
+            raise ValueError(
+                "train.ema_decay is not supported with deepspeed.zero_stage = 3 (partitioned weights)"
+            )
+        if self.train.checkpoint_every > self.train.max_steps:
+            raise ValueError("train.checkpoint_every must be <= train.max_steps, or no checkpoint is written")
+        return self

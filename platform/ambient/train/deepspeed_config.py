@@ -1,0 +1,81 @@
+"""The DeepSpeed config generated from the typed job config (one place; `deepspeed.extra` merges last)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import FinetuneConfig
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def _scheduler(cfg: FinetuneConfig) -> dict[str, Any]:
+    o = cfg.optim
+    total = cfg.train.max_steps
+    warmup = min(o.warmup_steps, max(total - 1, 0))
+    if o.schedule == "constant":
+        return {
+            "type": "WarmupLR",
+            "params": {
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": o.lr,
+                "warmup_num_steps": warmup,
+                "warmup_type": "linear",
+            },
+        }
+    if o.schedule == "linear":
+        return {
+            "type": "WarmupDecayLR",
+            "params": {
+                "warmup_min_lr": 0.0,
+                "warmup_max_lr": o.lr,
+                "warmup_num_steps": warmup,
+                "total_num_steps": total,
+                "warmup_type": "linear",
+            },
+        }
+    return {
+        "type": "WarmupCosineLR",
+        "params": {
+            "total_num_steps": total,
+            "warmup_num_steps": warmup,
+            "warmup_min_ratio": 0.0,
+            "cos_min_ratio": 0.0,
+        },
+    }
+
+
+def build_deepspeed_config(cfg: FinetuneConfig) -> dict[str, Any]:
+    ds, o = cfg.deepspeed, cfg.optim
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.offload_optimizer != "none":
+        zero["offload_optimizer"] = {"device": ds.offload_optimizer, "pin_memory": cfg.scaling.use_gpu}
+    if ds.offload_param != "none":
+        zero["offload_param"] = {"device": ds.offload_param, "pin_memory": cfg.scaling.use_gpu}
+    if ds.zero_stage == 3:
+        # Gather full weights on save so the export and the sampling grids see the whole UNet.
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    adam: dict[str, Any] = {"lr": o.lr, "betas": list(o.betas), "weight_decay": o.weight_decay, "eps": 1e-8}
+    if ds.offload_optimizer == "none":
+        adam["torch_adam"] = True  # plain torch AdamW: no JIT-compiled fused optimizer needed (CPU or GPU)
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.train.batch_size,
+        "gradient_accumulation_steps": o.grad_accum,
+        "zero_optimization": zero,
+        "optimizer": {"type": "AdamW", "params": adam},
+        "scheduler": _scheduler(cfg),
+        "bf16": {"enabled": ds.precision == "bf16"},
+        "fp16": {"enabled": ds.precision == "fp16", "initial_scale_power": 16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if o.grad_clip > 0:
+        config["gradient_clipping"] = o.grad_clip
+    return _merge(config, ds.extra)

@@ -1,0 +1,292 @@
+"""The per-worker training loop run by Ray Train: DeepSpeed engine, ambient + consistency objective,
+checkpoints, metrics, validation grids and, on rank 0, the final export."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import deepspeed
+import ray.train
+import ray.train.torch
+import torch
+
+from ambient.data.storage import upload_directory
+from ambient.data.streaming import iter_training_batches
+from ambient.models.denoiser import SDXLDenoiser
+from ambient.models.export import export_pipeline
+from ambient.models.lora import add_lora, lora_state_dict
+from ambient.models.sampling import image_grid, sample_images
+
+from . import checkpointing
+from .batch import model_inputs
+from .config import FinetuneConfig
+from .deepspeed_config import build_deepspeed_config
+from .ema import EMA
+from .metrics import TrainMetrics
+from .model_source import load_model_components
+from .objective import training_loss
+from .outputs import plot_loss_curve, write_json_atomic
+from .plan import RunPlan
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class _Worker:
+    def __init__(self, cfg: FinetuneConfig, plan: RunPlan) -> None:
+        self.cfg, self.plan = cfg, plan
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        torch.set_num_threads(cfg.train.threads_per_worker)
+        torch.manual_seed(cfg.train.seed + 1000 * self.rank)
+        self.device = ray.train.torch.get_device()
+        self.storage = cfg.storage.resolved()
+        self.out_dir = Path(tempfile.mkdtemp(prefix="ambient-outputs-"))
+
+        self.comps, self.model_dir = load_model_components(plan.model_source, self.storage)
+        for frozen in (self.comps.vae, self.comps.text_encoder, self.comps.text_encoder_2):
+            frozen.requires_grad_(False).eval().to(self.device)
+        unet = self.comps.unet
+        if cfg.model.lora_rank:
+            add_lora(unet, rank=cfg.model.lora_rank, alpha=cfg.model.lora_alpha)
+        else:
+            unet.requires_grad_(True)
+        if cfg.model.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        unet.train()
+        params = [p for p in unet.parameters() if p.requires_grad]
+        self.engine, _, _, self.lr_scheduler = deepspeed.initialize(
+            model=unet, model_parameters=params, config=build_deepspeed_config(cfg)
+        )
+        self.denoiser = SDXLDenoiser(self.engine, self.comps.alphas_cumprod, plan.prediction_type)
+        self.train_sigmas = self.denoiser.train_sigmas
+        self.metrics = TrainMetrics(cfg.run.name, self.rank)
+
+        self.state = checkpointing.LoopState()
+        ema_state = None
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                self.state, ema_state = checkpointing.load(self.engine, Path(folder))
+            self.state.resumed_from_step = self.state.step
+            self._log(f"resumed from checkpoint at step {self.state.step}")
+        self.ema = EMA(self.engine.module, cfg.train.ema_decay, ema_state) if cfg.train.ema_decay else None
+        # A generator per rank and resume point: the run's randomness is reproducible and never repeats.
+        self.gen = torch.Generator().manual_seed(
+            cfg.train.seed * 100_003 + self.rank * 7919 + self.state.step
+        )
+
+    # ---- logging -----------------------------------------------------------------------------------
+
+    def _log(self, message: str) -> None:
+        if self.rank == 0:
+            print(f"[ambient train] {message}", flush=True)
+
+    # ---- the loop ----------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        cfg = self.cfg
+        accum = cfg.optim.grad_accum
+        batches = iter_training_batches(
+            ray.train.get_dataset_shard("train"), cfg.train.batch_size, drop_last=True
+        )
+        for _ in range(self.state.step * accum):  # resume: skip what the checkpointed steps consumed
+            next(batches)
+        window = {"wait": 0.0, "compute": 0.0, "images": 0, "steps": 0}
+        totals = {"wait": 0.0, "compute": 0.0, "images": 0}
+        start, start_step = time.perf_counter(), self.state.step
+        last_cons: float | None = None
+        while self.state.step < cfg.train.max_steps:
+            amb_sum, cons_vals, images, wait, compute = 0.0, [], 0, 0.0, 0.0
+            for _ in range(accum):
+                t0 = time.perf_counter()
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    raise RuntimeError(
+                        f"the data stream ended at step {self.state.step} of {cfg.train.max_steps} "
+                        "(the planned epochs were too few; this is a bug)"
+                    ) from None
+                t1 = time.perf_counter()
+                inputs = model_inputs(
+                    batch,
+                    self.comps,
+                    caption_dropout=cfg.data.caption_dropout,
+                    sigma_train=cfg.loss.sigma_train,
+                    noise_seed=cfg.loss.noise_seed,
+                    vae_scale_factor=self.comps.vae_scale_factor,
+                    generator=self.gen,
+                    device=self.device,
+                )
+                parts = training_loss(
+                    self.denoiser, inputs, cfg, self.state.step, self.train_sigmas, self.gen
+                )
+                if not math.isfinite(parts.total.item()):
+                    raise FloatingPointError(f"non-finite loss at step {self.state.step}: {parts}")
+                self.engine.backward(parts.total)
+                self.engine.step()
+                wait += t1 - t0
+                compute += time.perf_counter() - t1
+                amb_sum += parts.ambient
+                if parts.consistency is not None:
+                    cons_vals.append(parts.consistency)
+                images += inputs.y.shape[0]
+            self.state.step += 1
+            self.state.images_seen += images * self.world
+            if self.ema is not None:
+                self.ema.update(self.engine.module)
+            ambient = amb_sum / accum
+            cons = sum(cons_vals) / len(cons_vals) if cons_vals else None
+            last_cons = cons if cons is not None else last_cons
+            total = ambient + (cfg.consistency.weight * cons if cons is not None else 0.0)
+            lr = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else cfg.optim.lr
+            for key, value in (("wait", wait), ("compute", compute), ("images", images), ("steps", 1)):
+                window[key] += value
+            step_s = wait + compute
+            self.metrics.record(
+                {
+                    "loss": total,
+                    "ambient_loss": ambient,
+                    "lr": lr,
+                    "images_per_second": images / step_s if step_s > 0 else 0.0,
+                    "step_seconds": step_s,
+                    "data_wait_seconds": wait,
+                    "step": self.state.step,
+                    **({"consistency_loss": cons} if cons is not None else {}),
+                },
+                images=images,
+            )
+            due_log = self.state.step % cfg.train.log_every == 0
+            due_ckpt = (
+                self.state.step % cfg.train.checkpoint_every == 0 or self.state.step == cfg.train.max_steps
+            )
+            if not (due_log or due_ckpt):
+                continue
+            elapsed = time.perf_counter() - start
+            done = self.state.step - start_step
+            eta = elapsed / done * (cfg.train.max_steps - self.state.step) if done else 0.0
+            busy = window["wait"] + window["compute"]
+            report = {
+                "step": self.state.step,
+                "loss": total,
+                "ambient_loss": ambient,
+                "consistency_loss": last_cons,
+                "lr": lr,
+                "images_per_second": window["images"] * self.world / busy if busy else 0.0,
+                "data_wait_fraction": window["wait"] / busy if busy else 0.0,
+                "step_seconds": busy / max(window["steps"], 1),
+            }
+            for key in ("wait", "compute", "images"):
+                totals[key] += window[key]
+            window = {"wait": 0.0, "compute": 0.0, "images": 0, "steps": 0}
+            self.state.history.append(
+                {"step": self.state.step, "loss": total, "ambient": ambient, "consistency": cons, "lr": lr}
+            )
+            self._log(
+                f"step {self.state.step}/{cfg.train.max_steps}  loss {total:.4f}  ambient {ambient:.4f}  "
+                f"consistency {'-' if cons is None else f'{cons:.4f}'}  lr {lr:.2e}  "
+                f"{report['images_per_second']:.1f} img/s  data wait {report['data_wait_fraction']:.0%}  "
+                f"eta {_format_eta(eta)}"
+            )
+            if self.state.step % cfg.validation.every_steps == 0 or self.state.step == cfg.train.max_steps:
+                self._sample_grid(f"step_{self.state.step:06d}")
+            report["throughput_totals"] = dict(totals)
+            if due_ckpt:
+                self._checkpoint_and_report(report)
+            else:
+                ray.train.report(report)
+        self._finish(totals)
+
+    def _checkpoint_and_report(self, report: dict) -> None:
+        with tempfile.TemporaryDirectory(prefix="ambient-ckpt-") as folder:
+            t0 = time.perf_counter()
+            shadow = self.ema.shadow if self.ema is not None else None
+            checkpointing.save(self.engine, Path(folder), self.state, shadow, self.rank)
+            seconds = time.perf_counter() - t0
+            self.metrics.record({"checkpoint_seconds": seconds})
+            report["checkpoint_seconds"] = seconds
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        self._log(f"checkpoint at step {self.state.step} ({seconds:.1f} s)")
+
+    # ---- samples, export, outputs ------------------------------------------------------------------
+
+    def _sample_grid(self, name: str) -> None:
+        """A grid of the validation prompts. Under ZeRO-3 every rank takes part (parameters are
+        partitioned); otherwise rank 0 samples alone."""
+        if self.rank != 0 and self.cfg.deepspeed.zero_stage != 3:
+            return
+        v = self.cfg.validation
+        module = self.engine.module
+        module.eval()
+        try:
+            comps = dataclasses.replace(self.comps, unet=module)
+            images = sample_images(
+                comps,
+                list(v.prompts),
+                mode=self.plan.sampling_mode,
+                sigma_n=self.plan.sigma_n,
+                num_steps=v.num_steps,
+                guidance_scale=v.guidance_scale,
+                seed=v.seed,
+            )
+        finally:
+            module.train()
+        if self.rank == 0:
+            rows = max(1, int(math.sqrt(len(images))))
+            path = self.out_dir / "samples" / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image_grid(images, rows=rows).save(path)
+            upload_directory(self.out_dir, self.plan.outputs_uri, self.storage)
+
+    def _finish(self, totals: dict) -> None:
+        module = self.engine.module
+        if self.ema is not None:
+            self.ema.copy_to(module)
+        params = list(module.parameters())
+        # Under ZeRO-3 the parameters are partitioned: gather them for the export (a no-op otherwise).
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            if self.rank == 0:
+                metadata = {
+                    "sigma_n": self.plan.sigma_n,
+                    "trained_with_consistency": self.cfg.consistency.weight > 0,
+                    "default_sampling_mode": self.plan.sampling_mode,
+                    "resolution": self.plan.resolution,
+                    "dataset": self.plan.data_uri,
+                    "base_model": self.plan.model_source,
+                    "steps": self.state.step,
+                    "lora_rank": self.cfg.model.lora_rank,
+                    "ema_decay": self.cfg.train.ema_decay,
+                }
+                lora = lora_state_dict(module) if self.cfg.model.lora_rank else None
+                export_pipeline(self.model_dir, module, self.out_dir / "model", metadata, lora_state=lora)
+        if self.ema is not None:  # the last validation grid showed the raw weights
+            self._sample_grid("final")
+        if self.rank == 0:
+            plot_loss_curve(self.state.history, self.out_dir / "loss_curve.png", f"run {self.cfg.run.name}")
+            busy = totals["wait"] + totals["compute"]
+            write_json_atomic(
+                self.out_dir / "worker_summary.json",
+                {
+                    "steps": self.state.step,
+                    "images_seen": self.state.images_seen,
+                    "resumed_from_step": self.state.resumed_from_step,
+                    "history": self.state.history,
+                    "images_per_second": totals["images"] * self.world / busy if busy else None,
+                    "data_wait_fraction": totals["wait"] / busy if busy else None,
+                },
+            )
+            upload_directory(self.out_dir, self.plan.outputs_uri, self.storage)
+            self._log(f"outputs uploaded to {self.plan.outputs_uri}")
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train entry point; ``config`` holds the validated job config and the driver's run plan."""
+    cfg = FinetuneConfig.model_validate(config["finetune"])
+    plan = RunPlan(**config["plan"])
+    _Worker(cfg, plan).run()

@@ -1,0 +1,16 @@
+"""What the driver resolved before starting the workers (plain data, sent to every worker)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    model_source: str  # local diffusers folder or s3:// prefix
+    prediction_type: str  # the scheduler's: epsilon or v_prediction
+    data_uri: str
+    sigma_n: float  # the level the model is trained at (the dataset's, or loss.sigma_train)
+    sampling_mode: str  # "full" or "early_stop"
+    resolution: int
+    outputs_uri: str  # where samples, the loss curve, the export and the summary go

@@ -1,0 +1,228 @@
+"""The driver: validate, resolve the model and data, assemble Ray Train + DeepSpeed, write the summary."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from ambient.config import redacted
+from ambient.data.config import DestinationConfig, EncodeConfig, PrepareShardsConfig
+from ambient.data.schema import MANIFEST_NAME
+from ambient.data.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
+from ambient.data.streaming import open_dataset
+
+from .config import FinetuneConfig
+from .loop import train_loop_per_worker
+from .model_source import check_model_source
+from .plan import RunPlan
+
+SUMMARY_NAME = "summary.json"
+
+
+def _log(message: str) -> None:
+    print(f"[ambient finetune] {message}", flush=True)
+
+
+def init_ray(address: str | None, min_cpus: float) -> None:
+    """Join RAY_ADDRESS / ``address`` when given (``ray job submit`` sets it), else start a local cluster."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        # Logical CPUs beyond the cores: the train workers and the Ray Data read tasks must fit together.
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus) + 2), include_dashboard=False)
+
+
+def resolve_model(cfg: FinetuneConfig) -> str:
+    if cfg.model.path:
+        check_model_source(cfg.model.path, cfg.storage.resolved())
+        return cfg.model.path
+    from ambient.models import ensure_default_model
+
+    return str(ensure_default_model())
+
+
+def ensure_demo_shards(cfg: FinetuneConfig, model_source: str) -> None:
+    """Create the synthetic demo shards at a local data.uri that has no dataset yet."""
+    storage = cfg.storage.resolved()
+    if exists(join(cfg.data.uri, MANIFEST_NAME), storage):
+        return
+    if not cfg.data.prepare_if_missing or is_s3(cfg.data.uri):
+        raise FileNotFoundError(
+            f"data.uri {cfg.data.uri} holds no dataset ({MANIFEST_NAME} missing); run jobs/prepare_shards.py first"
+        )
+    from ambient.data.prepare import prepare_shards
+
+    _log(f"no dataset at {cfg.data.uri}: preparing the synthetic demo shards")
+    prepare_shards(
+        PrepareShardsConfig(
+            destination=DestinationConfig(uri=cfg.data.uri),
+            encode=EncodeConfig(model=model_source),
+            storage=cfg.storage,
+        )
+    )
+
+
+def _storage_filesystem(cfg: FinetuneConfig):
+    if not is_s3(cfg.run.storage_path):
+        return None, str(Path(cfg.run.storage_path).absolute())
+    fs, path = resolve_filesystem(cfg.run.storage_path, cfg.storage.resolved())
+    return fs, path
+
+
+def run_finetune(cfg: FinetuneConfig) -> str:
+    """Run (or resume) the fine-tuning job described by ``cfg``; returns the summary.json path/URI."""
+    started = time.time()
+    storage = cfg.storage.resolved()
+    init_ray(cfg.run.ray_address, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
+    model_source = resolve_model(cfg)
+    ensure_demo_shards(cfg, model_source)
+
+    epoch0, info = open_dataset(
+        cfg.data.uri,
+        storage,
+        epoch=0,
+        shuffle_seed=cfg.data.shuffle_seed,
+        skip_bad_shards=cfg.data.skip_bad_shards,
+    )
+    manifest = info.manifest
+    if manifest.tensor_column != "latent":
+        raise ValueError(f"data.uri {cfg.data.uri} is a pixel-space dataset; fine-tuning SDXL needs latents")
+    workers, batch, accum = cfg.scaling.num_workers, cfg.train.batch_size, cfg.optim.grad_accum
+    per_worker_rows = info.rows // workers
+    if per_worker_rows < batch:
+        raise ValueError(
+            f"data.uri {cfg.data.uri} has {info.rows} usable rows: too few for {workers} workers x "
+            f"train.batch_size {batch}"
+        )
+    batches_per_epoch = per_worker_rows // batch
+    epochs = math.ceil(cfg.train.max_steps * accum / batches_per_epoch) + 1
+    datasets = [epoch0] + [
+        open_dataset(
+            cfg.data.uri,
+            storage,
+            epoch=e,
+            shuffle_seed=cfg.data.shuffle_seed,
+            skip_bad_shards=cfg.data.skip_bad_shards,
+        )[0]
+        for e in range(1, epochs)
+    ]
+    train_ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+
+    sigma_n = (
+        manifest.noise.sigma_n
+        if cfg.loss.sigma_train is None
+        else max(cfg.loss.sigma_train, manifest.noise.sigma_n)
+    )
+    mode = cfg.validation.mode
+    if mode == "auto":
+        mode = "full" if cfg.consistency.weight > 0 or sigma_n == 0 else "early_stop"
+    run_uri = join(cfg.run.storage_path, cfg.run.name)
+    outputs_uri = join(run_uri, "outputs")
+    model_index = (
+        json.loads(read_text(join(model_source, "model_index.json"), storage))
+        if is_s3(model_source)
+        else json.loads((Path(model_source) / "model_index.json").read_text())
+    )
+    del model_index  # read only to fail fast on a broken folder
+    scheduler_cfg = _read_scheduler_config(model_source, storage)
+    plan = RunPlan(
+        model_source=model_source,
+        prediction_type=scheduler_cfg.get("prediction_type", "epsilon"),
+        data_uri=cfg.data.uri,
+        sigma_n=float(sigma_n),
+        sampling_mode=mode,
+        resolution=manifest.resolution,
+        outputs_uri=outputs_uri if is_s3(outputs_uri) else str(Path(outputs_uri).absolute()),
+    )
+    _log(
+        f"run {cfg.run.name}: {workers} workers x batch {batch} x accum {accum}, {cfg.train.max_steps} steps, "
+        f"{info.rows} rows ({info.rows_skipped} skipped), sigma_n {sigma_n:.3g}, sampling {mode}, ZeRO-"
+        f"{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}"
+    )
+    fs, storage_path = _storage_filesystem(cfg)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"finetune": cfg.model_dump(), "plan": plan.__dict__},
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={
+                "CPU": cfg.scaling.cpus_per_worker,
+                **({"GPU": 1} if cfg.scaling.use_gpu else {}),
+            },
+        ),
+        run_config=RunConfig(
+            name=cfg.run.name,
+            storage_path=storage_path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+        ),
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
+        datasets={"train": train_ds},
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return write_summary(cfg, plan, info.counts(), result, started)
+
+
+def _read_scheduler_config(model_source: str, storage) -> dict:
+    path = join(model_source, "scheduler/scheduler_config.json")
+    try:
+        text = read_text(path, storage) if is_s3(model_source) else Path(path).read_text()
+    except (OSError, FileNotFoundError) as exc:
+        raise FileNotFoundError(
+            f"model {model_source}: scheduler/scheduler_config.json unreadable ({exc})"
+        ) from None
+    return json.loads(text)
+
+
+def write_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result, started: float) -> str:
+    storage = cfg.storage.resolved()
+    worker = json.loads(read_text(join(plan.outputs_uri, "worker_summary.json"), storage))
+    history = worker.get("history", [])
+    last = history[-1] if history else {}
+    checkpoints = [c.path for c, _ in (result.best_checkpoints or [])]
+    summary = {
+        "run": cfg.run.name,
+        "status": "completed",
+        "steps": worker["steps"],
+        "resumed_from_step": worker.get("resumed_from_step"),
+        "images_seen": worker["images_seen"],
+        "final_loss": last.get("loss"),
+        "final_ambient_loss": last.get("ambient"),
+        "final_consistency_loss": next(
+            (h["consistency"] for h in reversed(history) if h.get("consistency") is not None), None
+        ),
+        "first_loss": history[0]["loss"] if history else None,
+        "images_per_second": worker.get("images_per_second"),
+        "data_wait_fraction": worker.get("data_wait_fraction"),
+        "sigma_n": plan.sigma_n,
+        "sampling_mode": plan.sampling_mode,
+        "data": {"uri": plan.data_uri, **data_counts},
+        "model_source": plan.model_source,
+        "outputs": plan.outputs_uri,
+        "exported_model": join(plan.outputs_uri, "model"),
+        "loss_curve": join(plan.outputs_uri, "loss_curve.png"),
+        "sample_grids": join(plan.outputs_uri, "samples"),
+        "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "checkpoints": checkpoints,
+        "wall_seconds": round(time.time() - started, 1),
+        "history": history,
+        "config": redacted(cfg),
+    }
+    uri = join(plan.outputs_uri, SUMMARY_NAME)
+    write_bytes_atomic(uri, json.dumps(summary, indent=2, default=str).encode(), storage)
+    return uri
