@@ -112,7 +112,13 @@ def storage_error(uri: str, action: str, exc: Exception, storage: StorageConfig 
     hint = ""
     if is_s3(uri):
         where = (storage or StorageConfig()).describe()
-        if "ACCESS_DENIED" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
+        denied = (
+            "ACCESS_DENIED",
+            "SIGNATURE_DOES_NOT_MATCH",
+            "INVALID_ACCESS_KEY_ID",
+            "SignatureDoesNotMatch",
+        )
+        if any(marker in text for marker in denied):
             hint = (
                 f" (access denied: check the credentials, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; {where})"
             )

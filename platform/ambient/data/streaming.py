@@ -39,12 +39,23 @@ class DatasetInfo:
 
 
 def epoch_order(files: Sequence[str], shuffle_seed: int, epoch: int) -> list[str]:
-    """The shard order of one epoch: a permutation seeded by (shuffle_seed, epoch)."""
+    """The shard order of one epoch: a permutation seeded by (shuffle_seed, epoch), never the same as
+    the previous epoch's (with few shards two epochs could otherwise draw the same permutation)."""
     order = _permutation(files, shuffle_seed, epoch)
-    # With few shards two epochs can draw the same permutation; nudge it so the order always changes.
-    if len(order) > 1 and epoch > 0 and order == _permutation(files, shuffle_seed, epoch - 1):
-        order[0], order[1] = order[1], order[0]
-    return order
+    if len(files) < 2 or epoch == 0:
+        return order
+    if len(files) > 8:  # a repeat is ~1/n!: compare with the previous draw only
+        previous = _permutation(files, shuffle_seed, epoch - 1)
+    else:  # few files: follow the chain of adjusted orders exactly (cheap)
+        previous = _permutation(files, shuffle_seed, 0)
+        for e in range(1, epoch):
+            draw = _permutation(files, shuffle_seed, e)
+            previous = _swap_first(draw) if draw == previous else draw
+    return _swap_first(order) if order == previous else order
+
+
+def _swap_first(order: list[str]) -> list[str]:
+    return [order[1], order[0], *order[2:]]
 
 
 def _permutation(files: Sequence[str], shuffle_seed: int, epoch: int) -> list[str]:

@@ -78,7 +78,7 @@ def check_shard(fs: pafs.FileSystem, root: str, manifest: Manifest, entry: Shard
         with fs.open_input_file(path) as f:
             pf = pq.ParquetFile(f)
             schema = pf.schema_arrow
-            if not schema.equals(expected, check_metadata=False):
+            if _columns(schema) != _columns(expected):
                 return f"schema mismatch: got {_describe(schema)}, expected {_describe(expected)}"
             if pf.metadata.num_rows != entry.rows:
                 return f"has {pf.metadata.num_rows} rows, the manifest lists {entry.rows}"
@@ -94,6 +94,11 @@ def check_shard(fs: pafs.FileSystem, root: str, manifest: Manifest, entry: Shard
     if (sigma < 0).any():
         return f"sigma_n has {int((sigma < 0).sum())} negative values"
     return None
+
+
+def _columns(schema) -> list[tuple[str, str]]:
+    # Names and types only: writers differ in field nullability, which the reader does not rely on.
+    return [(f.name, str(f.type)) for f in schema]
 
 
 def _describe(schema) -> str:

@@ -1,0 +1,82 @@
+"""Config validation of prepare_shards, the noise conversion and the storage settings (no Ray)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from ambient.config import ConfigError, load_config, redacted
+from ambient.core import sdxl_alphas_cumprod, timestep_to_sigma, ve_sigmas
+from ambient.data import PrepareShardsConfig, StorageConfig
+from ambient.data.prepare import noise_sigma
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "jobs" / "configs" / "prepare_demo.yaml"
+
+
+def test_demo_config_is_valid():
+    cfg = load_config(PrepareShardsConfig, DEMO)
+    assert cfg.source.kind == "synthetic" and cfg.destination.uri == "runs/demo/shards"
+    assert noise_sigma(cfg.noise) == 0.5 and cfg.resolution == 64
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        (["noise.t_n=100"], "noise"),  # both sigma_n and t_n
+        (["noise.sigma_n=-1"], "noise.sigma_n"),
+        (["noise.sigma_n=null", "noise.t_n=1000"], "noise.t_n"),
+        (["source.kind=folder"], "source"),
+        (["source.kind=webdataset"], "source.kind"),
+        (["resolution=abc"], "resolution"),
+        (["encode.actors=0"], "encode.actors"),
+        (["rows_per_shard=0"], "rows_per_shard"),
+        (["storage.endpoint=http://x"], "storage.endpoint"),
+    ],
+)
+def test_bad_values_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=rf"\n  {field}: "):
+        load_config(PrepareShardsConfig, DEMO, overrides)
+
+
+def test_t_n_is_converted_on_sdxl_schedule():
+    cfg = load_config(PrepareShardsConfig, DEMO, ["noise.sigma_n=null", "noise.t_n=500"])
+    expected = float(timestep_to_sigma(500, ve_sigmas(sdxl_alphas_cumprod())))
+    assert noise_sigma(cfg.noise) == pytest.approx(expected)
+    assert 1.5 < expected < 1.8  # DESIGN: t_n = 500 is sigma_VE about 1.62
+
+
+def test_storage_env_fallback_and_secrets_stay_secret(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1234")
+    monkeypatch.setenv("AWS_REGION", "eu-west-3")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    r = StorageConfig().resolved()
+    assert (r.endpoint_url, r.region) == ("http://127.0.0.1:1234", "eu-west-3")
+    assert r.secret_access_key.get_secret_value() == "env-secret"
+    explicit = StorageConfig(
+        endpoint_url="http://other:9000", secret_access_key=SecretStr("cfg-secret")
+    ).resolved()
+    assert (
+        explicit.endpoint_url == "http://other:9000"
+        and explicit.secret_access_key.get_secret_value() == "cfg-secret"
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3-specific:1")
+    assert StorageConfig().resolved().endpoint_url == "http://s3-specific:1"
+    cfg = load_config(PrepareShardsConfig, DEMO, ["storage.secret_access_key=top-secret"])
+    assert "top-secret" not in json.dumps(redacted(cfg)) and "top-secret" not in repr(cfg)
+
+
+def test_job_dry_run_validates_without_starting_anything():
+    job = [sys.executable, str(ROOT / "jobs" / "prepare_shards.py")]
+    ok = subprocess.run(
+        [*job, "--dry-run", "--set", "storage.secret_access_key=hush"], capture_output=True, text=True
+    )
+    assert ok.returncode == 0 and "config is valid" in ok.stdout and "hush" not in ok.stdout
+    bad = subprocess.run([*job, "--set", "noise.t_n=100"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "give exactly one of noise.sigma_n" in bad.stderr

@@ -1,0 +1,108 @@
+"""Shard schema, SDXL resize/crop conventions, epoch order, collate, local storage helpers (no Ray cluster)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from ambient.data import collate_batch, download_prefix, read_text, upload_directory, write_bytes_atomic
+from ambient.data.preprocess import Preprocess, resize_and_crop
+from ambient.data.schema import arrow_schema, make_table
+from ambient.data.storage import is_s3, list_files, resolve_filesystem
+from ambient.data.streaming import epoch_order
+
+
+def test_resize_shorter_side_then_center_crop():
+    img = Image.new("RGB", (200, 100), (255, 0, 0))  # w=200, h=100
+    pixels, original, crop = resize_and_crop(img, 64)
+    assert pixels.shape == (3, 64, 64) and pixels.dtype == np.float32
+    assert original == (100, 200)  # height first
+    assert crop == (0, 32)  # resized to 128x64: left = (128 - 64) / 2
+    assert np.allclose(pixels[0], 1.0) and np.allclose(pixels[1], -1.0)
+
+
+def test_random_crop_is_frozen_by_seed_and_in_bounds():
+    img = Image.new("RGB", (300, 100))
+    crops = {resize_and_crop(img, 50, "random", crop_seed=s)[2] for s in range(20)}
+    assert all(top == 0 and 0 <= left <= 100 for top, left in crops) and len(crops) > 5
+    assert resize_and_crop(img, 50, "random", 3)[2] == resize_and_crop(img, 50, "random", 3)[2]
+
+
+def test_preprocess_rejects_unreadable_bytes_with_a_reason():
+    out = Preprocess(16, "center", 0)(
+        {
+            "id": np.array(["a", "b"], dtype=object),
+            "caption": np.array(["x", "y"], dtype=object),
+            "image": np.array([b"not an image", b""], dtype=object),
+            "reject": np.array(["", "missing caption"], dtype=object),
+        }
+    )
+    assert out["reject"][0].startswith("unreadable image") and out["reject"][1] == "missing caption"
+
+
+def test_table_has_the_canonical_schema_and_round_trips(tmp_path):
+    n, shape = 3, (4, 2, 2)
+    table = make_table(
+        "latent",
+        ["a", "b", "c"],
+        np.arange(n * 16, dtype=np.float32).reshape(n, *shape),
+        np.array([0.0, 0.5, 1.0]),
+        ["x", "y", "z"],
+        np.array([[10, 20]] * n),
+        np.array([[1, 2]] * n),
+        noise_seed=5,
+    )
+    assert table.schema.equals(arrow_schema("latent", shape))
+    pq.write_table(table, tmp_path / "s.parquet")
+    back = pq.read_table(tmp_path / "s.parquet")
+    assert back.column("latent").type.shape == shape
+    assert back.column("latent").combine_chunks().to_numpy_ndarray().dtype == np.float16
+    assert arrow_schema("image", (3, 8, 8)).names[1] == "image"
+
+
+def test_collate_gives_torch_tensors_captions_and_ids():
+    batch = {
+        "id": np.array(["a", "b"], dtype=object),
+        "latent": np.ones((2, 4, 2, 2), np.float16),
+        "sigma_n": np.array([0.0, 0.5], np.float32),
+        "caption": np.array(["c1", "c2"], dtype=object),
+        "original_size_hw": np.array([[64, 32], [10, 20]], np.int32),
+        "crop_top_left": np.array([[0, 1], [2, 3]], np.int32),
+        "noise_seed": np.array([7, 7], np.int64),
+    }
+    out = collate_batch(batch)
+    assert out["latent"].dtype == torch.float32 and out["latent"].shape == (2, 4, 2, 2)
+    assert (
+        out["original_size_hw"].tolist() == [[64, 32], [10, 20]] and out["crop_top_left"].dtype == torch.int64
+    )
+    assert out["captions"] == ["c1", "c2"] and out["ids"] == ["a", "b"]
+    assert out["sigma_n"].tolist() == [0.0, 0.5]
+
+
+def test_epoch_order_is_a_seeded_permutation_that_changes_every_epoch():
+    files = [f"f{i}" for i in range(6)]
+    orders = [epoch_order(files, 0, e) for e in range(10)]
+    assert all(sorted(o) == files for o in orders)
+    assert all(a != b for a, b in zip(orders, orders[1:], strict=False))
+    assert epoch_order(files, 0, 3) == orders[3] and epoch_order(files, 1, 3) != orders[3]
+    assert all(epoch_order(["a", "b"], 0, e) != epoch_order(["a", "b"], 0, e + 1) for e in range(5))
+
+
+def test_local_storage_helpers(tmp_path):
+    assert is_s3("s3://b/p") and not is_s3(str(tmp_path))
+    target = str(tmp_path / "a" / "b.json")
+    write_bytes_atomic(target, b'{"x": 1}')
+    assert read_text(target) == '{"x": 1}' and list_files(str(tmp_path / "a")) == ["b.json"]
+    with pytest.raises(FileNotFoundError):
+        read_text(str(tmp_path / "missing.json"))
+    src = tmp_path / "src"
+    (src / "vae").mkdir(parents=True)
+    (src / "vae" / "config.json").write_text("{}")
+    upload_directory(src, str(tmp_path / "up"))
+    got = download_prefix(str(tmp_path / "up"), tmp_path / "down")
+    assert (got / "vae" / "config.json").read_text() == "{}"
+    fs, path = resolve_filesystem("s3://bucket/prefix/x")
+    assert path == "bucket/prefix/x" and fs.type_name == "s3"
