@@ -25,8 +25,14 @@ system-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
 	    || echo "warning: could not install prometheus; tests that need it fail under CI=true"; }
 
+# The main job on the embedded default: synthetic noisy shards, then a short 2-worker fine-tune on a
+# local Ray cluster; then the quick exactness benchmark (the method on data whose truth is known).
 demo: setup
+	$(PY) jobs/prepare_shards.py --config jobs/configs/prepare_demo.yaml
+	$(PY) jobs/finetune.py
 	$(PY) benchmarks/exactness.py --quick --json runs/demo/exactness.json --plot runs/demo/exactness.png
+	@echo "demo done: fine-tune outputs in runs/ray/demo/outputs (summary.json, samples/, loss_curve.png, model/);"
+	@echo "exactness benchmark in runs/demo/exactness.json and runs/demo/exactness.png"
 
 test: setup system-deps
 	$(PY) -m pytest tests

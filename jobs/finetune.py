@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ambient.cli import job_parser, parse_job_config, print_dry_run
+from ambient.cli import job_parser, parse_job_config, print_dry_run, run_job
 from ambient.train import FinetuneConfig, run_finetune
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "finetune_demo.yaml"
@@ -23,7 +23,7 @@ def main() -> None:
     if args.dry_run:
         print_dry_run(config)
         return
-    print(run_finetune(config))
+    run_job(run_finetune, config)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import TypeVar
 
 from pydantic import BaseModel
@@ -41,3 +42,19 @@ def parse_job_config(cls: type[T], args: argparse.Namespace, default_path: str |
 def print_dry_run(config: BaseModel) -> None:
     print(json.dumps(redacted(config), indent=2, default=str))
     print("config is valid (dry run: nothing was started)")
+
+
+# Errors a user can fix (bad paths, data, storage, values): printed as one clear line, exit status 2.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError, PermissionError)
+
+
+def run_job(fn: Callable[[T], object], config: T) -> None:
+    """Run the job and print its result (the last line: a path or URI); user errors exit 2 cleanly."""
+    from ambient.data.errors import DataError
+
+    try:
+        result = fn(config)
+    except (*USER_ERRORS, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(result)

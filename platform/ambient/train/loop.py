@@ -7,6 +7,7 @@ import dataclasses
 import math
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import deepspeed
@@ -36,6 +37,31 @@ from .plan import RunPlan
 def _format_eta(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+@dataclass
+class _Window:
+    """Sums over the optimizer steps since the last log line (losses are logged as window means)."""
+
+    steps: int = 0
+    wait: float = 0.0
+    compute: float = 0.0
+    images: int = 0
+    loss: float = 0.0
+    ambient: float = 0.0
+    consistency: float = 0.0
+    consistency_steps: int = 0
+
+    def mean_losses(self) -> tuple[float, float, float | None]:
+        """(loss, ambient, consistency) averaged over the window and over all ranks."""
+        sums = torch.tensor(
+            [self.loss, self.ambient, self.consistency, self.consistency_steps, self.steps],
+            dtype=torch.float64,
+        )
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums)
+        loss, ambient, cons, cons_n, n = sums.tolist()
+        return loss / n, ambient / n, (cons / cons_n if cons_n else None)
 
 
 class _Worker:
@@ -98,10 +124,9 @@ class _Worker:
         )
         for _ in range(self.state.step * accum):  # resume: skip what the checkpointed steps consumed
             next(batches)
-        window = {"wait": 0.0, "compute": 0.0, "images": 0, "steps": 0}
+        window = _Window()
         totals = {"wait": 0.0, "compute": 0.0, "images": 0}
         start, start_step = time.perf_counter(), self.state.step
-        last_cons: float | None = None
         while self.state.step < cfg.train.max_steps:
             amb_sum, cons_vals, images, wait, compute = 0.0, [], 0, 0.0, 0.0
             for _ in range(accum):
@@ -143,11 +168,17 @@ class _Worker:
                 self.ema.update(self.engine.module)
             ambient = amb_sum / accum
             cons = sum(cons_vals) / len(cons_vals) if cons_vals else None
-            last_cons = cons if cons is not None else last_cons
             total = ambient + (cfg.consistency.weight * cons if cons is not None else 0.0)
             lr = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else cfg.optim.lr
-            for key, value in (("wait", wait), ("compute", compute), ("images", images), ("steps", 1)):
-                window[key] += value
+            window.steps += 1
+            window.wait += wait
+            window.compute += compute
+            window.images += images
+            window.loss += total
+            window.ambient += ambient
+            if cons is not None:
+                window.consistency += cons
+                window.consistency_steps += 1
             step_s = wait + compute
             self.metrics.record(
                 {
@@ -171,26 +202,34 @@ class _Worker:
             elapsed = time.perf_counter() - start
             done = self.state.step - start_step
             eta = elapsed / done * (cfg.train.max_steps - self.state.step) if done else 0.0
-            busy = window["wait"] + window["compute"]
+            busy = window.wait + window.compute
+            loss_mean, ambient_mean, cons_mean = window.mean_losses()
             report = {
                 "step": self.state.step,
-                "loss": total,
-                "ambient_loss": ambient,
-                "consistency_loss": last_cons,
+                "loss": loss_mean,
+                "ambient_loss": ambient_mean,
+                "consistency_loss": cons_mean,
                 "lr": lr,
-                "images_per_second": window["images"] * self.world / busy if busy else 0.0,
-                "data_wait_fraction": window["wait"] / busy if busy else 0.0,
-                "step_seconds": busy / max(window["steps"], 1),
+                "images_per_second": window.images * self.world / busy if busy else 0.0,
+                "data_wait_fraction": window.wait / busy if busy else 0.0,
+                "step_seconds": busy / max(window.steps, 1),
             }
-            for key in ("wait", "compute", "images"):
-                totals[key] += window[key]
-            window = {"wait": 0.0, "compute": 0.0, "images": 0, "steps": 0}
+            totals["wait"] += window.wait
+            totals["compute"] += window.compute
+            totals["images"] += window.images
+            window = _Window()
             self.state.history.append(
-                {"step": self.state.step, "loss": total, "ambient": ambient, "consistency": cons, "lr": lr}
+                {
+                    "step": self.state.step,
+                    "loss": loss_mean,
+                    "ambient": ambient_mean,
+                    "consistency": cons_mean,
+                    "lr": lr,
+                }
             )
             self._log(
-                f"step {self.state.step}/{cfg.train.max_steps}  loss {total:.4f}  ambient {ambient:.4f}  "
-                f"consistency {'-' if cons is None else f'{cons:.4f}'}  lr {lr:.2e}  "
+                f"step {self.state.step}/{cfg.train.max_steps}  loss {loss_mean:.4f}  ambient {ambient_mean:.4f}  "
+                f"consistency {'-' if cons_mean is None else f'{cons_mean:.4f}'}  lr {lr:.2e}  "
                 f"{report['images_per_second']:.1f} img/s  data wait {report['data_wait_fraction']:.0%}  "
                 f"eta {_format_eta(eta)}"
             )

@@ -47,7 +47,7 @@ def resolve_model(cfg: FinetuneConfig) -> str:
     if cfg.model.path:
         check_model_source(cfg.model.path, cfg.storage.resolved())
         return cfg.model.path
-    from ambient.models import ensure_default_model
+    from ambient.models.vae_pretrain import ensure_default_model
 
     return str(ensure_default_model())
 
@@ -84,8 +84,8 @@ def run_finetune(cfg: FinetuneConfig) -> str:
     """Run (or resume) the fine-tuning job described by ``cfg``; returns the summary.json path/URI."""
     started = time.time()
     storage = cfg.storage.resolved()
+    model_source = resolve_model(cfg)  # a missing model fails here, before any cluster work
     init_ray(cfg.run.ray_address, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
-    model_source = resolve_model(cfg)
     ensure_demo_shards(cfg, model_source)
 
     epoch0, info = open_dataset(
@@ -129,12 +129,6 @@ def run_finetune(cfg: FinetuneConfig) -> str:
         mode = "full" if cfg.consistency.weight > 0 or sigma_n == 0 else "early_stop"
     run_uri = join(cfg.run.storage_path, cfg.run.name)
     outputs_uri = join(run_uri, "outputs")
-    model_index = (
-        json.loads(read_text(join(model_source, "model_index.json"), storage))
-        if is_s3(model_source)
-        else json.loads((Path(model_source) / "model_index.json").read_text())
-    )
-    del model_index  # read only to fail fast on a broken folder
     scheduler_cfg = _read_scheduler_config(model_source, storage)
     plan = RunPlan(
         model_source=model_source,
@@ -175,7 +169,12 @@ def run_finetune(cfg: FinetuneConfig) -> str:
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    return write_summary(cfg, plan, info.counts(), result, started)
+    summary_uri = write_summary(cfg, plan, info.counts(), result, started)
+    _log(f"exported model: {join(plan.outputs_uri, 'model')}")
+    _log(f"sample grids:   {join(plan.outputs_uri, 'samples')}")
+    _log(f"loss curve:     {join(plan.outputs_uri, 'loss_curve.png')}")
+    _log(f"summary:        {summary_uri}")
+    return summary_uri
 
 
 def _read_scheduler_config(model_source: str, storage) -> dict:

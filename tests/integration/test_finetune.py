@@ -1,0 +1,171 @@
+"""The fine-tuning job on a real local Ray cluster with DeepSpeed ZeRO-2 on CPU (2 workers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ambient.config import load_config
+from ambient.train import FinetuneConfig, run_finetune
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = ROOT / "jobs" / "configs" / "finetune_demo.yaml"
+pytestmark = pytest.mark.integration
+
+
+def make_config(storage: Path, model: str, shards: str, name: str, **values) -> FinetuneConfig:
+    overrides = {
+        "model.path": model,
+        "data.uri": shards,
+        "data.prepare_if_missing": False,
+        "run.name": name,
+        "run.storage_path": str(storage),
+        "train.batch_size": 4,
+        "train.max_steps": 24,
+        "train.checkpoint_every": 12,
+        "train.log_every": 2,
+        "validation.every_steps": 24,
+        "validation.num_steps": 4,
+        "validation.prompts": "[a red circle on a blue background, a green square on a white background]",
+        **values,
+    }
+    return load_config(FinetuneConfig, DEMO_CONFIG, [f"{k}={v}" for k, v in overrides.items()])
+
+
+def read_summary(uri: str) -> dict:
+    return json.loads(Path(uri).read_text())
+
+
+def unet_weights(model_dir: str) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(model_dir) / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ray-storage")
+
+
+@pytest.fixture(scope="module")
+def trained(storage, tiny_model, demo_shards) -> dict:
+    cfg = make_config(storage, tiny_model, demo_shards, "main")
+    summary_uri = run_finetune(cfg)
+    return {"cfg": cfg, "summary_uri": summary_uri, "summary": read_summary(summary_uri)}
+
+
+def test_two_worker_zero2_run_trains_checkpoints_and_exports(trained):
+    from diffusers import StableDiffusionXLPipeline
+
+    s = trained["summary"]
+    assert s["steps"] == 24 and s["resumed_from_step"] is None
+    losses = [h["loss"] for h in s["history"]]
+    assert len(losses) == 12 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4, f"loss did not fall: {losses}"
+    assert s["final_consistency_loss"] is not None
+    assert len(s["checkpoints"]) == 2 and all(Path(c, "train_state.json").is_file() for c in s["checkpoints"])
+    assert Path(s["loss_curve"]).is_file() and Path(s["sample_grids"], "step_000024.png").is_file()
+    assert s["config"]["storage"]["secret_access_key"] in ("", None, "***")
+
+    meta = json.loads(Path(s["exported_model"], "ambient_metadata.json").read_text())
+    assert meta["sigma_n"] == pytest.approx(0.5) and meta["trained_with_consistency"] is True
+    pipe = StableDiffusionXLPipeline.from_pretrained(s["exported_model"], use_safetensors=True)
+    image = pipe("a red circle", num_inference_steps=2, height=64, width=64, output_type="pil").images[0]
+    assert image.size == (64, 64)
+
+
+def test_rerun_with_the_same_name_resumes_from_the_latest_checkpoint(
+    trained, storage, tiny_model, demo_shards
+):
+    first = trained["summary"]
+    before = unet_weights(first["exported_model"])
+    # Same name, same step budget: resumes at step 24 with nothing left to do; the export must equal the
+    # checkpoint's parameters exactly.
+    again = read_summary(run_finetune(trained["cfg"]))
+    assert again["resumed_from_step"] == 24 and again["steps"] == 24
+    after = unet_weights(again["exported_model"])
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # A larger budget continues the step count from the checkpoint.
+    longer = read_summary(
+        run_finetune(make_config(storage, tiny_model, demo_shards, "main", **{"train.max_steps": 28}))
+    )
+    assert longer["resumed_from_step"] == 24 and longer["steps"] == 28
+    assert [h["step"] for h in longer["history"]][-3:] == [24, 26, 28]
+
+
+def _train_worker_pids() -> list[int]:
+    """PIDs of this cluster's Ray Train workers: children of our own raylet whose title names them."""
+    import psutil
+    import ray._private.worker as ray_worker
+
+    raylet = ray_worker._global_node.all_processes["raylet"][0].process.pid
+    return [
+        p.pid
+        for p in psutil.Process(raylet).children(recursive=True)
+        if "RayTrainWorker" in " ".join(p.cmdline())
+    ]
+
+
+def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
+    storage, tiny_model, demo_shards
+):
+    cfg = make_config(
+        storage,
+        tiny_model,
+        demo_shards,
+        "fault",
+        **{"train.max_steps": 30, "train.checkpoint_every": 6, "run.max_failures": 2},
+    )
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.setdefault("uri", run_finetune(cfg)), daemon=True)
+    thread.start()
+    run_dir = storage / "fault"
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(run_dir.glob("checkpoint_*/train_state.json")):
+        time.sleep(0.5)
+    pids = _train_worker_pids()
+    assert pids, "no training worker found to kill"
+    os.kill(pids[-1], 9)
+    thread.join(timeout=600)
+    assert "uri" in result, "the run did not complete after a worker was killed"
+    s = read_summary(result["uri"])
+    assert s["steps"] == 30
+    assert s["resumed_from_step"] is not None and 6 <= s["resumed_from_step"] < 30
+
+
+def _run_job(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / "finetune.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+
+
+def test_bad_config_values_and_a_missing_model_fail_fast_with_clear_messages(tmp_path):
+    bad = _run_job("--set", "train.batch_size=0", "--set", "consistency.fraction=2", "--set", "optim.lrr=1")
+    assert bad.returncode == 2
+    assert (
+        "train.batch_size" in bad.stderr
+        and "consistency.fraction" in bad.stderr
+        and "optim.lrr" in bad.stderr
+    )
+    missing = _run_job(
+        "--set", f"model.path={tmp_path}/no-such-model", "--set", f"run.storage_path={tmp_path}"
+    )
+    assert missing.returncode == 2
+    assert f"{tmp_path}/no-such-model" in missing.stderr and "does not exist" in missing.stderr
+    assert (
+        "Started a local Ray instance" not in missing.stderr + missing.stdout
+    )  # failed before any cluster work
+    dry = _run_job("--dry-run", "--set", "train.max_steps=5")
+    assert dry.returncode == 0 and '"max_steps": 5' in dry.stdout
