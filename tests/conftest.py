@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -23,6 +24,20 @@ def require(what: str, available: bool, how: str = "make setup") -> None:
     pytest.skip(message)
 
 
+def free_port() -> int:
+    """A free TCP port on loopback (bound and released; good enough for one test session)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ray_metrics_port() -> int:
+    """The Prometheus export port of the session's Ray node."""
+    import ray._private.worker as ray_worker
+
+    return ray_worker._global_node.metrics_export_port
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A local Ray cluster for the whole session; reuse it in every Ray test."""
@@ -34,6 +49,8 @@ def ray_session():
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
+            # An explicit Prometheus export port, so metrics tests scrape this cluster and no other.
+            _metrics_export_port=free_port(),
         )
     yield ray
     if started:
