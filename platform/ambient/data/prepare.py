@@ -43,7 +43,10 @@ def noise_sigma(noise: NoiseConfig) -> float:
 
 def default_model() -> str:
     try:
-        from ambient.models import ensure_default_model
+        try:
+            from ambient.models import ensure_default_model
+        except ImportError:
+            from ambient.models.vae_pretrain import ensure_default_model
     except ImportError as exc:
         raise RuntimeError(
             f"encode.model is not set and the default tiny model is unavailable ({exc}); "
