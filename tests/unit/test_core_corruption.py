@@ -39,3 +39,14 @@ def test_corrupt_and_raise_noise_level():
     torch.testing.assert_close(y2, y3)  # never fresh per epoch
     with pytest.raises(ValueError, match="5 ids for a batch of 6"):
         core.corrupt(x0, 0.3, ids[:5], seed=1)
+
+
+def test_sliced_wasserstein_is_zero_for_equal_sets_and_matches_a_known_shift():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 3, generator=g)
+    assert core.sliced_wasserstein(a, a) == 0.0
+    # Shifting every sample by v moves each 1-D projection by <v, dir>: SW2^2 = E[<v, dir>^2] = |v|^2 / d.
+    v = torch.tensor([0.6, 0.0, 0.0])
+    assert core.sliced_wasserstein(a, a + v, projections=4000) == pytest.approx(0.6 / 3**0.5, rel=0.05)
+    with pytest.raises(ValueError, match="same shape"):
+        core.sliced_wasserstein(a, a[:10])

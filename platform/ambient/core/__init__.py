@@ -31,6 +31,7 @@ from .conversions import (
     x0_from_v,
 )
 from .corruption import corrupt, frozen_noise, raise_noise_level, sample_seed
+from .distances import sliced_wasserstein
 from .gaussian_mixture import GaussianMixture
 from .preconditioning import EDMDenoiser
 from .samplers import early_stop_schedule, full_schedule, generate, posterior_step, sample
@@ -62,6 +63,7 @@ __all__ = [
     "sample_training_sigmas",
     "sample_training_timesteps",
     "scale_latents",
+    "sliced_wasserstein",
     "sdxl_alphas_cumprod",
     "sigma_from_alpha_bar",
     "sigma_to_timestep",

@@ -107,6 +107,10 @@ class ValidationSection(Section):
         "auto", description="auto: full sampling with consistency, early stop at sigma_n without"
     )
     seed: int = 0
+    data_uri: str | None = Field(
+        None, description="held-out noisy shards; the validation ambient loss is computed on them"
+    )
+    rows: int = Field(32, ge=1, description="held-out rows used (the first by id)")
 
 
 class ScalingSection(Section):

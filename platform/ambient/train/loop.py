@@ -15,6 +15,7 @@ import ray.train
 import ray.train.torch
 import torch
 
+from ambient.data.holdout import read_rows
 from ambient.data.storage import upload_directory
 from ambient.data.streaming import iter_training_batches
 from ambient.models.denoiser import SDXLDenoiser
@@ -32,6 +33,7 @@ from .model_source import load_model_components
 from .objective import training_loss
 from .outputs import plot_loss_curve, write_json_atomic
 from .plan import RunPlan
+from .validation import validation_ambient_loss
 
 
 def _format_eta(seconds: float) -> str:
@@ -93,6 +95,11 @@ class _Worker:
         self.denoiser = SDXLDenoiser(self.engine, self.comps.alphas_cumprod, plan.prediction_type)
         self.train_sigmas = self.denoiser.train_sigmas
         self.metrics = TrainMetrics(cfg.run.name, self.rank)
+        self.holdout = (
+            read_rows(cfg.validation.data_uri, self.storage, cfg.validation.rows)
+            if cfg.validation.data_uri
+            else None
+        )
 
         self.state = checkpointing.LoopState()
         ema_state = None
@@ -197,7 +204,10 @@ class _Worker:
             due_ckpt = (
                 self.state.step % cfg.train.checkpoint_every == 0 or self.state.step == cfg.train.max_steps
             )
-            if not (due_log or due_ckpt):
+            due_val = (
+                self.state.step % cfg.validation.every_steps == 0 or self.state.step == cfg.train.max_steps
+            )
+            if not (due_log or due_ckpt or due_val):
                 continue
             elapsed = time.perf_counter() - start
             done = self.state.step - start_step
@@ -218,6 +228,8 @@ class _Worker:
             totals["compute"] += window.compute
             totals["images"] += window.images
             window = _Window()
+            if due_val and self.holdout is not None:
+                report["val_ambient_loss"] = self._validation_loss()
             self.state.history.append(
                 {
                     "step": self.state.step,
@@ -225,6 +237,7 @@ class _Worker:
                     "ambient": ambient_mean,
                     "consistency": cons_mean,
                     "lr": lr,
+                    **({"val_ambient": report["val_ambient_loss"]} if "val_ambient_loss" in report else {}),
                 }
             )
             self._log(
@@ -233,7 +246,7 @@ class _Worker:
                 f"{report['images_per_second']:.1f} img/s  data wait {report['data_wait_fraction']:.0%}  "
                 f"eta {_format_eta(eta)}"
             )
-            if self.state.step % cfg.validation.every_steps == 0 or self.state.step == cfg.train.max_steps:
+            if due_val:
                 self._sample_grid(f"step_{self.state.step:06d}")
             report["throughput_totals"] = dict(totals)
             if due_ckpt:
@@ -241,6 +254,22 @@ class _Worker:
             else:
                 ray.train.report(report)
         self._finish(totals)
+
+    def _validation_loss(self) -> float:
+        """Every rank computes it on the same rows (ZeRO-3 needs all ranks in each forward)."""
+        module = self.engine.module
+        module.eval()
+        try:
+            return validation_ambient_loss(
+                self.denoiser,
+                self.comps,
+                self.holdout,
+                self.train_sigmas,
+                seed=self.cfg.validation.seed,
+                device=self.device,
+            )
+        finally:
+            module.train()
 
     def _checkpoint_and_report(self, report: dict) -> None:
         with tempfile.TemporaryDirectory(prefix="ambient-ckpt-") as folder:

@@ -15,7 +15,12 @@ def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
     """Ambient, consistency and total loss against the optimizer step (log scale)."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     steps = [h["step"] for h in history]
-    for key, label in (("loss", "total"), ("ambient", "ambient"), ("consistency", "consistency")):
+    for key, label in (
+        ("loss", "total"),
+        ("ambient", "ambient"),
+        ("consistency", "consistency"),
+        ("val_ambient", "validation ambient"),
+    ):
         pts = [(s, h[key]) for s, h in zip(steps, history, strict=True) if h.get(key) is not None]
         if pts:
             ax.plot(*zip(*pts, strict=True), label=label, marker="." if len(pts) < 50 else None)

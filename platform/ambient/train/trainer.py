@@ -6,9 +6,11 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
+import ray.data
 import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
@@ -17,7 +19,8 @@ from ambient.config import redacted
 from ambient.data.config import DestinationConfig, EncodeConfig, PrepareShardsConfig
 from ambient.data.schema import MANIFEST_NAME
 from ambient.data.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
-from ambient.data.streaming import open_dataset
+from ambient.data.streaming import DatasetInfo, open_dataset
+from ambient.data.validate import load_manifest
 
 from .config import FinetuneConfig
 from .loop import train_loop_per_worker
@@ -80,14 +83,17 @@ def _storage_filesystem(cfg: FinetuneConfig):
     return fs, path
 
 
-def run_finetune(cfg: FinetuneConfig) -> str:
-    """Run (or resume) the fine-tuning job described by ``cfg``; returns the summary.json path/URI."""
-    started = time.time()
-    storage = cfg.storage.resolved()
-    model_source = resolve_model(cfg)  # a missing model fails here, before any cluster work
-    init_ray(cfg.run.ray_address, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
-    ensure_demo_shards(cfg, model_source)
+@dataclass
+class PreparedRun:
+    """Everything resolved on the driver before the workers start."""
 
+    plan: RunPlan
+    train_ds: ray.data.Dataset
+    data_counts: dict
+
+
+def streaming_epochs(cfg: FinetuneConfig, storage) -> tuple[ray.data.Dataset, DatasetInfo]:
+    """One streaming dataset over all planned epochs, each with its own seeded file order."""
     epoch0, info = open_dataset(
         cfg.data.uri,
         storage,
@@ -95,8 +101,7 @@ def run_finetune(cfg: FinetuneConfig) -> str:
         shuffle_seed=cfg.data.shuffle_seed,
         skip_bad_shards=cfg.data.skip_bad_shards,
     )
-    manifest = info.manifest
-    if manifest.tensor_column != "latent":
+    if info.manifest.tensor_column != "latent":
         raise ValueError(f"data.uri {cfg.data.uri} is a pixel-space dataset; fine-tuning SDXL needs latents")
     workers, batch, accum = cfg.scaling.num_workers, cfg.train.batch_size, cfg.optim.grad_accum
     per_worker_rows = info.rows // workers
@@ -105,9 +110,8 @@ def run_finetune(cfg: FinetuneConfig) -> str:
             f"data.uri {cfg.data.uri} has {info.rows} usable rows: too few for {workers} workers x "
             f"train.batch_size {batch}"
         )
-    batches_per_epoch = per_worker_rows // batch
-    epochs = math.ceil(cfg.train.max_steps * accum / batches_per_epoch) + 1
-    datasets = [epoch0] + [
+    epochs = math.ceil(cfg.train.max_steps * accum / (per_worker_rows // batch)) + 1
+    later = [
         open_dataset(
             cfg.data.uri,
             storage,
@@ -117,8 +121,17 @@ def run_finetune(cfg: FinetuneConfig) -> str:
         )[0]
         for e in range(1, epochs)
     ]
-    train_ds = datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
+    return (epoch0.union(*later) if later else epoch0), info
 
+
+def prepare_run(cfg: FinetuneConfig, model_source: str) -> PreparedRun:
+    """Validate the data and plan the run (Ray must be initialised; ``model_source`` from resolve_model)."""
+    storage = cfg.storage.resolved()
+    ensure_demo_shards(cfg, model_source)
+    if cfg.validation.data_uri:
+        load_manifest(cfg.validation.data_uri, storage)  # a missing held-out set fails here, not in a worker
+    train_ds, info = streaming_epochs(cfg, storage)
+    manifest = info.manifest
     sigma_n = (
         manifest.noise.sigma_n
         if cfg.loss.sigma_train is None
@@ -127,12 +140,10 @@ def run_finetune(cfg: FinetuneConfig) -> str:
     mode = cfg.validation.mode
     if mode == "auto":
         mode = "full" if cfg.consistency.weight > 0 or sigma_n == 0 else "early_stop"
-    run_uri = join(cfg.run.storage_path, cfg.run.name)
-    outputs_uri = join(run_uri, "outputs")
-    scheduler_cfg = _read_scheduler_config(model_source, storage)
+    outputs_uri = join(join(cfg.run.storage_path, cfg.run.name), "outputs")
     plan = RunPlan(
         model_source=model_source,
-        prediction_type=scheduler_cfg.get("prediction_type", "epsilon"),
+        prediction_type=_read_scheduler_config(model_source, storage).get("prediction_type", "epsilon"),
         data_uri=cfg.data.uri,
         sigma_n=float(sigma_n),
         sampling_mode=mode,
@@ -140,21 +151,23 @@ def run_finetune(cfg: FinetuneConfig) -> str:
         outputs_uri=outputs_uri if is_s3(outputs_uri) else str(Path(outputs_uri).absolute()),
     )
     _log(
-        f"run {cfg.run.name}: {workers} workers x batch {batch} x accum {accum}, {cfg.train.max_steps} steps, "
-        f"{info.rows} rows ({info.rows_skipped} skipped), sigma_n {sigma_n:.3g}, sampling {mode}, ZeRO-"
-        f"{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}"
+        f"run {cfg.run.name}: {cfg.scaling.num_workers} workers x batch {cfg.train.batch_size} x accum "
+        f"{cfg.optim.grad_accum}, {cfg.train.max_steps} steps, {info.rows} rows ({info.rows_skipped} skipped), "
+        f"sigma_n {sigma_n:.3g}, sampling {mode}, ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}"
     )
+    return PreparedRun(plan=plan, train_ds=train_ds, data_counts=info.counts())
+
+
+def build_trainer(cfg: FinetuneConfig, prepared: PreparedRun, callbacks: list | None = None) -> TorchTrainer:
     fs, storage_path = _storage_filesystem(cfg)
-    trainer = TorchTrainer(
+    gpu = {"GPU": 1} if cfg.scaling.use_gpu else {}
+    return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"finetune": cfg.model_dump(), "plan": plan.__dict__},
+        train_loop_config={"finetune": cfg.model_dump(), "plan": prepared.plan.__dict__},
         scaling_config=ScalingConfig(
-            num_workers=workers,
+            num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={
-                "CPU": cfg.scaling.cpus_per_worker,
-                **({"GPU": 1} if cfg.scaling.use_gpu else {}),
-            },
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **gpu},
         ),
         run_config=RunConfig(
             name=cfg.run.name,
@@ -162,14 +175,27 @@ def run_finetune(cfg: FinetuneConfig) -> str:
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=callbacks or None,
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-        datasets={"train": train_ds},
+        datasets={"train": prepared.train_ds},
     )
-    result = trainer.fit()
+
+
+def run_finetune(cfg: FinetuneConfig, callbacks: list | None = None) -> str:
+    """Run (or resume) the fine-tuning job described by ``cfg``; returns the summary.json path/URI.
+
+    A rerun with the same run.name and run.storage_path resumes from the latest checkpoint.
+    """
+    started = time.time()
+    model_source = resolve_model(cfg)  # a missing model fails here, before any cluster work
+    init_ray(cfg.run.ray_address, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
+    prepared = prepare_run(cfg, model_source)
+    result = build_trainer(cfg, prepared, callbacks).fit()
     if result.error is not None:
         raise result.error
-    summary_uri = write_summary(cfg, plan, info.counts(), result, started)
+    plan = prepared.plan
+    summary_uri = write_summary(cfg, plan, prepared.data_counts, result, started)
     _log(f"exported model: {join(plan.outputs_uri, 'model')}")
     _log(f"sample grids:   {join(plan.outputs_uri, 'samples')}")
     _log(f"loss curve:     {join(plan.outputs_uri, 'loss_curve.png')}")
@@ -204,6 +230,9 @@ def write_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result,
         "final_ambient_loss": last.get("ambient"),
         "final_consistency_loss": next(
             (h["consistency"] for h in reversed(history) if h.get("consistency") is not None), None
+        ),
+        "final_val_ambient_loss": next(
+            (h["val_ambient"] for h in reversed(history) if h.get("val_ambient") is not None), None
         ),
         "first_loss": history[0]["loss"] if history else None,
         "images_per_second": worker.get("images_per_second"),

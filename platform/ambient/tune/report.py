@@ -1,0 +1,140 @@
+"""The sweep's outputs: results table (CSV + Markdown), the best config as YAML, a Pareto plot."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+
+from ambient.config import redacted  # noqa: E402
+
+from .config import SweepConfig  # noqa: E402
+
+PARAMS = ("sigma_train", "consistency_weight", "lr", "consistency_steps", "lora_rank")
+COLUMNS = (
+    "trial",
+    *PARAMS,
+    "status",
+    "step",
+    "val_ambient_loss",
+    "quality_sw",
+    "memorization",
+    "images_per_second",
+)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _completed(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["status"] == "completed" and _finite(r.get("val_ambient_loss"))]
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def best_row(rows: list[dict]) -> dict | None:
+    done = _completed(rows)
+    return min(done, key=lambda r: r["val_ambient_loss"]) if done else None
+
+
+def pareto_front(rows: list[dict]) -> list[dict]:
+    """Trials no other trial beats on both axes: lower quality distance and less memorization
+    (less memorization = a higher training noise level until the audit's score is available)."""
+    done = [r for r in _completed(rows) if _finite(r.get("quality_sw"))]
+
+    def mem(r: dict) -> float:
+        return r["memorization"] if _finite(r.get("memorization")) else -(r.get("sigma_train") or 0.0)
+
+    return [
+        r
+        for r in done
+        if not any(
+            o is not r
+            and o["quality_sw"] <= r["quality_sw"]
+            and mem(o) <= mem(r)
+            and (o["quality_sw"] < r["quality_sw"] or mem(o) < mem(r))
+            for o in done
+        )
+    ]
+
+
+def plot_pareto(rows: list[dict], path: Path) -> None:
+    done = [r for r in _completed(rows) if _finite(r.get("quality_sw"))]
+    front = pareto_front(rows)
+    use_memorization = all(_finite(r.get("memorization")) for r in done) and done
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
+    for r in done:
+        x = r["memorization"] if use_memorization else (r.get("sigma_train") or 0.0)
+        on_front = r in front
+        ax.scatter(x, r["quality_sw"], s=60, c="tab:red" if on_front else "tab:blue", zorder=3)
+        label = ", ".join(f"{k}={_fmt(r[k])}" for k in PARAMS if r.get(k) is not None)
+        ax.annotate(label, (x, r["quality_sw"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel(
+        "memorization score"
+        if use_memorization
+        else "training noise level sigma_train (higher memorizes less)"
+    )
+    ax.set_ylabel("noisy-space sliced W2 to held-out data (lower is better)")
+    ax.set_title("Sweep: quality against memorization (red: Pareto front)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_reports(rows: list[dict], sweep_dir: Path, cfg: SweepConfig, base_dump: dict, note: str) -> str:
+    from .sweep import trial_config
+
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    rows = sorted(rows, key=lambda r: (r["val_ambient_loss"] is None, r["val_ambient_loss"] or 0.0))
+    with open(sweep_dir / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(
+            handle, fieldnames=[*COLUMNS, "sample_grid", "summary"], extrasaction="ignore"
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+    best = best_row(rows)
+    lines = [
+        f"# Sweep {cfg.name}",
+        "",
+        f"Objective: minimise `{cfg.metric}` (the ambient loss on held-out noisy rows at their own sigma_n, "
+        "x0 weighting capped at 100, fixed draws: comparable across training noise levels).",
+        f"Quality: `quality_sw`, the noisy-space sliced W2 of {cfg.quality_samples} samples (+ noise at the data's "
+        "sigma_n) to the held-out noisy latents.",
+        f"Note: {note}.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "| " + " | ".join("---" for _ in COLUMNS) + " |",
+    ]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    if best is not None:
+        params = {k: best[k] for k in PARAMS if best.get(k) is not None}
+        best_cfg = trial_config(base_dump, params, f"{cfg.name}-best", base_dump["run"]["storage_path"])
+        data = redacted(best_cfg)
+        data["storage"] = {
+            k: v for k, v in data["storage"].items() if k not in ("access_key_id", "secret_access_key")
+        }
+        (sweep_dir / "best_config.yaml").write_text(
+            f"# Best trial {best['trial']} of sweep {cfg.name}: python jobs/finetune.py --config this-file\n"
+            + yaml.safe_dump(data, sort_keys=False)
+        )
+        lines += ["", f"Best trial: `{best['trial']}` with {params}; its config: `best_config.yaml`."]
+    else:
+        lines += ["", "No trial completed: there is no best config."]
+    plot_pareto(rows, sweep_dir / "pareto.png")
+    lines += ["", "Pareto plot: `pareto.png`; each trial's last sample grid: `grids/`."]
+    (sweep_dir / "results.md").write_text("\n".join(lines) + "\n")
+    return str(sweep_dir / "results.md")

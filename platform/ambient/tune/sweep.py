@@ -1,0 +1,233 @@
+"""The sweep driver: Ray Tune over noise levels and consistency weights, each trial a full Ray Train run.
+
+Train V2 under Tune: each trial is a driver function that builds the fine-tuning TorchTrainer with a
+TuneReportCallback (Train's reports become the trial's results, so ASHA sees the validation loss as it
+is reported), then scores the exported model and reports the final metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from ambient.data.config import (
+    DestinationConfig,
+    EncodeConfig,
+    NoiseConfig,
+    PrepareShardsConfig,
+    SourceConfig,
+)
+from ambient.data.holdout import read_rows
+from ambient.data.schema import MANIFEST_NAME
+from ambient.data.storage import exists, is_s3, join, read_text
+from ambient.data.validate import load_manifest
+from ambient.train.config import FinetuneConfig
+from ambient.train.trainer import (
+    build_trainer,
+    ensure_demo_shards,
+    init_ray,
+    prepare_run,
+    resolve_model,
+    write_summary,
+)
+
+from .config import SweepConfig
+from .quality import noisy_space_distance
+from .report import write_reports
+
+MEMORIZATION_NOTE = (
+    "memorization score: not measured (the audit job has not landed); it is left out of the objective, "
+    "and the Pareto plot uses the training noise level as the memorization axis"
+)
+
+
+def _log(message: str) -> None:
+    print(f"[ambient sweep] {message}", flush=True)
+
+
+def trial_config(base: dict, params: dict, name: str, storage_path: str) -> FinetuneConfig:
+    """The fine-tuning config of one trial: the base with the trial's parameters applied."""
+    cfg = FinetuneConfig.model_validate(base)
+    if "sigma_train" in params:
+        cfg.loss.sigma_train = params["sigma_train"]
+    if "consistency_weight" in params:
+        cfg.consistency.weight = params["consistency_weight"]
+    if "lr" in params:
+        cfg.optim.lr = params["lr"]
+    if "consistency_steps" in params:
+        cfg.consistency.steps = params["consistency_steps"]
+    if "lora_rank" in params:
+        cfg.model.lora_rank = params["lora_rank"]
+    cfg.run.name = name
+    cfg.run.storage_path = storage_path
+    cfg.validation.mode = "auto"
+    return cfg
+
+
+def run_trial(params: dict, *, base: dict, model_source: str, trials_uri: str, quality: dict) -> None:
+    started = time.time()
+    name = f"trial-{tune.get_context().get_trial_id()}"
+    cfg = trial_config(base, params, name, trials_uri)
+    prepared = prepare_run(cfg, model_source)
+    result = build_trainer(cfg, prepared, callbacks=[TuneReportCallback()]).fit()
+    if result.error is not None:
+        raise result.error
+    summary_uri = write_summary(cfg, prepared.plan, prepared.data_counts, result, started)
+    summary = json.loads(read_text(summary_uri, cfg.storage.resolved()))
+    holdout = read_rows(cfg.validation.data_uri, cfg.storage.resolved(), quality["samples"])
+    score = noisy_space_distance(
+        summary["exported_model"],
+        holdout,
+        mode=prepared.plan.sampling_mode,
+        sampling_sigma_n=prepared.plan.sigma_n,
+        num_steps=quality["steps"],
+    )
+    tune.report(
+        {
+            "step": summary["steps"],
+            "val_ambient_loss": summary["final_val_ambient_loss"],
+            "quality_sw": score,
+            "images_per_second": summary["images_per_second"],
+            "summary": summary_uri,
+            "done": True,
+        }
+    )
+
+
+def ensure_holdout(cfg: SweepConfig, model_source: str, data_sigma_n: float) -> str:
+    """The held-out noisy set every trial validates on; the demo prepares one (other images, other noise)."""
+    base = cfg.base
+    storage = base.storage.resolved()
+    if base.validation.data_uri:
+        load_manifest(base.validation.data_uri, storage)
+        return base.validation.data_uri
+    if is_s3(base.data.uri):
+        raise ValueError("base.validation.data_uri: set a held-out shard set for a sweep on S3 data")
+    uri = str(Path(base.data.uri).parent / "holdout")
+    if not exists(join(uri, MANIFEST_NAME), storage):
+        from ambient.data.prepare import prepare_shards
+
+        _log(f"preparing {cfg.holdout_rows} held-out synthetic rows at {uri}")
+        prepare_shards(
+            PrepareShardsConfig(
+                source=SourceConfig(count=cfg.holdout_rows, seed=1),  # images the training set does not hold
+                destination=DestinationConfig(uri=uri),
+                encode=EncodeConfig(model=model_source),
+                noise=NoiseConfig(sigma_n=data_sigma_n, seed=1),
+                storage=base.storage,
+            )
+        )
+    return uri
+
+
+def check_space(cfg: SweepConfig, data_max_sigma_n: float) -> None:
+    low = [s for s in cfg.space.sigma_train or [] if s < data_max_sigma_n]
+    if low:
+        raise ValueError(
+            f"space.sigma_train: {low} below the data's sigma_n {data_max_sigma_n:.4g} "
+            "(training can only add noise, never remove it)"
+        )
+
+
+def _param_space(cfg: SweepConfig) -> dict:
+    axes = cfg.space.axes()
+    if not axes:
+        raise ValueError("space: give at least one axis to search (e.g. space.consistency_weight)")
+    wrap = tune.grid_search if cfg.search.method == "grid" else tune.choice
+    return {k: wrap(v) for k, v in axes.items()}
+
+
+def _tune_config(cfg: SweepConfig) -> tune.TuneConfig:
+    search_alg = None
+    if cfg.search.method == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(metric=cfg.metric, mode="min", seed=cfg.search.seed)
+    scheduler = None
+    if cfg.asha.enabled:
+        scheduler = ASHAScheduler(
+            time_attr="step",
+            max_t=cfg.base.train.max_steps,
+            grace_period=cfg.asha.grace_period,
+            reduction_factor=cfg.asha.reduction_factor,
+        )
+    return tune.TuneConfig(
+        metric=cfg.metric,
+        mode="min",
+        search_alg=search_alg,
+        scheduler=scheduler,
+        num_samples=cfg.search.num_samples,
+        max_concurrent_trials=cfg.max_concurrent_trials,
+    )
+
+
+def run_sweep(cfg: SweepConfig) -> str:
+    """Run (or resume) the sweep; returns the path of its results table (results.md)."""
+    base = cfg.base
+    storage = base.storage.resolved()
+    model_source = resolve_model(base)
+    init_ray(cfg.ray_address, base.scaling.num_workers * base.scaling.cpus_per_worker + cfg.trial_cpus)
+    ensure_demo_shards(base, model_source)
+    manifest = load_manifest(base.data.uri, storage)
+    check_space(cfg, manifest.sigma_n.max)
+    holdout_uri = ensure_holdout(cfg, model_source, manifest.noise.sigma_n)
+    base_dump = base.model_dump()
+    base_dump["validation"]["data_uri"] = holdout_uri
+
+    sweep_dir = Path(cfg.storage_path).absolute() / cfg.name
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial,
+            base=base_dump,
+            model_source=model_source,
+            trials_uri=str(sweep_dir / "trials"),
+            quality={"samples": cfg.quality_samples, "steps": cfg.quality_steps},
+        ),
+        {"cpu": cfg.trial_cpus},
+    )
+    _log(MEMORIZATION_NOTE)
+    if tune.Tuner.can_restore(str(sweep_dir)):
+        _log(f"resuming the interrupted sweep at {sweep_dir} (finished trials are kept)")
+        tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=_param_space(cfg),
+            tune_config=_tune_config(cfg),
+            run_config=tune.RunConfig(name=cfg.name, storage_path=str(sweep_dir.parent)),
+        )
+    grid = tuner.fit()
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        rows.append(
+            {
+                "trial": metrics.get("trial_id") or Path(result.path).name,
+                **{k: v for k, v in (result.config or {}).items()},
+                "status": "completed"
+                if metrics.get("done")
+                else ("error" if result.error else "stopped early"),
+                "step": metrics.get("step"),
+                "val_ambient_loss": metrics.get("val_ambient_loss"),
+                "quality_sw": metrics.get("quality_sw"),
+                "memorization": None,
+                "images_per_second": metrics.get("images_per_second"),
+                "summary": metrics.get("summary"),
+            }
+        )
+    grids = sweep_dir / "grids"
+    grids.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        if row["summary"]:
+            samples = sorted(Path(row["summary"]).parent.glob("samples/*.png"))
+            if samples:
+                shutil.copyfile(samples[-1], grids / f"{row['trial']}.png")
+                row["sample_grid"] = str(grids / f"{row['trial']}.png")
+    table = write_reports(rows, sweep_dir, cfg, base_dump, MEMORIZATION_NOTE)
+    return table

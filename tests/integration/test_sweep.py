@@ -1,0 +1,111 @@
+"""The Ray Tune sweep: a 2x2 grid of training noise levels x consistency weights, interrupted and resumed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ambient.config import ConfigError, load_config
+from ambient.train import FinetuneConfig
+from ambient.tune import SweepConfig, run_sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.integration
+
+
+def overrides(storage: Path, model: str, shards: str) -> list[str]:
+    return [
+        "name=grid",
+        f"storage_path={storage}",
+        "space.sigma_train=[0.5, 0.8]",
+        "space.consistency_weight=[0.0, 1.0]",
+        "asha.enabled=false",
+        "max_concurrent_trials=2",
+        "quality_samples=8",
+        "quality_steps=3",
+        f"base.model.path={model}",
+        f"base.data.uri={shards}",
+        "base.data.prepare_if_missing=false",
+        "base.scaling.num_workers=1",
+        "base.train.batch_size=4",
+        "base.train.max_steps=6",
+        "base.train.log_every=3",
+        "base.train.checkpoint_every=6",
+        "base.validation.every_steps=3",
+        "base.validation.num_steps=3",
+        "base.validation.rows=8",
+        "base.validation.prompts=[a red circle on a blue background]",
+    ]
+
+
+def finished_trials(sweep: Path) -> list[Path]:
+    """Summaries of the trials Tune has recorded as done (their final report is in result.json)."""
+    done = []
+    for result in sweep.glob("*/result.json"):
+        for line in result.read_text().splitlines():
+            metrics = json.loads(line)
+            if metrics.get("done") and metrics.get("summary"):
+                done.append(Path(metrics["summary"]))
+    return done
+
+
+def test_invalid_search_spaces_are_rejected_before_any_trial(tmp_path, tiny_model, demo_shards, ray_session):
+    args = overrides(tmp_path, tiny_model, demo_shards)
+    with pytest.raises(ConfigError, match=r"space.consistency_weight.*>= 0"):
+        load_config(SweepConfig, None, [*args, "space.consistency_weight=[-0.5, 1.0]"])
+    cfg = load_config(SweepConfig, None, [*args, "space.sigma_train=[0.2, 1.0]"])
+    with pytest.raises(ValueError, match=r"space.sigma_train: \[0.2\] below the data's sigma_n 0.5"):
+        run_sweep(cfg)
+    assert not (tmp_path / "grid").exists()  # nothing started
+
+
+def test_grid_sweep_is_interrupted_resumes_and_writes_its_reports(
+    tmp_path, tiny_model, demo_shards, ray_session
+):
+    args = overrides(tmp_path, tiny_model, demo_shards)
+    holdout = str(Path(demo_shards).parent / "holdout")
+    # First attempt in its own process (its own local cluster), interrupted once a trial has finished.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "jobs" / "sweep.py"), *[a for x in args for a in ("--set", x)]],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 600
+    while time.time() < deadline and not finished_trials(tmp_path / "grid"):
+        assert proc.poll() is None, "the sweep exited before any trial finished"
+        time.sleep(1)
+    finished_first = {p: p.stat().st_mtime for p in finished_trials(tmp_path / "grid")}
+    assert finished_first, "no trial finished in time"
+    proc.send_signal(signal.SIGINT)  # Tune saves its state and stops
+    proc.wait(timeout=180)
+
+    cfg = load_config(SweepConfig, None, args)
+    table = run_sweep(cfg)  # resumes (Tuner.restore)
+    sweep = tmp_path / "grid"
+    for path, mtime in finished_first.items():
+        assert path.stat().st_mtime == mtime, f"finished trial {path.parent.parent.name} was rerun"
+    rows = list(csv.DictReader((sweep / "results.csv").read_text().splitlines()))
+    assert sorted((float(r["sigma_train"]), float(r["consistency_weight"])) for r in rows) == [
+        (0.5, 0.0), (0.5, 1.0), (0.8, 0.0), (0.8, 1.0),
+    ]  # fmt: skip
+    for r in rows:
+        assert r["status"] == "completed"
+        assert float(r["val_ambient_loss"]) > 0 and float(r["quality_sw"]) > 0
+        assert Path(r["sample_grid"]).is_file()
+    assert Path(table).read_text().startswith("# Sweep grid") and (sweep / "pareto.png").is_file()
+    best = yaml.safe_load((sweep / "best_config.yaml").read_text())
+    best_cfg = FinetuneConfig.model_validate(best)  # ready for jobs/finetune.py
+    best_row = min(rows, key=lambda r: float(r["val_ambient_loss"]))
+    assert best_cfg.consistency.weight == float(best_row["consistency_weight"])
+    assert best_cfg.validation.data_uri == holdout
+    summary = json.loads(Path(best_row["summary"]).read_text())
+    assert summary["config"]["loss"]["sigma_train"] == float(best_row["sigma_train"])
