@@ -1,0 +1,186 @@
+"""Text-to-image sampling with ambient.core's VE samplers through the SDXL denoiser.
+
+Per-prompt seeds: the initial noise of sample i is drawn from its own torch.Generator seeded with
+seed[i], and so is every fresh noise draw of the stochastic ("posterior") sampler, so a prompt's
+image depends on its seed alone, not on the batch it is drawn in (up to float rounding of batched
+matmuls). That is why this module steps ambient.core's samplers itself instead of calling
+ambient.core.generate, which draws the whole batch's noise from one generator; the schedules, the
+integrators and the early-stop Tweedie finish are core's.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..core import Denoiser, early_stop_schedule, full_schedule, posterior_step, sample
+from .conditioning import encode_prompts, make_add_time_ids
+from .denoiser import SDXLDenoiser, guided
+from .loading import SDXLComponents
+from .vae import decode_latents, tensor_to_pil
+
+Mode = Literal["full", "early_stop"]
+Method = Literal["euler", "heun", "posterior"]
+
+
+def _seeds(seed: int | list[int], count: int) -> list[int]:
+    """One seed per prompt; an int seeds prompt i with seed + i."""
+    if isinstance(seed, int):
+        return [seed + i for i in range(count)]
+    if len(seed) != count:
+        raise ValueError(f"got {len(seed)} seeds for {count} prompts")
+    return [int(s) for s in seed]
+
+
+def _per_sample_noise(gens: list[torch.Generator], shape: tuple[int, ...], device: torch.device) -> Tensor:
+    return torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+
+
+def _posterior_sample(denoiser: Denoiser, x: Tensor, sigmas: Tensor, gens: list[torch.Generator]) -> Tensor:
+    """ambient.core.sample(method="posterior") with per-sample generators."""
+    for s_cur, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        s_cur = s_cur.to(x).expand(x.shape[0]) if s_cur.ndim == 0 else s_cur.to(x)
+        s_next = s_next.to(x).expand(x.shape[0]) if s_next.ndim == 0 else s_next.to(x)
+        noise = _per_sample_noise(gens, tuple(x.shape[1:]), x.device).to(x.dtype)
+        x = posterior_step(x, denoiser(x, s_cur), s_cur, s_next, noise)
+    return x
+
+
+@torch.no_grad()
+def sample_latents(
+    components: SDXLComponents,
+    prompts: list[str],
+    *,
+    mode: Mode = "full",
+    sigma_n: float = 0.0,
+    num_steps: int = 32,
+    guidance_scale: float = 5.0,
+    seed: int | list[int] = 0,
+    height: int | None = None,
+    width: int | None = None,
+    method: Method = "heun",
+    uncond: Literal["empty", "zeros"] = "empty",
+    rho: float = 7.0,
+) -> Tensor:
+    """Diffusion-space latents (B, C, H/f, W/f) for ``prompts``; see ``sample_images``."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings")
+    if mode not in ("full", "early_stop"):
+        raise ValueError(f"mode must be 'full' or 'early_stop', got {mode!r}")
+    if method not in ("euler", "heun", "posterior"):
+        raise ValueError(f"method must be euler, heun or posterior, got {method!r}")
+    f = components.vae_scale_factor
+    # As diffusers: the UNet's configured sample size by default.
+    height = height or components.unet.config.sample_size * f
+    width = width or components.unet.config.sample_size * f
+    if height % f or width % f:
+        raise ValueError(f"height and width must be multiples of the VAE factor {f}, got {height}x{width}")
+    unet = components.unet
+    device = unet.device
+    batch = len(prompts)
+    gens = [torch.Generator().manual_seed(s) for s in _seeds(seed, batch)]
+
+    embeds, pooled = encode_prompts(
+        [components.tokenizer, components.tokenizer_2],
+        [components.text_encoder, components.text_encoder_2],
+        list(prompts),
+    )
+    size = torch.tensor([[height, width]] * batch)
+    time_ids = make_add_time_ids(size, torch.zeros(batch, 2), (height, width)).to(device)
+    cond = {
+        "encoder_hidden_states": embeds.to(device),
+        "text_embeds": pooled.to(device),
+        "time_ids": time_ids,
+    }
+    if uncond == "zeros":  # what diffusers does for SDXL base (force_zeros_for_empty_prompt)
+        neg = {k: torch.zeros_like(v) for k, v in cond.items() if k != "time_ids"}
+    elif uncond == "empty":  # what a model trained with drop_captions(...) -> "" has learnt
+        e, p = encode_prompts(
+            [components.tokenizer, components.tokenizer_2],
+            [components.text_encoder, components.text_encoder_2],
+            [""] * batch,
+        )
+        neg = {"encoder_hidden_states": e.to(device), "text_embeds": p.to(device)}
+    else:
+        raise ValueError(f"uncond must be 'empty' or 'zeros', got {uncond!r}")
+    neg["time_ids"] = time_ids
+
+    base = SDXLDenoiser(unet, components.alphas_cumprod, components.scheduler.config.prediction_type)
+    denoiser = guided(base, cond, neg, guidance_scale)
+    # The schedule spans the UNet's trained range (SDXL: 0.029 .. 14.6), not EDM's (0.002 .. 80).
+    sigma_min, sigma_max = base.sigma_min, base.sigma_max
+    early = mode == "early_stop" and sigma_n > 0
+    if early:
+        if sigma_n >= sigma_max:
+            raise ValueError(
+                f"sigma_n must be below the model's largest sigma {sigma_max:.4g}, got {sigma_n}"
+            )
+        sigmas = early_stop_schedule(num_steps, sigma_n, sigma_max, rho)
+    else:
+        sigmas = full_schedule(num_steps, sigma_min, sigma_max, rho)
+
+    shape = (unet.config.in_channels, height // f, width // f)
+    x = _per_sample_noise(gens, shape, device) * sigma_max
+    if method == "posterior":
+        x = _posterior_sample(denoiser, x, sigmas, gens)
+    else:
+        x = sample(denoiser, x, sigmas, method=method)
+    if early:  # one Tweedie step from sigma_n: the model is not trusted below the data's noise
+        x = denoiser(x, torch.full((batch,), float(sigma_n), device=device))
+    return x
+
+
+def sample_images(
+    components: SDXLComponents,
+    prompts: list[str],
+    *,
+    mode: Mode = "full",
+    sigma_n: float = 0.0,
+    num_steps: int = 32,
+    guidance_scale: float = 5.0,
+    seed: int | list[int] = 0,
+    height: int | None = None,
+    width: int | None = None,
+    method: Method = "heun",
+    uncond: Literal["empty", "zeros"] = "empty",
+) -> list[Image.Image]:
+    """Images for ``prompts``. mode "full" samples to sigma = 0 (a model trained with consistency);
+    "early_stop" samples down to ``sigma_n`` and finishes with one Tweedie step. ``seed`` is one int
+    (prompt i gets seed + i) or one seed per prompt. height and width default to the UNet's
+    sample size times the VAE factor. ``uncond`` is the unconditional branch of
+    classifier-free guidance: the embedding of "" (matching caption dropout in training) or zeros
+    (diffusers' default for SDXL base).
+    """
+    latents = sample_latents(
+        components,
+        prompts,
+        mode=mode,
+        sigma_n=sigma_n,
+        num_steps=num_steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        height=height,
+        width=width,
+        method=method,
+        uncond=uncond,
+    )
+    return tensor_to_pil(decode_latents(components.vae, latents))
+
+
+def image_grid(images: list[Image.Image], rows: int) -> Image.Image:
+    """Tile images of one size into ``rows`` rows (row-major; the last row may be short)."""
+    if not images:
+        raise ValueError("image_grid needs at least one image")
+    if rows < 1:
+        raise ValueError(f"rows must be >= 1, got {rows}")
+    cols = -(-len(images) // rows)
+    w, h = images[0].size
+    grid = Image.new("RGB", (cols * w, rows * h))
+    for i, im in enumerate(images):
+        if im.size != (w, h):
+            raise ValueError(f"image {i} is {im.size}, not {(w, h)}")
+        grid.paste(im.convert("RGB"), ((i % cols) * w, (i // cols) * h))
+    return grid
