@@ -38,6 +38,17 @@ from ambient.models import (
     sample_images,
     tensor_to_pil,
 )
+from ambient.models.vae_pretrain import _default_threads
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    # On a shared 2-core machine, two OpenMP threads spinning against other processes run ~10x slower.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(_default_threads())
+    yield
+    torch.set_num_threads(previous)
+
 
 CAPTIONS = ["a red circle on a blue background", "a green ring on a white background", ""]
 
@@ -348,7 +359,11 @@ def test_sample_images_modes_and_sizes(comps):
 
 
 def test_ensure_default_model_trains_once(tmp_path):
+    stale = tmp_path / "tiny-sdxl-v1-steps40"  # left by an older recipe: must be rebuilt, not reused
+    stale.mkdir()
+    (stale / "vae_pretrain.json").write_text('{"recipe": 0, "psnr_db": 99}')
     path = ensure_default_model(tmp_path, steps=40)
+    assert path == stale
     report = json.loads((path / "vae_pretrain.json").read_text())
     assert report["psnr_db"] > report["psnr_db_untrained"] + 1.0, report
     pipe = load_pipeline(path)

@@ -30,6 +30,8 @@ from .vae import pil_to_tensor
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "tiny-sdxl-v1"
+# Bump when the architecture or the training recipe changes: cached folders of another recipe are rebuilt.
+RECIPE = 2
 REPORT_FILE = "vae_pretrain.json"  # inside the model folder, so that it appears atomically with it
 DEFAULT_STEPS = 600
 RESOLUTION = 64
@@ -72,10 +74,10 @@ def ensure_default_model(cache_dir: Path | None = None, seed: int = 0, *, steps:
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     final = root / _model_name(seed, steps)
-    if (final / REPORT_FILE).is_file():
+    if _is_current(final):
         return final
     with _file_lock(root / f"{final.name}.lock"):
-        if (final / REPORT_FILE).is_file():  # another process built it while we waited
+        if _is_current(final):  # another process built it while we waited
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
         try:
@@ -83,14 +85,26 @@ def ensure_default_model(cache_dir: Path | None = None, seed: int = 0, *, steps:
             report = pretrain_vae(pipe.vae, steps=steps, seed=seed)
             pipe.save_pretrained(tmp, safe_serialization=True)
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-            if final.exists():  # a half-built leftover from a run that predates the rename
-                shutil.rmtree(final)
-            tmp.replace(final)
+            if final.exists():  # built by an older recipe: move it aside, then swap the new one in
+                stale = root / f".{final.name}.stale-{time.time_ns()}"
+                final.rename(stale)
+                tmp.rename(final)
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                tmp.rename(final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     logger.info("default model cached at %s (reconstruction PSNR %.2f dB)", final, report["psnr_db"])
     return final
+
+
+def _is_current(folder: Path) -> bool:
+    try:
+        report = json.loads((folder / REPORT_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return report.get("recipe") == RECIPE
 
 
 def _pixels(count: int, seed: int, start: int = 0) -> Tensor:
@@ -190,6 +204,7 @@ def pretrain_vae(
         scaling = 1.0 / latent_std(vae, held_out)
         vae.register_to_config(scaling_factor=scaling)
         return {
+            "recipe": RECIPE,
             "steps": steps,
             "batch_size": batch_size,
             "seconds": round(seconds, 2),
