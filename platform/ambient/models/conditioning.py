@@ -50,8 +50,10 @@ def make_add_time_ids(
         raise ValueError(
             f"original_size_hw has {original.shape[0]} rows but crop_top_left has {crop.shape[0]}"
         )
-    target = torch.tensor([list(target_size_hw)], dtype=dtype).expand(original.shape[0], 2)
-    return torch.cat([original.to(dtype), crop.to(dtype), target], dim=1)
+    target = torch.tensor([list(target_size_hw)], dtype=dtype, device=original.device).expand(
+        len(original), 2
+    )
+    return torch.cat([original.to(dtype), crop.to(original.device, dtype), target], dim=1)
 
 
 def drop_captions(
