@@ -51,4 +51,29 @@ TRAIN_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("ambient_train_images", "counter", "Training images consumed", _TRAIN_TAGS),
 )
 
-ALL_METRICS: tuple[MetricSpec, ...] = TRAIN_METRICS
+_SERVE_TAGS = ("route",)
+
+SERVE_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec(
+        "ambient_serve_requests",
+        "counter",
+        "HTTP requests answered, by route and status code",
+        ("route", "status"),
+    ),
+    MetricSpec(
+        "ambient_serve_request_seconds",
+        "histogram",
+        "End-to-end request latency inside the replica",
+        _SERVE_TAGS,
+    ),
+    MetricSpec(
+        "ambient_serve_queue_seconds", "histogram", "Time a generate request waited for its model call"
+    ),
+    MetricSpec("ambient_serve_model_seconds", "histogram", "Wall time of one model call (a batch)"),
+    MetricSpec("ambient_serve_batch_images", "histogram", "Images per model call"),
+    MetricSpec("ambient_serve_denoising_steps", "histogram", "Denoising steps per generate request"),
+    MetricSpec("ambient_serve_images", "counter", "Images generated"),
+    MetricSpec("ambient_serve_model_loaded", "gauge", "1 once the replica has loaded its model"),
+)
+
+ALL_METRICS: tuple[MetricSpec, ...] = TRAIN_METRICS + SERVE_METRICS

@@ -1,0 +1,249 @@
+"""The HTTP API: FastAPI routes, auth and size checks, and error handlers that leak nothing.
+
+Every error body is ``{"error": {"code", "message", "request_id", "fields"}}``. Validation errors (422)
+name the field and the rule, never echo the input; anything unexpected is a 500 with a generic message
+and the request id, under which the replica logs the traceback.
+"""
+
+import base64
+import logging
+import os
+import re
+import secrets
+import time
+import uuid
+from typing import Any, Protocol
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .auth import BearerAuth
+from .config import ServeConfig
+from .metrics import ServeMetrics
+from .model import Job, JobResult, LoadedModel
+from .sampler import SamplingKey
+from .schemas import (
+    MAX_SEED,
+    ErrorResponse,
+    GeneratedImage,
+    GenerateRequestBase,
+    GenerateResponse,
+    HealthResponse,
+    ModelInfo,
+    ReplicaInfo,
+    request_model,
+)
+
+logger = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_ERRORS = {422: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 500: {"model": ErrorResponse}}
+
+
+class Service(Protocol):
+    """What the routes need from the deployment."""
+
+    config: ServeConfig
+    model: LoadedModel | None
+    auth: BearerAuth
+    metrics: ServeMetrics
+    replica_id: str
+
+    async def submit(self, job: Job) -> JobResult: ...
+
+
+def error_response(
+    status: int, code: str, message: str, request_id: str, fields=None, headers=None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "request_id": request_id, "fields": fields or []}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def field_error(field: str, message: str) -> RequestValidationError:
+    """A 422 about one body field, raised where a rule needs the loaded model (e.g. the VAE factor)."""
+    return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])
+
+
+def _describe(err: dict[str, Any]) -> tuple[str, str]:
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    kind = err.get("type", "")
+    if kind == "json_invalid":
+        return "body", "the request body is not valid JSON"
+    if kind == "extra_forbidden":
+        return ".".join(loc), "unknown field"
+    if kind == "missing":
+        return ".".join(loc) or "body", "field required"
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    if kind in ("model_attributes_type", "dict_type") and not loc:
+        msg = "the request body must be a JSON object"
+    return ".".join(loc) or "body", msg
+
+
+def create_app(service: Service) -> FastAPI:
+    cfg = service.config
+    GenerateRequest = request_model(cfg.limits)
+    app = FastAPI(
+        title="Ambient sampler",
+        version="1",
+        description="Text-to-image sampling from an SDXL model fine-tuned with ambient diffusion. "
+        "See docs/api.md.",
+    )
+    bearer = HTTPBearer(auto_error=False)  # documents the scheme in /docs; the middleware enforces it
+
+    @app.middleware("http")
+    async def gatekeeper(request: Request, call_next):
+        start = time.monotonic()
+        given = request.headers.get("x-request-id", "")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        request.state.request_id = request_id
+        response = _refuse(request, request_id)
+        if response is None:
+            response = await call_next(request)
+        if not given:  # Serve's proxy sets X-Request-ID itself (and passes it in) when it fronts us
+            response.headers["X-Request-ID"] = request_id
+        service.metrics.request(request.url.path, response.status_code, time.monotonic() - start)
+        return response
+
+    def _refuse(request: Request, request_id: str) -> Response | None:
+        """Auth, then the cheap checks on a generate request, before its body is read."""
+        reason = service.auth.check(request.url.path, request.headers.get("authorization"))
+        if reason is not None:
+            return error_response(
+                401, "unauthorized", reason, request_id, headers={"WWW-Authenticate": "Bearer"}
+            )
+        if request.method == "POST" and request.url.path == "/v1/generate":
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype != "application/json":
+                return error_response(
+                    415, "unsupported_media_type", "Content-Type must be application/json", request_id
+                )
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > cfg.limits.max_body_bytes):
+                return error_response(
+                    413,
+                    "body_too_large",
+                    f"the request body exceeds {cfg.limits.max_body_bytes} bytes",
+                    request_id,
+                )
+        return None
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [dict(zip(("field", "message"), _describe(e), strict=True)) for e in exc.errors()]
+        message = "; ".join(f"{f['field']}: {f['message']}" for f in fields) or "invalid request"
+        return error_response(422, "invalid_request", message, request.state.request_id, fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed", 503: "unavailable"}
+        return error_response(
+            exc.status_code,
+            codes.get(exc.status_code, "error"),
+            str(exc.detail),
+            getattr(request.state, "request_id", ""),
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def on_crash(request: Request, exc: Exception) -> JSONResponse:
+        request_id = getattr(request.state, "request_id", uuid.uuid4().hex)
+        logger.error("request %s failed", request_id, exc_info=exc)
+        return error_response(500, "internal_error", "internal error; quote the request id", request_id)
+
+    @app.get("/v1/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+    async def health() -> Any:
+        if service.model is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return HealthResponse(status="ok")
+
+    @app.get("/v1/model", response_model=ModelInfo, dependencies=[Depends(bearer)], responses=_ERRORS)
+    async def model_info() -> ModelInfo:
+        m = _ready(service)
+        return ModelInfo(
+            source=m.label,
+            sigma_n=m.sigma_n,
+            trained_with_consistency=m.trained_with_consistency,
+            default_sampling_mode=m.default_mode,
+            resolution=m.resolution,
+            vae_scale_factor=m.vae_scale_factor,
+            dtype=str(m.dtype).removeprefix("torch."),
+            has_metadata=m.has_metadata,
+            training_steps=m.training_steps,
+            replica=ReplicaInfo(id=service.replica_id, pid=os.getpid(), device=str(m.device)),
+        )
+
+    @app.post(
+        "/v1/generate",
+        response_model=GenerateResponse,
+        dependencies=[Depends(bearer)],
+        responses={**_ERRORS, 200: {"content": {"image/png": {}}}, 413: {"model": ErrorResponse}, 415: {}},
+    )
+    # (No `from __future__ import annotations` in this module: FastAPI must see this class itself.)
+    async def generate(body: GenerateRequest, request: Request) -> Any:  # type: ignore[valid-type]
+        m = _ready(service)
+        job = _job(cfg, m, body)
+        result = await service.submit(job)
+        if result.failed:
+            raise RuntimeError("model call failed")  # logged with its traceback where it ran
+        service.metrics.generated(len(result.pngs), job.key.steps, result.queue_seconds)
+        if body.output == "png":
+            return Response(result.pngs[0], media_type="image/png", headers={"X-Seed": str(job.seeds[0])})
+        return GenerateResponse(
+            request_id=request.state.request_id,
+            images=[
+                GeneratedImage(seed=s, png_base64=base64.b64encode(p).decode())
+                for s, p in zip(job.seeds, result.pngs, strict=True)
+            ],
+            width=job.key.width,
+            height=job.key.height,
+            steps=job.key.steps,
+            guidance_scale=job.key.guidance_scale,
+            sampling_mode=job.key.mode,
+            sigma_stop=job.key.sigma_stop,
+            model_seconds=round(result.model_seconds, 4),
+            batch_images=result.batch_images,
+        )
+
+    return app
+
+
+def _ready(service: Service) -> LoadedModel:
+    if service.model is None:
+        raise StarletteHTTPException(503, "the model is not loaded yet")
+    return service.model
+
+
+def _job(cfg: ServeConfig, m: LoadedModel, body: GenerateRequestBase) -> Job:
+    """Checks that need the loaded model, then the job with its per-image seeds."""
+    f = m.vae_scale_factor
+    height = body.height or m.resolution
+    width = body.width or m.resolution
+    for name, value in (("height", height), ("width", width)):
+        if value % f:
+            raise field_error(name, f"must be a multiple of {f} (the model's VAE factor), got {value}")
+    if height * width > cfg.limits.max_pixels:
+        raise field_error(
+            "height", f"height x width = {height * width} pixels exceeds {cfg.limits.max_pixels}"
+        )
+    mode = m.default_mode if body.sampling_mode == "auto" else body.sampling_mode
+    if m.sigma_n == 0:
+        mode = "full"  # early stop at sigma_n = 0 is full sampling; report what ran
+    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED - body.num_images)
+    key = SamplingKey(
+        steps=body.steps or cfg.defaults.steps,
+        guidance_scale=float(
+            body.guidance_scale if body.guidance_scale is not None else cfg.defaults.guidance_scale
+        ),
+        height=height,
+        width=width,
+        mode=mode,
+        sigma_n=m.sigma_n if mode == "early_stop" else 0.0,
+        method=cfg.defaults.method,
+    )
+    n = body.num_images
+    # A request is one unit of batching: with batching off it fills a whole model call.
+    weight = n if cfg.batching.enabled else cfg.batching.max_batch_images
+    return Job(key, [body.prompt] * n, [body.negative_prompt] * n, [seed + i for i in range(n)], weight)

@@ -1,0 +1,180 @@
+"""The served model: which folder, loading it with its ambient metadata, and running batches of jobs."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ambient.data.storage import StorageConfig, is_s3
+from ambient.models.export import read_metadata
+from ambient.models.loading import SDXLComponents, check_model_dir, load_components
+
+from .sampler import SamplingKey, generate
+
+logger = logging.getLogger(__name__)
+
+DEMO_EXPORT = Path("runs/ray/demo/outputs/model")  # where `make demo` exports, relative to the repo root
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    label: str  # what /v1/model and the startup log call it
+    uri: str  # local folder (absolute) or s3:// prefix
+
+
+def choose_model(model: str | None, storage: StorageConfig | None = None) -> ModelChoice:
+    """The model to serve; with none given, the demo's export if present, else the tiny default.
+
+    Runs on the driver: a missing or malformed model fails here, before anything is deployed.
+    """
+    if model is not None:
+        if is_s3(model):
+            _model_source().check_model_source(model, storage)
+        else:
+            check_model_dir(model)
+        uri = model if is_s3(model) else str(Path(model).resolve())
+        return ModelChoice(model, uri)
+    if (DEMO_EXPORT / "model_index.json").is_file():
+        return ModelChoice("demo export", str(check_model_dir(DEMO_EXPORT).resolve()))
+    from ambient.models.vae_pretrain import ensure_default_model
+
+    return ModelChoice("tiny default", str(ensure_default_model()))
+
+
+def _model_source():
+    # Imported only for s3:// models: ambient.train's package import pulls in DeepSpeed, which a
+    # replica serving a local folder should not pay for at every (re)start.
+    from ambient.train import model_source
+
+    return model_source
+
+
+@dataclass
+class LoadedModel:
+    label: str
+    components: SDXLComponents
+    sigma_n: float
+    trained_with_consistency: bool
+    has_metadata: bool
+    resolution: int
+    training_steps: int | None
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def default_mode(self) -> str:
+        # A model trained without consistency is not trusted below its data's noise level.
+        return "early_stop" if self.sigma_n > 0 and not self.trained_with_consistency else "full"
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.components.vae_scale_factor
+
+
+def load_model(
+    choice: ModelChoice, storage: StorageConfig | None, dtype: torch.dtype, device: torch.device
+) -> LoadedModel:
+    # safetensors only (check_model_dir refuses pickled weights); s3 is downloaded to a cache first
+    folder = (
+        _model_source().resolve_model_dir(choice.uri, storage)
+        if is_s3(choice.uri)
+        else check_model_dir(choice.uri)
+    )
+    components = load_components(folder, dtype=dtype).to(device=device)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        getattr(components, name).eval()
+    try:
+        meta = read_metadata(folder)
+        has_meta = True
+    except FileNotFoundError:
+        meta, has_meta = {}, False
+        logger.warning(
+            "model %s has no ambient metadata: serving it as a clean model (sigma_n 0)", choice.label
+        )
+    f = components.vae_scale_factor
+    return LoadedModel(
+        label=choice.label,
+        components=components,
+        sigma_n=float(meta.get("sigma_n") or 0.0),
+        trained_with_consistency=bool(meta.get("trained_with_consistency", False)),
+        has_metadata=has_meta,
+        resolution=int(meta.get("resolution") or components.unet.config.sample_size * f),
+        training_steps=meta.get("steps"),
+        dtype=dtype,
+        device=device,
+    )
+
+
+@dataclass
+class Job:
+    """One generate request's images, waiting for a model call."""
+
+    key: SamplingKey
+    prompts: list[str]
+    negative_prompts: list[str]
+    seeds: list[int]
+    weight: int  # what it counts against batching.max_batch_images
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class JobResult:
+    pngs: list[bytes] = field(default_factory=list)
+    model_seconds: float = 0.0
+    batch_images: int = 0
+    queue_seconds: float = 0.0
+    failed: bool = False
+
+
+def run_jobs(
+    model: LoadedModel, jobs: list[Job], pad_to: int | None = None
+) -> tuple[list[JobResult], list[tuple[int, float]]]:
+    """Run jobs with equal sampling keys together, one model call per key.
+
+    Returns each job's result, and (images, seconds) of each model call. A failing call fails only
+    its own jobs; the error is logged here, the caller answers them with a generic 500.
+    """
+    groups: dict[SamplingKey, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(job.key, []).append(i)
+    results = [JobResult() for _ in jobs]
+    calls: list[tuple[int, float]] = []
+    for key, members in groups.items():
+        start = time.monotonic()
+        prompts = [p for i in members for p in jobs[i].prompts]
+        try:
+            images = generate(
+                model.components,
+                key,
+                prompts,
+                [p for i in members for p in jobs[i].negative_prompts],
+                [s for i in members for s in jobs[i].seeds],
+                pad_to=pad_to,
+            )
+            pngs = [_png(im) for im in images]
+        except Exception:
+            logger.exception("model call failed (%d images, %s)", len(prompts), key)
+            for i in members:
+                results[i].failed = True
+            continue
+        seconds = time.monotonic() - start
+        calls.append((len(prompts), seconds))
+        offset = 0
+        for i in members:
+            n = len(jobs[i].prompts)
+            r = results[i]
+            r.pngs, r.model_seconds, r.batch_images = pngs[offset : offset + n], seconds, len(prompts)
+            r.queue_seconds = start - jobs[i].enqueued
+            offset += n
+    return results, calls
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,121 @@
+"""Run the service until interrupted: the body of jobs/serve.py.
+
+Joins RAY_ADDRESS or starts a local cluster, starts Serve's HTTP proxy on the configured host and port
+(unless Serve already runs there), deploys the app, waits until /v1/health answers, prints the base
+URL, and on SIGINT/SIGTERM removes what it started (the app; Serve and Ray if it started them).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from .app import build_application
+from .config import ServeConfig
+from .model import choose_model
+
+logger = logging.getLogger(__name__)
+
+
+def base_url(cfg: ServeConfig) -> str:
+    host = "127.0.0.1" if cfg.http.host in ("0.0.0.0", "::") else cfg.http.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{cfg.http.port}{cfg.route_prefix.rstrip('/')}"
+
+
+def wait_healthy(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/v1/health", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"the service did not become healthy at {url}/v1/health within {timeout_s:.0f}s"
+            )
+        time.sleep(0.5)
+
+
+def _serve_running() -> bool:
+    import ray
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return True
+    except ValueError:
+        return False
+
+
+def run_service(cfg: ServeConfig, ready_timeout_s: float = 900.0) -> str:
+    """Deploy, print the base URL once it answers, block until interrupted; returns the URL."""
+    import ray
+    from ray import serve
+
+    def _stop(signum, _frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, _stop)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(log_to_driver=False)  # honours RAY_ADDRESS; else a local cluster
+    started_serve = False
+    try:
+        choice = choose_model(cfg.model, cfg.storage.resolved())
+        print(f"model: {choice.label} ({choice.uri})", file=sys.stderr, flush=True)
+        app = build_application(cfg, choice)
+        if _serve_running():
+            print("Serve already runs on this cluster: its HTTP host/port apply", file=sys.stderr)
+        else:
+            serve.start(
+                http_options={"host": cfg.http.host, "port": cfg.http.port}, proxy_location="HeadOnly"
+            )
+            started_serve = True
+        serve.run(app, name=cfg.app_name, route_prefix=cfg.route_prefix, blocking=False)
+        url = base_url(cfg)
+        wait_healthy(url, ready_timeout_s)
+        _print_model(url, cfg)
+        print(url, flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopping", file=sys.stderr)
+    finally:
+        try:
+            if started_serve:
+                serve.shutdown()
+            elif ray.is_initialized():
+                serve.delete(cfg.app_name)
+        finally:
+            if started_ray:
+                ray.shutdown()
+    return base_url(cfg)
+
+
+def _print_model(url: str, cfg: ServeConfig) -> None:
+    """The startup log line saying what is served (the replica's own account of the loaded model)."""
+    import json
+    import os
+
+    request = urllib.request.Request(f"{url}/v1/model")
+    token = os.environ.get(cfg.auth.token_env or "", "")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            info = json.loads(resp.read())
+        print(
+            f"serving {info['source']}: sigma_n {info['sigma_n']}, default sampling "
+            f"{info['default_sampling_mode']}, {info['resolution']} px",
+            file=sys.stderr,
+            flush=True,
+        )
+    except (urllib.error.URLError, OSError, KeyError, ValueError):
+        pass

@@ -1,0 +1,324 @@
+"""The sampler service over real HTTP: Ray Serve on the session's local Ray cluster, the tiny model.
+
+One deployment for the module (bearer token on, tiny limits so that everything runs in seconds);
+Serve is shut down at the end. The replica-kill test runs last.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from tests.conftest import free_port, ray_metrics_port
+
+pytestmark = pytest.mark.integration
+
+TOKEN_ENV = "AMBIENT_TEST_SERVE_TOKEN"
+TOKEN = "test-token-not-a-secret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SMALL = {"steps": 2, "height": 64, "width": 64}  # keep every call cheap
+
+
+@pytest.fixture(scope="module")
+def service(ray_session, tiny_model):
+    from ray import serve
+
+    from ambient.serve.app import build_application, load_serve_config
+
+    port = free_port()
+    os.environ[TOKEN_ENV] = TOKEN
+    cfg = load_serve_config(
+        inline={
+            "model": tiny_model,
+            "http": {"port": port},
+            "auth": {"token_env": TOKEN_ENV},
+            "limits": {
+                "max_images_per_request": 4,
+                "max_pixels": 128 * 128,
+                "max_steps": 8,
+                "max_prompt_chars": 200,
+                "max_body_bytes": 4096,
+            },
+            "defaults": {"steps": 2, "method": "euler"},
+            "batching": {"max_batch_images": 8, "batch_wait_timeout_s": 0.05},
+            "replica": {"num_cpus": 1, "torch_threads": 1},
+        }
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="HeadOnly")
+    try:
+        serve.run(build_application(cfg), name="ambient-test", route_prefix="/", blocking=False)
+        url = f"http://127.0.0.1:{port}"
+        _wait(lambda: requests.get(f"{url}/v1/health", timeout=5).status_code == 200, 300, "service healthy")
+        yield url
+    finally:
+        serve.shutdown()
+        os.environ.pop(TOKEN_ENV, None)
+
+
+def _wait(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def generate(url: str, session=requests, **body) -> requests.Response:
+    return session.post(
+        f"{url}/v1/generate", json={"prompt": "a red circle", **SMALL, **body}, headers=AUTH, timeout=120
+    )
+
+
+def pixels(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+
+
+def test_health_is_public_and_model_reports_the_loaded_model(service):
+    assert requests.get(f"{service}/v1/health", timeout=10).json() == {"status": "ok"}
+    info = requests.get(f"{service}/v1/model", headers=AUTH, timeout=10).json()
+    assert info["sigma_n"] == 0 and info["default_sampling_mode"] == "full"
+    assert info["resolution"] == 64 and info["replica"]["pid"] > 0
+    assert requests.get(f"{service}/docs", timeout=10).status_code == 200
+    assert "/v1/generate" in requests.get(f"{service}/openapi.json", timeout=10).json()["paths"]
+
+
+def test_generate_returns_pngs_of_the_requested_size(service):
+    r = generate(service, num_images=2, height=48, width=64, seed=7)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [im["seed"] for im in body["images"]] == [7, 8]
+    for im in body["images"]:
+        assert pixels(im["png_base64"]).shape == (48, 64, 3)
+    assert not np.array_equal(
+        pixels(body["images"][0]["png_base64"]), pixels(body["images"][1]["png_base64"])
+    )
+    assert r.headers["x-request-id"] == body["request_id"]
+
+    png = generate(service, output="png", seed=7, height=48, width=64)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert np.array_equal(
+        np.asarray(Image.open(io.BytesIO(png.content)).convert("RGB")),
+        pixels(body["images"][0]["png_base64"]),
+    )
+
+
+def test_same_seed_same_images_alone_and_under_concurrent_load(service):
+    alone = generate(service, seed=1234, num_images=2, prompt="a blue square")
+    assert alone.status_code == 200, alone.text
+    expected = [pixels(im["png_base64"]) for im in alone.json()["images"]]
+
+    def call(i: int) -> requests.Response:
+        if i % 4 == 0:  # the seeded request, among others with other prompts and seeds
+            return generate(service, seed=1234, num_images=2, prompt="a blue square")
+        return generate(service, seed=i, num_images=1 + i % 3, prompt=f"shape {i}")
+
+    with ThreadPoolExecutor(12) as pool:
+        responses = list(pool.map(call, range(24)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    seeded = [r.json() for i, r in enumerate(responses) if i % 4 == 0]
+    # The load must actually have shared model calls, or this test proves nothing about batching.
+    assert max(r.json()["batch_images"] for r in responses) > 2
+    for body in seeded:
+        got = [pixels(im["png_base64"]) for im in body["images"]]
+        assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+
+
+LONG = "x" * 201
+BAD_INPUTS = [
+    # (case, request kwargs, status, a phrase the message must contain)
+    ("malformed JSON", {"data": b'{"prompt": "a", ', "json_ct": True}, 422, "not valid JSON"),
+    ("JSON array", {"json": ["a"]}, 422, "must be a JSON object"),
+    ("missing prompt", {"json": {"steps": 2}}, 422, "prompt: field required"),
+    ("empty prompt", {"json": {"prompt": ""}}, 422, "prompt"),
+    ("prompt of wrong type", {"json": {"prompt": 5}}, 422, "prompt: Input should be a valid string"),
+    (
+        "steps as string",
+        {"json": {"prompt": "a", "steps": "2"}},
+        422,
+        "steps: Input should be a valid integer",
+    ),
+    (
+        "steps above the limit",
+        {"json": {"prompt": "a", "steps": 9}},
+        422,
+        "steps: Input should be less than or equal to 8",
+    ),
+    (
+        "zero steps",
+        {"json": {"prompt": "a", "steps": 0}},
+        422,
+        "steps: Input should be greater than or equal to 1",
+    ),
+    (
+        "too many images",
+        {"json": {"prompt": "a", "num_images": 5}},
+        422,
+        "num_images: Input should be less than or equal to 4",
+    ),
+    (
+        "too many pixels",
+        {"json": {"prompt": "a", "height": 256, "width": 256}},
+        422,
+        "exceeds the limit of 16384",
+    ),
+    (
+        "size not a VAE multiple",
+        {"json": {"prompt": "a", "height": 62, "width": 64}},
+        422,
+        "height: must be a multiple of",
+    ),
+    (
+        "negative width",
+        {"json": {"prompt": "a", "width": -64}},
+        422,
+        "width: Input should be greater than or equal to 8",
+    ),
+    ("huge prompt", {"json": {"prompt": LONG}}, 422, "prompt: String should have at most 200 characters"),
+    (
+        "unknown field",
+        {"json": {"prompt": "a", "num_inference_steps": 2}},
+        422,
+        "num_inference_steps: unknown field",
+    ),
+    ("unknown sampling mode", {"json": {"prompt": "a", "sampling_mode": "fast"}}, 422, "sampling_mode"),
+    (
+        "png with several images",
+        {"json": {"prompt": "a", "output": "png", "num_images": 2}},
+        422,
+        "num_images must be 1",
+    ),
+    (
+        "negative seed",
+        {"json": {"prompt": "a", "seed": -1}},
+        422,
+        "seed: Input should be greater than or equal to 0",
+    ),
+    (
+        "wrong content type",
+        {"data": b"prompt=a", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+        415,
+        "Content-Type must be application/json",
+    ),
+    (
+        "body too large",
+        {"data": b'{"prompt": "' + b"a" * 5000 + b'"}', "json_ct": True},
+        413,
+        "exceeds 4096 bytes",
+    ),
+    ("missing token", {"json": {"prompt": "a"}, "auth": None}, 401, "missing bearer token"),
+    ("wrong token", {"json": {"prompt": "a"}, "auth": "Bearer nope"}, 401, "invalid bearer token"),
+    (
+        "wrong auth scheme",
+        {"json": {"prompt": "a"}, "auth": f"Basic {TOKEN}"},
+        401,
+        "must be 'Bearer <token>'",
+    ),
+    ("wrong method", {"method": "GET", "json": None}, 405, "Method Not Allowed"),
+]
+
+
+@pytest.mark.parametrize("case,kwargs,status,phrase", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_gets_a_4xx_naming_the_problem(service, case, kwargs, status, phrase):
+    kwargs = dict(kwargs)
+    headers = dict(kwargs.pop("headers", {}))
+    auth = kwargs.pop("auth", AUTH["Authorization"])
+    if auth is not None:
+        headers["Authorization"] = auth
+    if kwargs.pop("json_ct", False):
+        headers["Content-Type"] = "application/json"
+    method = kwargs.pop("method", "POST")
+    r = requests.request(method, f"{service}/v1/generate", headers=headers, timeout=60, **kwargs)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert phrase in error["message"], error
+    assert error["request_id"] == r.headers["x-request-id"]
+    assert "Traceback" not in r.text and "/work" not in r.text and "site-packages" not in r.text
+    if status == 401:
+        assert TOKEN not in r.text and r.headers.get("www-authenticate") == "Bearer"
+    # ... and the service keeps serving.
+    assert requests.get(f"{service}/v1/model", headers=AUTH, timeout=30).status_code == 200
+
+
+def test_unknown_route_and_model_route_need_the_token(service):
+    assert requests.get(f"{service}/v1/model", timeout=10).status_code == 401
+    r = requests.get(f"{service}/v1/nope", headers=AUTH, timeout=10)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_200_requests_at_concurrency_16_have_no_5xx(service):
+    start = time.monotonic()
+    sessions = [requests.Session() for _ in range(16)]
+
+    def call(i: int) -> int:
+        # guidance 1 skips the unconditional branch: half the UNet work, same serving path
+        r = generate(service, session=sessions[i % 16], seed=i, prompt=f"load {i % 7}", guidance_scale=1.0)
+        return r.status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(call, range(200)))
+    elapsed = time.monotonic() - start
+    assert codes.count(200) == 200, {c: codes.count(c) for c in set(codes)}
+    print(f"200 requests at concurrency 16 in {elapsed:.1f}s ({200 / elapsed:.1f} req/s)")
+
+
+def _scrape() -> str:
+    return requests.get(f"http://127.0.0.1:{ray_metrics_port()}/metrics", timeout=10).text
+
+
+def test_metrics_endpoint_shows_the_service_metrics_after_traffic(service):
+    from ambient.metric_names import SERVE_METRICS
+
+    assert generate(service, seed=1).status_code == 200
+    wanted = {m.exported + ("_bucket" if m.kind == "histogram" else "") for m in SERVE_METRICS}
+    wanted |= {
+        'ray_ambient_serve_requests_total{.*route="/v1/generate".*status="200"',
+        'ray_ambient_serve_requests_total{.*status="422"',
+        "ray_serve_num_http_requests_total",  # Serve's own request metrics
+    }
+    deadline = time.monotonic() + 60
+    missing = wanted
+    while missing and time.monotonic() < deadline:
+        text = _scrape()
+        missing = {w for w in wanted if not re.search(re.escape(w).replace(r"\.\*", ".*"), text)}
+        if missing:
+            time.sleep(2)
+    assert not missing, f"not exported within 60s: {sorted(missing)}"
+    images = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in _scrape().splitlines()
+        if line.startswith("ray_ambient_serve_images_total")
+    )
+    assert images >= 200
+
+
+def test_killed_replica_is_replaced_and_the_service_answers_again(service):
+    old_pid = requests.get(f"{service}/v1/model", headers=AUTH, timeout=30).json()["replica"]["pid"]
+    with ThreadPoolExecutor(4) as pool:
+        inflight = [pool.submit(generate, service, seed=i) for i in range(8)]
+        time.sleep(0.5)
+        os.kill(old_pid, signal.SIGKILL)
+        codes = [f.result().status_code for f in inflight]  # some may fail while the replica is down
+    assert all(c in (200, 500, 502, 503) for c in codes), codes
+
+    def replaced() -> bool:
+        r = requests.get(f"{service}/v1/model", headers=AUTH, timeout=10)
+        return r.status_code == 200 and r.json()["replica"]["pid"] != old_pid
+
+    _wait(replaced, 180, "a new replica")
+    r = generate(service, seed=5)
+    assert r.status_code == 200, r.text
+    assert pixels(r.json()["images"][0]["png_base64"]).shape == (64, 64, 3)
