@@ -42,8 +42,9 @@ def init_ray(address: str | None, min_cpus: float) -> None:
     if address:
         ray.init(address=address)
     else:
-        # Logical CPUs beyond the cores: the train workers and the Ray Data read tasks must fit together.
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus) + 2), include_dashboard=False)
+        # Logical CPUs beyond the cores: the train workers, their trial drivers and the Ray Data read
+        # tasks must all be schedulable at once, or the data stream starves behind the workers.
+        ray.init(num_cpus=max(os.cpu_count() or 1, 2 * math.ceil(min_cpus) + 4), include_dashboard=False)
 
 
 def resolve_model(cfg: FinetuneConfig) -> str:

@@ -153,7 +153,9 @@ def _tune_config(cfg: SweepConfig) -> tune.TuneConfig:
     if cfg.asha.enabled:
         scheduler = ASHAScheduler(
             time_attr="step",
-            max_t=cfg.base.train.max_steps,
+            # One past the budget: a trial that reaches max_t is stopped, and the last step must still
+            # let the trial export its model and score it.
+            max_t=cfg.base.train.max_steps + 1,
             grace_period=cfg.asha.grace_period,
             reduction_factor=cfg.asha.reduction_factor,
         )
@@ -172,7 +174,8 @@ def run_sweep(cfg: SweepConfig) -> str:
     base = cfg.base
     storage = base.storage.resolved()
     model_source = resolve_model(base)
-    init_ray(cfg.ray_address, base.scaling.num_workers * base.scaling.cpus_per_worker + cfg.trial_cpus)
+    per_trial = base.scaling.num_workers * base.scaling.cpus_per_worker + cfg.trial_cpus
+    init_ray(cfg.ray_address, per_trial * cfg.max_concurrent_trials)
     ensure_demo_shards(base, model_source)
     manifest = load_manifest(base.data.uri, storage)
     check_space(cfg, manifest.sigma_n.max)
@@ -211,7 +214,7 @@ def run_sweep(cfg: SweepConfig) -> str:
                 "trial": metrics.get("trial_id") or Path(result.path).name,
                 **{k: v for k, v in (result.config or {}).items()},
                 "status": "completed"
-                if metrics.get("done")
+                if metrics.get("quality_sw") is not None
                 else ("error" if result.error else "stopped early"),
                 "step": metrics.get("step"),
                 "val_ambient_loss": metrics.get("val_ambient_loss"),
