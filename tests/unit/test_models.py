@@ -373,3 +373,21 @@ def test_ensure_default_model_trains_once(tmp_path):
     stamp = (path / "unet").stat().st_mtime_ns
     assert ensure_default_model(tmp_path, steps=40) == path and (path / "unet").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [path.name]
+
+
+def test_low_precision_models_keep_float32_math(comps):
+    import copy
+
+    unet16 = copy.deepcopy(comps.unet).to(torch.bfloat16)
+    cond = _cond(comps, CAPTIONS[:2])
+    x, sigma = torch.randn(2, 4, 16, 16) * 2.0, torch.tensor([2.0, 2.0])
+    with torch.no_grad():
+        ref = SDXLDenoiser(comps.unet, comps.alphas_cumprod)(x, sigma, **cond)
+        low = SDXLDenoiser(unet16, comps.alphas_cumprod)(x, sigma, **cond)
+    assert low.dtype == torch.float32
+    assert (low - ref).abs().max() < 0.1 * ref.abs().max()
+    vae16 = copy.deepcopy(comps.vae).to(torch.bfloat16)
+    pixels = pil_to_tensor([it.image for it in synthetic_items(2)])
+    latents = encode_images(vae16, pixels)
+    assert latents.dtype == torch.float32 and latents.shape == (2, 4, 16, 16)
+    assert decode_latents(vae16, latents).dtype == torch.uint8

@@ -18,9 +18,10 @@ def _factors(vae: AutoencoderKL) -> tuple[float, float | None]:
 
 
 def _work_dtype(vae: AutoencoderKL) -> torch.dtype:
-    # SDXL's VAE overflows in float16; its config asks for float32 (force_upcast) as diffusers does.
+    """SDXL's VAE overflows in float16; its config asks for float32 (force_upcast), which diffusers
+    grants by upcasting the VAE in place. So do we, once."""
     if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
-        return torch.float32
+        vae.to(torch.float32)
     return vae.dtype
 
 
@@ -34,7 +35,7 @@ def encode_images(vae: AutoencoderKL, pixels: Tensor) -> Tensor:
     if pixels.ndim != 4 or pixels.shape[1] != 3:
         raise ValueError(f"pixels must be (B, 3, H, W), got shape {tuple(pixels.shape)}")
     dtype = _work_dtype(vae)
-    mean = vae.to(dtype).encode(pixels.to(vae.device, dtype)).latent_dist.mean
+    mean = vae.encode(pixels.to(vae.device, dtype)).latent_dist.mean
     return scale_latents(mean.float(), *_factors(vae))
 
 
@@ -43,7 +44,7 @@ def decode_latents(vae: AutoencoderKL, latents: Tensor) -> Tensor:
     """Diffusion-space latents -> (B, 3, H, W) uint8 images (rounded as diffusers' image processor does)."""
     dtype = _work_dtype(vae)
     raw = unscale_latents(latents.float(), *_factors(vae))
-    image = vae.to(dtype).decode(raw.to(vae.device, dtype)).sample.float()
+    image = vae.decode(raw.to(vae.device, dtype)).sample.float()
     return ((image / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
 
