@@ -101,19 +101,6 @@ def test_rerun_with_the_same_name_resumes_from_the_latest_checkpoint(
     assert [h["step"] for h in longer["history"]][-3:] == [24, 26, 28]
 
 
-def _train_worker_pids() -> list[int]:
-    """PIDs of this cluster's Ray Train workers: children of our own raylet whose title names them."""
-    import psutil
-    import ray._private.worker as ray_worker
-
-    raylet = ray_worker._global_node.all_processes["raylet"][0].process.pid
-    return [
-        p.pid
-        for p in psutil.Process(raylet).children(recursive=True)
-        if "RayTrainWorker" in " ".join(p.cmdline())
-    ]
-
-
 def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
     storage, tiny_model, demo_shards
 ):
@@ -129,11 +116,17 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
     thread.start()
     run_dir = storage / "fault"
     deadline = time.time() + 300
-    while time.time() < deadline and not list(run_dir.glob("checkpoint_*/train_state.json")):
+    # Wait until the controller has *registered* a checkpoint (its snapshot lists one), not merely until
+    # the files exist: a failure before registration restarts from scratch, correctly.
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    while time.time() < deadline and not (
+        snapshot.exists() and "checkpoint_dir_name" in snapshot.read_text()
+    ):
+        assert thread.is_alive(), "the run ended before its first checkpoint"
         time.sleep(0.5)
-    pids = _train_worker_pids()
-    assert pids, "no training worker found to kill"
-    os.kill(pids[-1], 9)
+    # Each worker registers its pid under outputs/workers/; kill rank 1's process outright.
+    record = json.loads((run_dir / "outputs" / "workers" / "rank-1.json").read_text())
+    os.kill(record["pid"], 9)
     thread.join(timeout=600)
     assert "uri" in result, "the run did not complete after a worker was killed"
     s = read_summary(result["uri"])

@@ -4,7 +4,10 @@ checkpoints, metrics, validation grids and, on rank 0, the final export."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,7 +19,7 @@ import ray.train.torch
 import torch
 
 from ambient.data.holdout import read_rows
-from ambient.data.storage import upload_directory
+from ambient.data.storage import join, upload_directory, write_bytes_atomic
 from ambient.data.streaming import iter_training_batches
 from ambient.models.denoiser import SDXLDenoiser
 from ambient.models.export import export_pipeline
@@ -77,6 +80,7 @@ class _Worker:
         self.storage = cfg.storage.resolved()
         self.out_dir = Path(tempfile.mkdtemp(prefix="ambient-outputs-"))
 
+        self._register()
         self.comps, self.model_dir = load_model_components(plan.model_source, self.storage)
         for frozen in (self.comps.vae, self.comps.text_encoder, self.comps.text_encoder_2):
             frozen.requires_grad_(False).eval().to(self.device)
@@ -114,6 +118,13 @@ class _Worker:
         self.gen = torch.Generator().manual_seed(
             cfg.train.seed * 100_003 + self.rank * 7919 + self.state.step
         )
+
+    def _register(self) -> None:
+        """Leave ``outputs/workers/rank-N.json`` (pid, host, start time) so an operator can find each
+        rank's process; rewritten by a restarted worker group."""
+        record = {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        uri = join(self.plan.outputs_uri, "workers", f"rank-{self.rank}.json")
+        write_bytes_atomic(uri, json.dumps(record).encode(), self.storage)
 
     # ---- logging -----------------------------------------------------------------------------------
 
