@@ -1,7 +1,7 @@
 """Generate the Grafana dashboards (training.json, serving.json) from the panel lists below.
 
-    .venv/bin/python dashboards/build.py          # rewrite the JSON files
-    .venv/bin/python dashboards/build.py --check  # exit 1 if the committed JSON is out of date
+    .venv/bin/python dashboards/build_dashboards.py          # rewrite the JSON files
+    .venv/bin/python dashboards/build_dashboards.py --check  # exit 1 if the committed JSON is out of date
 
 The platform's own metric names come from ``ambient.metric_names`` (the single source of truth), so a
 renamed metric changes the queries here; Ray's built-in names (``ray_node_*``, ``ray_serve_*``) were
@@ -270,7 +270,7 @@ def main() -> int:
             path.write_text(text)
             print(path)
     if stale:
-        print(f"out of date: {', '.join(stale)} (run dashboards/build.py)", file=sys.stderr)
+        print(f"out of date: {', '.join(stale)} (run dashboards/build_dashboards.py)", file=sys.stderr)
         return 1
     return 0
 

@@ -1,0 +1,225 @@
+"""cluster/: the KubeRay manifests validate against KubeRay's CRD schemas, the ray up config against
+Ray's own schema, and everything they name (image, entrypoint, configs, import path) exists here.
+
+The CRDs live beside the project in ../shared/kuberay-crds/ (KubeRay's ray-operator/config/crd/bases).
+Unknown fields are errors here, as with `kubectl apply` (strict field validation), although the CRD
+schemas themselves only prune them.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import re
+import shlex
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.conftest import require
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = Path(__file__).resolve().parents[2].parent / "shared" / "kuberay-crds"
+KUBERAY = ROOT / "cluster" / "kuberay"
+DOCKERFILE = ROOT / "cluster" / "docker" / "Dockerfile"
+AWS = ROOT / "cluster" / "aws" / "ambient.yaml"
+MANIFESTS = {"RayCluster": "raycluster.yaml", "RayJob": "rayjob.yaml", "RayService": "rayservice.yaml"}
+CRD_FILES = {
+    "RayCluster": "ray.io_rayclusters.yaml",
+    "RayJob": "ray.io_rayjobs.yaml",
+    "RayService": "ray.io_rayservices.yaml",
+}
+
+
+def manifest(kind: str) -> dict:
+    return yaml.safe_load((KUBERAY / MANIFESTS[kind]).read_text())
+
+
+def strict(schema: dict) -> dict:
+    """The schema with unknown fields forbidden wherever it lists the fields (as kubectl's strict mode)."""
+    schema = copy.deepcopy(schema)
+
+    def walk(node):
+        if isinstance(node, dict):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                node["additionalProperties"] = False
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return schema
+
+
+def crd_schema(kind: str) -> dict:
+    require(
+        f"KubeRay CRDs in {CRDS}", (CRDS / CRD_FILES[kind]).is_file(), "see ../shared/kuberay-crds/README.md"
+    )
+    crd = yaml.safe_load((CRDS / CRD_FILES[kind]).read_text())
+    assert crd["spec"]["names"]["kind"] == kind
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+@pytest.mark.parametrize("kind", MANIFESTS)
+def test_manifest_validates_against_the_kuberay_crd(kind):
+    doc = manifest(kind)
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == kind
+    jsonschema.validate(doc, strict(crd_schema(kind)))
+
+
+def test_strict_validation_rejects_a_misspelt_field():
+    doc = manifest("RayCluster")
+    doc["spec"]["workerGroupSpecs"][0]["maxReplica"] = 8
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, strict(crd_schema("RayCluster")))
+
+
+def cluster_specs() -> dict[str, dict]:
+    return {
+        "RayCluster": manifest("RayCluster")["spec"],
+        "RayJob": manifest("RayJob")["spec"]["rayClusterSpec"],
+        "RayService": manifest("RayService")["spec"]["rayClusterConfig"],
+    }
+
+
+def pod_templates(spec: dict) -> list[dict]:
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    return [(g, c) for g in groups for c in g["template"]["spec"]["containers"]]
+
+
+def test_rayjob_runs_on_the_raycluster_spec():
+    assert manifest("RayJob")["spec"]["rayClusterSpec"] == manifest("RayCluster")["spec"]
+
+
+def test_gpu_worker_group_autoscales_and_head_is_cpu_only():
+    for name, spec in cluster_specs().items():
+        assert spec["enableInTreeAutoscaling"] is True, name
+        head_limits = spec["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert "nvidia.com/gpu" not in head_limits, name
+        gpu = [g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu"]
+        assert gpu and gpu[0]["maxReplicas"] > gpu[0]["minReplicas"], name
+        limits = gpu[0]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert int(limits["nvidia.com/gpu"]) >= 1, name
+
+
+def dockerfile() -> tuple[str, str]:
+    """(image title, WORKDIR) declared by cluster/docker/Dockerfile."""
+    text = DOCKERFILE.read_text()
+    title = re.search(r'org\.opencontainers\.image\.title="([^"]+)"', text).group(1)
+    workdir = re.search(r"^WORKDIR\s+(\S+)", text, re.M).group(1)
+    return title, workdir
+
+
+def project_path(path: str) -> Path:
+    """A path inside the image (absolute under WORKDIR, or relative to it) -> the same file here."""
+    _, workdir = dockerfile()
+    rel = path[len(workdir) + 1 :] if path.startswith(workdir + "/") else path
+    assert not rel.startswith("/"), f"{path} is outside the image's {workdir}"
+    return ROOT / rel
+
+
+def test_image_is_the_projects_dockerfile_at_the_project_version():
+    title, workdir = dockerfile()
+    version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    images = [c["image"] for spec in cluster_specs().values() for _, c in pod_templates(spec)]
+    images.append(yaml.safe_load(AWS.read_text())["docker"]["image"])
+    for image in images:
+        repo, tag = image.rsplit(":", 1)
+        assert repo.rsplit("/", 1)[-1] == title and tag == version, image
+    for spec in cluster_specs().values():
+        assert all(c["workingDir"] == workdir for _, c in pod_templates(spec))
+    # What the Dockerfile copies exists.
+    for src in re.findall(r"^COPY\s+(.+)\s+\S+$", DOCKERFILE.read_text(), re.M):
+        for part in src.split():
+            assert (ROOT / part).exists(), f"Dockerfile copies missing {part}"
+
+
+def test_s3_credentials_come_from_the_secret_and_metrics_port_is_exposed():
+    secrets = {
+        d["metadata"]["name"]: set(d["stringData"])
+        for d in yaml.safe_load_all((KUBERAY / "secrets.example.yaml").read_text())
+    }
+    for name, spec in cluster_specs().items():
+        for group, container in pod_templates(spec):
+            env = {e["name"]: e for e in container["env"]}
+            for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                ref = env[var]["valueFrom"]["secretKeyRef"]
+                assert ref["key"] in secrets[ref["name"]], (name, var)
+            for e in container["env"]:
+                assert "value" not in e or "SECRET" not in e["name"], "a secret written in the manifest"
+            port = group["rayStartParams"]["metrics-export-port"]
+            named = {p["name"]: p["containerPort"] for p in container["ports"]}
+            assert named["metrics"] == int(port), name
+
+
+def test_rayjob_entrypoint_and_config_exist_and_validate():
+    from ambient.config import load_config
+    from ambient.train import FinetuneConfig
+
+    argv = shlex.split(manifest("RayJob")["spec"]["entrypoint"])
+    assert argv[:2] == ["python", "jobs/finetune.py"] and project_path(argv[1]).is_file()
+    config = argv[argv.index("--config") + 1]
+    assert config == "jobs/configs/sdxl_lora.yaml" and project_path(config).is_file()
+    cfg = load_config(FinetuneConfig, project_path(config), [])
+    assert cfg.scaling.use_gpu and cfg.model.lora_rank > 0
+    # The GPU group can hold the run: one train worker per GPU pod, with its CPUs.
+    gpu = next(
+        g for g in manifest("RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"] if g["groupName"] == "gpu"
+    )
+    assert gpu["maxReplicas"] >= cfg.scaling.num_workers
+    cpus = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
+    assert float(cpus) >= cfg.scaling.cpus_per_worker
+
+
+def test_rayservice_import_path_imports_and_its_args_validate():
+    from ambient.serve.app import load_serve_config
+
+    serve = yaml.safe_load(manifest("RayService")["spec"]["serveConfigV2"])
+    (app,) = serve["applications"]
+    module, attr = app["import_path"].split(":")
+    assert callable(getattr(importlib.import_module(module), attr))
+    args = dict(app["args"])
+    config = args.pop("config")
+    assert project_path(config).is_file()
+    cfg = load_serve_config(str(project_path(config)), args.pop("set", []), args)
+    assert cfg.model.startswith("s3://") and cfg.replica.num_gpus == 1
+    # The token variable the app reads is set from the Secret on the head, where the app is built.
+    head = manifest("RayService")["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert cfg.auth.token_env in {e["name"] for e in head["env"]}
+
+
+def test_podmonitor_scrapes_the_metrics_port():
+    pm = yaml.safe_load((KUBERAY / "podmonitor.yaml").read_text())
+    assert pm["kind"] == "PodMonitor" and pm["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_ray_up_config_validates_against_rays_schema_and_names_existing_files():
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    config = yaml.safe_load(AWS.read_text())
+    jsonschema.validate(config, schema)
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"].get("CPU") == 0
+    spot = [
+        t
+        for t in types.values()
+        if t["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+    ]
+    assert spot and all(t["max_workers"] > 0 for t in spot)
+    commands = " ".join(config["head_start_ray_commands"] + config["worker_start_ray_commands"])
+    assert commands.count("--metrics-export-port=8080") == 2 and "ray stop" not in commands
+    for path in re.findall(r"(/app/\S+\.py)", commands):
+        assert project_path(path).is_file(), path
