@@ -1,0 +1,238 @@
+"""The audit as a library: audit one or several models on the same items, and the sweep's single score.
+
+run_audit(cfg) -> Path                     the whole audit; returns the report's Markdown path
+audit_model(comps, items, originals, space, cfg) -> ModelAudit
+memorization_score(model_dir, items, *, config=None) -> float   (higher = more memorization)
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ambient.models.loading import SDXLComponents, load_components
+from ambient.models.vae import decode_latents, encode_images
+
+from .attack import AttackResult, psnr, reconstruction_attack, to_uint8
+from .config import AuditConfig, ItemsSection, check_paths
+from .features import FeatureSpace, build_extractor
+from .generation import GenerationResult, generation_similarity
+from .items import AuditItems, from_dataset, load_items
+from .quality import quality_metrics
+
+GENERATION_SCORE_THRESHOLD = 0.95
+
+
+@dataclass
+class ModelAudit:
+    label: str
+    path: str
+    attacks: list[AttackResult]
+    vae_ceiling: dict[str, float]  # the VAE round trip: the best any reconstruction can score
+    generation: GenerationResult | None = None
+    quality: dict | None = None
+    score: float = float("nan")
+    score_name: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {
+            "label": self.label,
+            "path": self.path,
+            "memorization_score": self.score,
+            "score": self.score_name,
+            "vae_ceiling": self.vae_ceiling,
+            "attacks": [a.summary() for a in self.attacks],
+            "generation": self.generation.summary() if self.generation else None,
+            "quality": self.quality,
+        }
+
+
+def resolve_model_path(path: str | None) -> str:
+    if path is not None:
+        return str(path)
+    from ambient.models.vae_pretrain import ensure_default_model
+
+    return str(ensure_default_model())
+
+
+def default_resolution(comps: SDXLComponents) -> int:
+    return int(comps.unet.config.sample_size) * comps.vae_scale_factor
+
+
+def originals_of(items: AuditItems, comps: SDXLComponents) -> Tensor:
+    """The originals as pixels in [-1, 1]: given, or decoded from clean latents with the model's VAE."""
+    if items.pixels is not None:
+        return items.pixels.float()
+    return decode_latents(comps.vae, items.latents).float() / 127.5 - 1
+
+
+@contextmanager
+def _threads(count: int | None):
+    previous = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def score_of(audit: ModelAudit, score: str) -> float:
+    if score == "tweedie":
+        return float(audit.attacks[0].tweedie_similarity.mean())
+    if score == "sample":
+        sims = audit.attacks[0].sample_similarity
+        if sims is None:
+            raise ValueError("score 'sample' needs attack.sample: true")
+        return float(sims.mean())
+    if audit.generation is None:
+        raise ValueError("score 'generation' needs generation.n > 0")
+    return audit.generation.fraction_above(GENERATION_SCORE_THRESHOLD)
+
+
+@torch.no_grad()
+def audit_model(
+    comps: SDXLComponents,
+    items: AuditItems,
+    originals: Tensor,
+    space: FeatureSpace,
+    cfg: AuditConfig,
+    *,
+    label: str = "model",
+    path: str = "",
+) -> ModelAudit:
+    comps.unet.eval()
+    truth = to_uint8(originals)
+    round_trip = torch.cat(
+        [decode_latents(comps.vae, encode_images(comps.vae, c)) for c in originals.split(cfg.batch_size)]
+    )
+    ceiling = {
+        "similarity_mean": float(space.paired(round_trip, truth).mean()),
+        "psnr_mean": float(psnr(round_trip, truth).mean()),
+    }
+    attacks = [
+        reconstruction_attack(
+            comps,
+            items.ids,
+            items.captions,
+            originals,
+            space,
+            timestep=t,
+            mask=cfg.attack.mask,
+            mask_fraction=cfg.attack.mask_fraction,
+            run_sampler=cfg.attack.sample,
+            steps=cfg.attack.steps,
+            guidance=cfg.attack.guidance,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+        )
+        for t in cfg.attack.timesteps
+    ]
+    audit = ModelAudit(label=label, path=path, attacks=attacks, vae_ceiling=ceiling)
+    gen = cfg.generation
+    if gen.n > 0:
+        height, width = originals.shape[-2:]
+        audit.generation = generation_similarity(
+            comps,
+            items.captions,
+            space,
+            n=gen.n,
+            steps=gen.steps,
+            guidance=gen.guidance,
+            mode=gen.mode,
+            sigma_n=gen.sigma_n,
+            seed=cfg.seed,
+            height=height,
+            width=width,
+            thresholds=gen.thresholds,
+            batch_size=cfg.batch_size,
+        )
+        if cfg.quality.enabled:
+            audit.quality = quality_metrics(
+                audit.generation.images,
+                truth,
+                inception=cfg.quality.inception,
+                reference_stats=cfg.quality.reference_stats,
+                batch_size=cfg.batch_size,
+            )
+    audit.score, audit.score_name = score_of(audit, cfg.score), cfg.score
+    return audit
+
+
+def _labels(cfg: AuditConfig, paths: list[str]) -> list[str]:
+    labels: list[str] = []
+    for i, (entry, path) in enumerate(zip(cfg.models, paths, strict=True)):
+        label = entry.label or Path(path).name or f"model{i}"
+        label = re.sub(r"[^A-Za-z0-9._-]+", "-", label)
+        labels.append(label if label not in labels else f"{label}-{i}")
+    return labels
+
+
+def run_audit(cfg: AuditConfig) -> Path:
+    """Audit every model of ``cfg`` on the same items; write the report; return its Markdown path."""
+    from .report import write_report
+
+    check_paths(cfg)
+    with _threads(cfg.threads):
+        paths = [resolve_model_path(m.path) for m in cfg.models]
+        labels = _labels(cfg, paths)
+        audits: list[ModelAudit] = []
+        items = originals = space = None
+        for label, path in zip(labels, paths, strict=True):
+            comps = load_components(path)
+            if items is None:
+                items = load_items(cfg.items, default_resolution(comps))
+                originals = originals_of(items, comps)
+                extractor = build_extractor(cfg.features.kind, cfg.features.weights)
+                space = FeatureSpace(extractor, to_uint8(originals), cfg.batch_size)
+            audits.append(audit_model(comps, items, originals, space, cfg, label=label, path=path))
+            del comps
+        return write_report(Path(cfg.output_dir), cfg, items, to_uint8(originals), audits)
+
+
+def dry_run(cfg: AuditConfig) -> str:
+    """Validate the paths as a real run would, print the resolved config; nothing is loaded."""
+    from ambient.cli import print_dry_run
+
+    check_paths(cfg)
+    print_dry_run(cfg)
+    return str(Path(cfg.output_dir) / "report.md")
+
+
+def memorization_score(
+    model_dir: str | None,
+    items: AuditItems | ItemsSection | str,
+    *,
+    config: AuditConfig | None = None,
+) -> float:
+    """One number, higher = more memorization, for a sweep trial.
+
+    ``items``: the training items (AuditItems), an ItemsSection, or a shard dataset URI (the synthetic
+    demo's shards are re-rendered; clean-latent shards are used as they are). ``config.score`` picks the
+    number: "tweedie" (default: the mean feature similarity of the one-step Tweedie reconstruction
+    from ``config.attack.timesteps[0]``, 900 by default, to the originals), "sample" (the same after the
+    whole sampler) or "generation" (the fraction of generations above 0.95). Only what the score needs
+    runs: the default costs one UNet pass per item (a few seconds for 8 items of the tiny model on CPU).
+    """
+    cfg = (config or AuditConfig()).model_copy(deep=True)
+    cfg.attack.timesteps = cfg.attack.timesteps[:1]
+    cfg.attack.sample = cfg.score == "sample"
+    if cfg.score != "generation":
+        cfg.generation.n = 0
+    cfg.quality.enabled = False
+    path = resolve_model_path(model_dir)
+    with _threads(cfg.threads):
+        comps = load_components(path)
+        if isinstance(items, str):
+            items = from_dataset(items, cfg.items.count, None)
+        elif isinstance(items, ItemsSection):
+            items = load_items(items, default_resolution(comps))
+        originals = originals_of(items, comps)
+        space = FeatureSpace(build_extractor(cfg.features.kind, cfg.features.weights), to_uint8(originals))
+        return audit_model(comps, items, originals, space, cfg, path=path).score

@@ -1,0 +1,188 @@
+"""The audit report: report.json (every number), report.md (side-by-side tables) and PNGs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+from torch import Tensor
+
+from ambient.config import redacted
+from ambient.models.sampling import image_grid
+from ambient.models.vae import tensor_to_pil
+
+from .config import AuditConfig
+from .items import AuditItems
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+REPORT_JSON, REPORT_MD, HISTOGRAM = "report.json", "report.md", "generation_similarity.png"
+MAX_ROWS = 8  # items shown in the attack grids
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _attack_grid(originals: Tensor, images: dict[str, Tensor], path: Path) -> list[str]:
+    columns = ["original"] + [k for k in ("corrupted", "tweedie", "sample") if k in images]
+    rows = min(MAX_ROWS, len(originals))
+    stacks = {"original": originals, **images}
+    tiles = [im for i in range(rows) for name in columns for im in tensor_to_pil(stacks[name][i : i + 1])]
+    image_grid(tiles, rows).save(path)
+    return columns
+
+
+def _top_matches(audit, originals: Tensor, top_k: int, path: Path) -> list[tuple[int, int, float]]:
+    gen = audit.generation
+    order = gen.max_similarity.argsort(descending=True)[:top_k].tolist()
+    tiles = []
+    for i in order:
+        tiles += tensor_to_pil(gen.images[i : i + 1]) + tensor_to_pil(
+            originals[int(gen.nearest[i]) : int(gen.nearest[i]) + 1]
+        )
+    image_grid(tiles, len(order)).save(path)
+    return [(i, int(gen.nearest[i]), float(gen.max_similarity[i])) for i in order]
+
+
+def _histogram(audits: list, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = [i / 40 for i in range(-40, 41)]
+    for audit in audits:
+        ax.hist(audit.generation.max_similarity.numpy(), bins=bins, alpha=0.5, label=audit.label)
+    for t in audits[0].generation.thresholds:
+        ax.axvline(t, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("max similarity of a generation to any training item")
+    ax.set_ylabel("generations")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(out_dir: Path, cfg: AuditConfig, items: AuditItems, originals: Tensor, audits: list) -> Path:
+    """Write the report into ``out_dir`` (created); returns the path of report.md."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = {
+        "config": redacted(cfg),
+        "features": cfg.features.kind,
+        "items": [{"id": i, "caption": c} for i, c in zip(items.ids, items.captions, strict=True)],
+        "models": [],
+    }
+    md = [
+        "# Memorization audit",
+        "",
+        f"{len(items)} training items ({cfg.items.kind}), features: **{cfg.features.kind}**"
+        + (" (pixel-level near-duplication, not semantics)" if cfg.features.kind == "builtin" else "")
+        + f", seed {cfg.seed}. Memorization score: **{cfg.score}** (higher = more memorization). "
+        "See docs/audit.md for what each number means.",
+        "",
+        "| | " + " | ".join(a.label for a in audits) + " |",
+        "|---|" + "---|" * len(audits),
+    ]
+
+    def row(name: str, values: list[str]) -> None:
+        md.append(f"| {name} | " + " | ".join(values) + " |")
+
+    row("memorization score", [_fmt(a.score) for a in audits])
+    row(
+        "VAE round trip: similarity / PSNR",
+        [
+            f"{_fmt(a.vae_ceiling['similarity_mean'])} / {_fmt(a.vae_ceiling['psnr_mean'], 1)} dB"
+            for a in audits
+        ],
+    )
+    for k, attack in enumerate(audits[0].attacks):
+        tag = f"t={attack.timestep:g} (sigma {attack.sigma:.2f}, mask {attack.mask})"
+        row(
+            f"attack {tag}: Tweedie similarity mean / max",
+            [
+                f"{_fmt(a.attacks[k].summary()['tweedie_similarity_mean'])} / {_fmt(a.attacks[k].summary()['tweedie_similarity_max'])}"
+                for a in audits
+            ],
+        )
+        row(
+            f"attack {tag}: Tweedie PSNR",
+            [_fmt(a.attacks[k].summary()["tweedie_psnr_mean"], 1) + " dB" for a in audits],
+        )
+        if attack.sample_similarity is not None:
+            row(
+                f"attack {tag}: sampler similarity mean / max",
+                [
+                    f"{_fmt(a.attacks[k].summary()['sample_similarity_mean'])} / {_fmt(a.attacks[k].summary()['sample_similarity_max'])}"
+                    for a in audits
+                ],
+            )
+            row(
+                f"attack {tag}: sampler PSNR",
+                [_fmt(a.attacks[k].summary()["sample_psnr_mean"], 1) + " dB" for a in audits],
+            )
+    with_gen = [a for a in audits if a.generation is not None]
+    if len(with_gen) == len(audits) and audits:
+        row("generations", [str(a.generation.summary()["n"]) for a in audits])
+        row(
+            "generation: mean / max of max-similarity",
+            [
+                f"{_fmt(a.generation.summary()['mean_max_similarity'])} / {_fmt(a.generation.summary()['max_similarity'])}"
+                for a in audits
+            ],
+        )
+        for t in audits[0].generation.thresholds:
+            row(f"generation: fraction above {t:g}", [_fmt(a.generation.fraction_above(t)) for a in audits])
+        if all(a.quality for a in audits):
+            row(
+                "fd_builtin (built-in Fréchet distance, NOT FID)",
+                [_fmt(a.quality["fd_builtin"], 2) for a in audits],
+            )
+            row("FID (Inception)", [_fmt(a.quality["fid"], 2) for a in audits])
+
+    md.append("")
+    if with_gen:
+        _histogram(with_gen, out_dir / HISTOGRAM)
+        md += ["## Generation similarity", "", f"![histogram]({HISTOGRAM})", ""]
+    for audit in audits:
+        entry = audit.summary()
+        entry["per_item"] = []
+        md += [f"## {audit.label}", "", f"Model: `{audit.path}`", ""]
+        for attack in audit.attacks:
+            name = f"attack_{audit.label}_t{attack.timestep:g}.png"
+            columns = _attack_grid(originals, attack.images, out_dir / name)
+            md += [
+                f"Attack at t={attack.timestep:g}, columns: {', '.join(columns)}",
+                "",
+                f"![attack]({name})",
+                "",
+            ]
+            entry["per_item"].append(
+                {
+                    "timestep": attack.timestep,
+                    "tweedie_similarity": attack.tweedie_similarity.tolist(),
+                    "tweedie_psnr": attack.tweedie_psnr.tolist(),
+                    "sample_similarity": None
+                    if attack.sample_similarity is None
+                    else attack.sample_similarity.tolist(),
+                    "sample_psnr": None if attack.sample_psnr is None else attack.sample_psnr.tolist(),
+                }
+            )
+        if audit.generation is not None:
+            name = f"top_matches_{audit.label}.png"
+            matches = _top_matches(audit, originals, cfg.generation.top_k, out_dir / name)
+            md += ["Top matches (generation | nearest training item):", "", f"![top matches]({name})", ""]
+            md += ["| row | caption | nearest item | similarity |", "|---|---|---|---|"]
+            md += [
+                f"| {r + 1} | {audit.generation.captions[i]} | {items.ids[j]} | {s:.3f} |"
+                for r, (i, j, s) in enumerate(matches)
+            ]
+            md.append("")
+            entry["generation_max_similarity"] = audit.generation.max_similarity.tolist()
+            entry["generation_nearest"] = [items.ids[j] for j in audit.generation.nearest.tolist()]
+        data["models"].append(entry)
+    (out_dir / REPORT_JSON).write_text(json.dumps(data, indent=2, default=str) + "\n")
+    path = out_dir / REPORT_MD
+    path.write_text("\n".join(md) + "\n")
+    return path
