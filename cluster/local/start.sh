@@ -30,7 +30,10 @@ RAY_OBJECT_MANAGER_PORT=${RAY_OBJECT_MANAGER_PORT:-6382}
 RAY_AGENT_PORT=${RAY_AGENT_PORT:-52365}             # dashboard agent HTTP; +1 gRPC, +2 runtime env
 RAY_MIN_WORKER_PORT=${RAY_MIN_WORKER_PORT:-10002}
 RAY_MAX_WORKER_PORT=${RAY_MAX_WORKER_PORT:-19999}
-RAY_NUM_CPUS=${RAY_NUM_CPUS:-}                      # empty: Ray counts the cores
+# Logical CPUs, at least 8 as jobs/finetune.py gives a cluster it starts itself: train workers, Ray
+# Train's controller and Ray Data's read tasks must all be schedulable at once on a small machine.
+cores=$(nproc 2>/dev/null || echo 2)
+RAY_NUM_CPUS=${RAY_NUM_CPUS:-$((cores > 8 ? cores : 8))}
 # SeaweedFS: S3 on S3_PORT; its other listeners (master, volume, filer, gRPC, ...) on WEED_PORT_BASE+0..12.
 S3_PORT=${S3_PORT:-8333}
 WEED_PORT_BASE=${WEED_PORT_BASE:-23300}
@@ -82,7 +85,7 @@ launch ray "$STATE/logs/ray.log" "$BIN/ray" start --head --block \
   --metrics-export-port="$RAY_METRICS_PORT" --dashboard-agent-listen-port="$RAY_AGENT_PORT" \
   --dashboard-agent-grpc-port="$agent_grpc" --runtime-env-agent-port="$runtime_env" \
   --min-worker-port="$RAY_MIN_WORKER_PORT" --max-worker-port="$RAY_MAX_WORKER_PORT" \
-  --temp-dir="$RAY_TEMP_DIR" ${RAY_NUM_CPUS:+--num-cpus="$RAY_NUM_CPUS"}
+  --temp-dir="$RAY_TEMP_DIR" --num-cpus="$RAY_NUM_CPUS"
 
 weed_flags=(master.port master.port.grpc volume.port volume.port.grpc filer.port filer.port.grpc
   s3.port.grpc s3.port.iceberg s3.port.lance admin.port admin.port.grpc metricsPort webdav.port)
