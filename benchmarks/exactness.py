@@ -385,6 +385,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, required=True, help="where to write the results")
     p.add_argument("--plot", type=Path, default=None, help="PNG scatter of the variants (d = 2 only)")
     p.add_argument("--quick", action="store_true", help="smaller budget and evaluation: a smoke run")
+    p.add_argument(
+        "--weighting", choices=("none", "x0"), default="x0", help="ambient-loss weighting of every variant"
+    )
+    p.add_argument("--lam", type=float, default=None, help="consistency weight lambda (default 10)")
     return p.parse_args(argv)
 
 
@@ -403,6 +407,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         )
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)
+    cfg = replace(cfg, weighting=args.weighting)
+    if args.lam is not None:
+        cfg = replace(cfg, consistency=replace(cfg.consistency, weight=args.lam))
     return cfg
 
 

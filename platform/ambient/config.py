@@ -58,7 +58,7 @@ def apply_override(data: dict, assignment: str) -> None:
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        loc = ".".join(str(p) for p in e["loc"]) or "config"  # cross-field checks name their fields in msg
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see the job's --help or jobs/configs/)"

@@ -151,6 +151,4 @@ class FinetuneConfig(Section):
             raise ValueError(
                 "train.ema_decay is not supported with deepspeed.zero_stage = 3 (partitioned weights)"
             )
-        if self.train.checkpoint_every > self.train.max_steps:
-            raise ValueError("train.checkpoint_every must be <= train.max_steps, or no checkpoint is written")
         return self
