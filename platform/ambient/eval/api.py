@@ -7,6 +7,7 @@ memorization_score(model_dir, items, *, config=None) -> float   (higher = more m
 
 from __future__ import annotations
 
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,11 +73,17 @@ def originals_of(items: AuditItems, comps: SDXLComponents) -> Tensor:
     return decode_latents(comps.vae, items.latents).float() / 127.5 - 1
 
 
+def default_threads() -> int:
+    """Two threads on an idle machine, one on a busy one: OpenMP threads spinning against other
+    processes' are slower than a single thread (measured for the VAE pre-training on 2 loaded cores)."""
+    cpus = os.cpu_count() or 1
+    return 1 if os.getloadavg()[0] >= cpus else min(2, cpus)
+
+
 @contextmanager
 def _threads(count: int | None):
     previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
+    torch.set_num_threads(count or default_threads())
     try:
         yield
     finally:

@@ -119,7 +119,7 @@ class AuditConfig(Section):
     output_dir: str = "runs/audit"
     seed: int = 0
     batch_size: int = Field(8, ge=1)
-    threads: int | None = Field(None, ge=1, description="torch threads (None = torch's default)")
+    threads: int | None = Field(None, ge=1, description="torch threads (None = 1 on a busy machine, else 2)")
 
     @field_validator("models")
     @classmethod

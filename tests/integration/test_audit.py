@@ -1,0 +1,131 @@
+"""The memorization audit end to end on the tiny model: a deliberately over-fit UNet against the untrained one.
+
+The over-fit model is the tiny default model whose UNet was trained with a plain PyTorch loop on the
+clean latents of 4 synthetic images (ambient.eval.overfit), at the attack's noise levels. The attack
+must tell it from the untrained UNet, and the compare report must hold both, side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from ambient.config import load_config
+from ambient.eval import AuditConfig, memorization_score, run_audit
+from ambient.eval.items import from_dataset, synthetic
+from ambient.eval.overfit import overfit_model
+
+ITEMS = 4
+OVERFIT_STEPS = 120  # about a minute on 2 loaded cores; 300 steps reach a Tweedie similarity of ~0.8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # On a shared 2-core machine OpenMP threads spinning against other processes are slower than one.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def overfit(tiny_model, tmp_path_factory) -> str:
+    items = synthetic(ITEMS, seed=0, resolution=64)
+    out, report = overfit_model(
+        tiny_model,
+        items,
+        tmp_path_factory.mktemp("overfit") / "model",
+        steps=OVERFIT_STEPS,
+        lr=3e-3,
+        t_range=(800, 999),
+    )
+    assert report["loss_last10"] < report["loss_first"] / 10  # it did learn its 4 images
+    return str(out)
+
+
+def _config(tmp_path, tiny_model: str, overfit: str) -> AuditConfig:
+    return load_config(
+        AuditConfig,
+        overrides=[
+            f"models=[{{path: {tiny_model}, label: untrained}}, {{path: {overfit}, label: overfit}}]",
+            f"items.count={ITEMS}",
+            "attack.steps=6",
+            "generation.n=4",
+            "generation.steps=6",
+            "generation.top_k=3",
+            f"output_dir={tmp_path / 'report'}",
+        ],
+    )
+
+
+def test_attack_scores_the_overfit_model_higher(tiny_model, overfit):
+    items = synthetic(ITEMS, seed=0, resolution=64)
+    untrained = memorization_score(tiny_model, items)
+    memorized = memorization_score(overfit, items)
+    print(f"memorization score (Tweedie at t=900): untrained {untrained:.3f}, overfit {memorized:.3f}")
+    assert -1 <= untrained <= 1 and -1 <= memorized <= 1
+    assert memorized > untrained + 0.15
+
+
+def test_compare_report_side_by_side(tmp_path, tiny_model, overfit):
+    cfg = _config(tmp_path, tiny_model, overfit)
+    md = run_audit(cfg)
+    out = md.parent
+    text = md.read_text()
+    assert "| untrained | overfit |" in text and "fd_builtin" in text and "NOT FID" in text
+    report = json.loads((out / "report.json").read_text())
+    assert [m["label"] for m in report["models"]] == ["untrained", "overfit"]
+    assert [it["id"] for it in report["items"]] == [f"synthetic-0-{i:06d}" for i in range(ITEMS)]
+    untrained, memorized = report["models"]
+    for model in report["models"]:
+        attack = model["attacks"][0]
+        assert attack["timestep"] == 900 and attack["sigma"] == pytest.approx(8.35, abs=0.05)
+        assert model["generation"]["n"] == 4 and set(model["generation"]["fraction_above"]) == {
+            "0.9",
+            "0.95",
+            "0.99",
+        }
+        assert math.isfinite(model["quality"]["fd_builtin"]) and model["quality"]["fid"] is None
+        assert len(model["per_item"][0]["tweedie_similarity"]) == ITEMS
+    # the whole sampler from the corrupted point also returns the over-fit model's images
+    assert (
+        memorized["attacks"][0]["sample_similarity_mean"] > untrained["attacks"][0]["sample_similarity_mean"]
+    )
+    # the report's score is the sweep's score (same items, seed, features)
+    assert memorized["memorization_score"] == pytest.approx(
+        memorization_score(overfit, synthetic(ITEMS, seed=0, resolution=64)), abs=1e-4
+    )
+    pngs = ["generation_similarity.png"] + [
+        f"{kind}_{label}{suffix}.png"
+        for label in ("untrained", "overfit")
+        for kind, suffix in (("attack", "_t900"), ("top_matches", ""))
+    ]
+    for name in pngs:
+        assert name in text
+        with Image.open(out / name) as im:
+            im.load()
+            assert im.width > 64 and im.height >= 64
+    with Image.open(out / "attack_overfit_t900.png") as im:  # original | corrupted | tweedie | sample, 4 rows
+        assert im.size == (4 * 64, ITEMS * 64)
+
+
+def test_items_from_training_shards(demo_shards, tiny_model):
+    """The sweep's path: the synthetic demo's noisy shards are re-rendered into their originals."""
+    items = from_dataset(demo_shards, 3, None)
+    expected = synthetic(3, seed=0, resolution=64)
+    assert items.ids == expected.ids and items.captions == expected.captions
+    assert torch.equal(items.pixels, expected.pixels)
+    score = memorization_score(tiny_model, demo_shards, config=AuditConfig(items={"count": 3}))
+    assert -1 <= score <= 1
+
+
+def test_unreadable_dataset_is_a_clear_error(tmp_path):
+    from ambient.data.errors import DataError
+
+    (tmp_path / "shards").mkdir()
+    with pytest.raises(DataError, match=str(tmp_path / "shards")):
+        from_dataset(str(tmp_path / "shards"), 4, None)
