@@ -99,22 +99,27 @@ def create_app(service: Service) -> FastAPI:
         given = request.headers.get("x-request-id", "")
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         request.state.request_id = request_id
-        response = _refuse(request, request_id)
+        path = _route_path(request)
+        response = _refuse(request, path, request_id)
         if response is None:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception:  # answered by on_crash outside this middleware; count it here
+                service.metrics.request(path, 500, time.monotonic() - start)
+                raise
         if not given:  # Serve's proxy sets X-Request-ID itself (and passes it in) when it fronts us
             response.headers["X-Request-ID"] = request_id
-        service.metrics.request(request.url.path, response.status_code, time.monotonic() - start)
+        service.metrics.request(path, response.status_code, time.monotonic() - start)
         return response
 
-    def _refuse(request: Request, request_id: str) -> Response | None:
+    def _refuse(request: Request, path: str, request_id: str) -> Response | None:
         """Auth, then the cheap checks on a generate request, before its body is read."""
-        reason = service.auth.check(request.url.path, request.headers.get("authorization"))
+        reason = service.auth.check(path, request.headers.get("authorization"))
         if reason is not None:
             return error_response(
                 401, "unauthorized", reason, request_id, headers={"WWW-Authenticate": "Bearer"}
             )
-        if request.method == "POST" and request.url.path == "/v1/generate":
+        if request.method == "POST" and path == "/v1/generate":
             ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
             if ctype != "application/json":
                 return error_response(
@@ -186,8 +191,10 @@ def create_app(service: Service) -> FastAPI:
         m = _ready(service)
         job = _job(cfg, m, body)
         result = await service.submit(job)
-        if result.failed:
-            raise RuntimeError("model call failed")  # logged with its traceback where it ran
+        if result.failed:  # logged with its traceback where it ran (run_jobs)
+            return error_response(
+                500, "internal_error", "internal error; quote the request id", request.state.request_id
+            )
         service.metrics.generated(len(result.pngs), job.key.steps, result.queue_seconds)
         if body.output == "png":
             return Response(result.pngs[0], media_type="image/png", headers={"X-Seed": str(job.seeds[0])})
@@ -208,6 +215,12 @@ def create_app(service: Service) -> FastAPI:
         )
 
     return app
+
+
+def _route_path(request: Request) -> str:
+    """The path within the app: Serve mounts it under its route_prefix (the ASGI root_path)."""
+    path, root = request.url.path, request.scope.get("root_path", "")
+    return path[len(root) :] or "/" if root and path.startswith(root) else path
 
 
 def _ready(service: Service) -> LoadedModel:

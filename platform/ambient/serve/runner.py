@@ -8,6 +8,7 @@ URL, and on SIGINT/SIGTERM removes what it started (the app; Serve and Ray if it
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -65,7 +66,9 @@ def run_service(cfg: ServeConfig, ready_timeout_s: float = 900.0) -> str:
     signal.signal(signal.SIGTERM, _stop)
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(log_to_driver=False)  # honours RAY_ADDRESS; else a local cluster
+        # RAY_ADDRESS joins a cluster; otherwise a fresh local one ("local": never attach to some other
+        # Ray instance that happens to run on this machine).
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
     started_serve = False
     try:
         choice = choose_model(cfg.model, cfg.storage.resolved())
@@ -102,7 +105,6 @@ def run_service(cfg: ServeConfig, ready_timeout_s: float = 900.0) -> str:
 def _print_model(url: str, cfg: ServeConfig) -> None:
     """The startup log line saying what is served (the replica's own account of the loaded model)."""
     import json
-    import os
 
     request = urllib.request.Request(f"{url}/v1/model")
     token = os.environ.get(cfg.auth.token_env or "", "")
