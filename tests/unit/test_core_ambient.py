@@ -115,6 +115,10 @@ def test_training_sigmas_stay_above_sigma_n_and_follow_the_truncated_lognormal()
     cdf = lambda v: 0.5 * (1 + math.erf((math.log(v) + 1.2) / (1.2 * math.sqrt(2))))  # noqa: E731
     want = (cdf(1.0) - cdf(0.5005)) / (1 - cdf(0.5005))
     assert (s[50_000:] < 1.0).float().mean().item() == pytest.approx(want, abs=0.01)
+    capped = core.sample_training_sigmas(sn, sigma_max=2.0, generator=GEN(10))
+    assert capped.max() <= 2.0 and (capped[50_000:] > 0.5).all()  # truncated on both sides
+    with pytest.raises(ValueError, match="sigma_max"):
+        core.sample_training_sigmas(torch.tensor([3.0]), sigma_max=2.0)
     lu = core.sample_training_sigmas(sn, distribution="log_uniform", sigma_max=10.0, generator=GEN(8))
     assert lu.max() <= 10.0 and (lu[50_000:] > 0.5).all()
 

@@ -118,8 +118,8 @@ def sample_training_sigmas(
 ) -> Tensor:
     """Training noise levels sigma_t > sigma_n (1 + margin), one per sample.
 
-    "lognormal": EDM's log-normal(p_mean, p_std) truncated to (sigma_n (1 + margin), inf), drawn
-    exactly by inverting the CDF. "log_uniform": log-uniform on (max(sigma_min, sigma_n (1 + margin)),
+    "lognormal": EDM's log-normal(p_mean, p_std) truncated to (sigma_n (1 + margin), sigma_max), drawn
+    exactly by inverting the CDF (a model has no timestep above its sigma_max). "log_uniform": log-uniform on (max(sigma_min, sigma_n (1 + margin)),
     sigma_max).
     """
     sn = torch.as_tensor(sigma_n, dtype=torch.float32).reshape(-1)
@@ -133,10 +133,13 @@ def sample_training_sigmas(
             log_normal_cdf((floor.double().clamp(min=1e-30).log() - p_mean) / p_std),
             torch.zeros_like(u),
         )
-        q = (lo + u * (1 - lo)).clamp(1e-12, 1 - 1e-12)
+        hi = float(log_normal_cdf(torch.tensor((math.log(sigma_max) - p_mean) / p_std, dtype=torch.float64)))
+        if (lo >= hi).any():
+            raise ValueError(f"sigma_n (1 + margin) must be < sigma_max={sigma_max}")
+        q = (lo + u * (hi - lo)).clamp(1e-12, 1 - 1e-12)
         z = math.sqrt(2) * torch.erfinv(2 * q - 1)
         out = (p_mean + p_std * z).exp()
-        return torch.maximum(out, floor.double()).float()
+        return torch.maximum(out, floor.double()).clamp(max=sigma_max).float()
     if distribution == "log_uniform":
         lo = torch.maximum(floor.double(), torch.full_like(u, sigma_min))
         if (lo >= sigma_max).any():

@@ -1,0 +1,85 @@
+"""Fast checks of the training pieces that need no cluster: config rules, DeepSpeed config, EMA, sigmas."""
+
+import pytest
+import torch
+
+from ambient.config import ConfigError, load_config
+from ambient.core import sdxl_alphas_cumprod, ve_sigmas
+from ambient.train.config import FinetuneConfig
+from ambient.train.deepspeed_config import build_deepspeed_config
+from ambient.train.ema import EMA
+from ambient.train.objective import draw_sigma_t
+
+
+def cfg_with(*overrides: str) -> FinetuneConfig:
+    return load_config(FinetuneConfig, None, overrides)
+
+
+def test_deepspeed_config_follows_the_job_config():
+    ds = build_deepspeed_config(
+        cfg_with(
+            "deepspeed.zero_stage=3",
+            "deepspeed.precision=bf16",
+            "optim.grad_accum=4",
+            "train.batch_size=2",
+            "optim.schedule=cosine",
+            "train.max_steps=100",
+        )
+    )
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["gradient_accumulation_steps"] == 4
+    assert ds["scheduler"]["type"] == "WarmupCosineLR" and ds["scheduler"]["params"]["total_num_steps"] == 100
+    assert ds["optimizer"]["params"]["torch_adam"] is True
+    off = build_deepspeed_config(
+        cfg_with(
+            "deepspeed.offload_optimizer=cpu",
+            "optim.grad_clip=0",
+            "deepspeed.extra={zero_optimization: {overlap_comm: true}}",
+        )
+    )
+    assert off["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    assert "torch_adam" not in off["optimizer"]["params"]  # ZeRO-Offload uses DeepSpeed's CPU Adam
+    assert "gradient_clipping" not in off
+    assert off["zero_optimization"]["overlap_comm"] is True and off["zero_optimization"]["stage"] == 2
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (("deepspeed.offload_param=cpu",), "offload_param needs deepspeed.zero_stage = 3"),
+        (("deepspeed.precision=fp16",), "fp16 needs scaling.use_gpu"),
+        (("deepspeed.zero_stage=3", "train.ema_decay=0.999"), "ema_decay is not supported"),
+        (("deepspeed.zero_stage=4",), "deepspeed.zero_stage"),
+        (("loss.weighting=l1",), "loss.weighting"),
+        (("run.name=has space",), "run.name"),
+    ],
+)
+def test_invalid_combinations_are_rejected_with_the_field_named(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        cfg_with(*overrides)
+
+
+def test_ema_tracks_the_moving_average_and_restores_from_state():
+    net = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema = EMA(net, decay=0.9)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema.update(net)
+    ema.update(net)
+    assert ema.shadow["weight"][0, 0].item() == pytest.approx(1 - 0.9**2)
+    restored = EMA(net, decay=0.9, state=ema.shadow)
+    restored.copy_to(net)
+    assert net.weight[0, 0].item() == pytest.approx(0.19)
+    with pytest.raises(ValueError, match="lacks 1 parameters"):
+        EMA(net, decay=0.9, state={})
+
+
+@pytest.mark.parametrize("sampling", ["timesteps", "lognormal", "log_uniform"])
+def test_training_levels_are_above_each_rows_data_level(sampling):
+    cfg = cfg_with(f"loss.sigma_sampling={sampling}")
+    table = ve_sigmas(sdxl_alphas_cumprod())
+    sigma_n = torch.tensor([0.0, 0.5, 1.62, 5.0] * 250)
+    sigma_t = draw_sigma_t(cfg, sigma_n, table, torch.Generator().manual_seed(0))
+    assert (sigma_t > sigma_n).all() and (sigma_t <= table[-1] * (1 + 1e-6)).all()
