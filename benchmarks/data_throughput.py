@@ -149,7 +149,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     s3 = start_local_s3(bucket="bench", data_dir=work / f"s3-{uuid.uuid4().hex[:6]}")
     try:
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         storage = s3.storage()
         uri = f"s3://{s3.bucket}/demo"
         cfg = load_config(

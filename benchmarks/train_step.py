@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ambient.models.tiny import build_tiny_pipeline
+from ambient.ray_init import init_ray
 from ambient.train.batch import ModelInputs, conditioning
 from ambient.train.config import FinetuneConfig
 
@@ -103,12 +104,10 @@ def _ray_worker(config_: dict) -> None:
 
 
 def ray_deepspeed(batch: int, steps: int, threads: int) -> float:
-    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=threads + 1, include_dashboard=False, log_to_driver=False)
+    init_ray(None, threads)
     with tempfile.TemporaryDirectory() as storage:
         trainer = TorchTrainer(
             _ray_worker,

@@ -45,6 +45,7 @@ def ray_session():
     started = not ray.is_initialized()
     if started:
         ray.init(
+            address="local",  # never join a cluster some `ray start` left on the machine
             num_cpus=8,  # logical: train workers, trial drivers and data tasks must fit together
             include_dashboard=False,
             log_to_driver=False,

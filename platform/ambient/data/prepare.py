@@ -16,6 +16,7 @@ import ray.data
 
 from ambient.config import redacted
 from ambient.core import sdxl_alphas_cumprod, timestep_to_sigma, ve_sigmas
+from ambient.ray_init import init_ray
 
 from .config import NoiseConfig, PrepareShardsConfig
 from .encode import NoisyEncoder, vae_identity
@@ -72,11 +73,6 @@ def plan_tensor(
     return (vae.latent_channels, side, side), vae
 
 
-def _init_ray(address: str | None) -> None:
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
-
-
 def _encoder_gpus(requested: float | None) -> float:
     if requested is not None:
         return requested
@@ -89,7 +85,7 @@ def prepare_shards(cfg: PrepareShardsConfig) -> PrepareResult:
     sigma_n = noise_sigma(cfg.noise)
     shape, vae = plan_tensor(cfg, storage)
     ensure_dir(uri, storage)  # unreachable endpoint / bad credentials fail here, before Ray starts
-    _init_ray(cfg.ray_address)
+    init_ray(cfg.ray_address, cfg.encode.actors, log_to_driver=False)
 
     run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
     start = time.perf_counter()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from ambient.data.schema import MANIFEST_NAME
 from ambient.data.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
 from ambient.data.streaming import DatasetInfo, open_dataset
 from ambient.data.validate import load_manifest
+from ambient.ray_init import init_ray
 
 from .config import FinetuneConfig
 from .loop import train_loop_per_worker
@@ -32,19 +32,6 @@ SUMMARY_NAME = "summary.json"
 
 def _log(message: str) -> None:
     print(f"[ambient finetune] {message}", flush=True)
-
-
-def init_ray(address: str | None, min_cpus: float) -> None:
-    """Join RAY_ADDRESS / ``address`` when given (``ray job submit`` sets it), else start a local cluster."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        # Logical CPUs beyond the cores: the train workers, their trial drivers and the Ray Data read
-        # tasks must all be schedulable at once, or the data stream starves behind the workers.
-        ray.init(num_cpus=max(os.cpu_count() or 1, 2 * math.ceil(min_cpus) + 4), include_dashboard=False)
 
 
 def resolve_model(cfg: FinetuneConfig) -> str:

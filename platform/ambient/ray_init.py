@@ -1,0 +1,29 @@
+"""Joining or starting the Ray cluster a job runs on: one rule for every job."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import ray
+
+
+def init_ray(address: str | None = None, min_cpus: float = 0, *, log_to_driver: bool = True) -> None:
+    """Join ``address`` or RAY_ADDRESS (``ray job submit`` sets it); otherwise start a new local cluster.
+
+    ``address="local"`` is explicit on purpose: a bare ``ray.init()`` silently joins whatever cluster a
+    ``ray start`` left on this machine. Locally, logical CPUs exceed the cores so that train workers,
+    trial drivers and Ray Data read tasks are all schedulable at once (the stream starves otherwise).
+    """
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=log_to_driver)
+        return
+    ray.init(
+        address="local",
+        num_cpus=max(os.cpu_count() or 1, 2 * math.ceil(min_cpus) + 4),
+        include_dashboard=False,
+        log_to_driver=log_to_driver,
+    )
