@@ -78,8 +78,11 @@ launch() {  # launch NAME LOG CMD...: run CMD in its own session, record its PID
 
 agent_grpc=$((RAY_AGENT_PORT + 1))
 runtime_env=$((RAY_AGENT_PORT + 2))
-launch ray "$STATE/logs/ray.log" "$BIN/ray" start --head --block \
-  --node-ip-address="$HOST" --port="$RAY_GCS_PORT" --ray-client-server-port="$RAY_CLIENT_PORT" \
+# Ray's processes inherit the local S3's variables, as KubeRay pods get them from the Secret: train
+# workers and Serve replicas that open s3:// URIs find the endpoint and keys in their environment.
+launch ray "$STATE/logs/ray.log" env AWS_ENDPOINT_URL="http://$HOST:$S3_PORT" AWS_REGION=us-east-1 \
+  "$BIN/ray" start --head --block \
+  --port="$RAY_GCS_PORT" --ray-client-server-port="$RAY_CLIENT_PORT" \
   --node-manager-port="$RAY_NODE_MANAGER_PORT" --object-manager-port="$RAY_OBJECT_MANAGER_PORT" \
   --dashboard-host="$HOST" --dashboard-port="$RAY_DASHBOARD_PORT" --include-dashboard=true \
   --metrics-export-port="$RAY_METRICS_PORT" --dashboard-agent-listen-port="$RAY_AGENT_PORT" \
@@ -134,9 +137,11 @@ wait_for "Ray GCS at $HOST:$RAY_GCS_PORT" ray bash -c "exec 3<>/dev/tcp/$HOST/$R
 wait_for "Ray dashboard at http://$HOST:$RAY_DASHBOARD_PORT" ray dashboard_up
 wait_for "Ray metrics at http://$HOST:$RAY_METRICS_PORT/metrics" ray curl -sf "http://$HOST:$RAY_METRICS_PORT/metrics"
 
-# What a job on this machine needs: source it, then run jobs/*.py (they join RAY_ADDRESS).
+# What a job on this machine needs: source it, then run jobs/*.py (they join RAY_ADDRESS). Ray 2.60
+# clusters use token auth: drivers need RAY_AUTH_MODE=token (the token is ~/.ray/auth_token).
 cat >"$STATE/env.sh" <<EOF
 export RAY_ADDRESS=$HOST:$RAY_GCS_PORT
+export RAY_AUTH_MODE=token
 export AWS_ENDPOINT_URL=http://$HOST:$S3_PORT
 export AWS_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID
