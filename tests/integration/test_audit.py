@@ -68,7 +68,7 @@ def test_attack_scores_the_overfit_model_higher(tiny_model, overfit):
     memorized = memorization_score(overfit, items)
     print(f"memorization score (Tweedie at t=900): untrained {untrained:.3f}, overfit {memorized:.3f}")
     assert -1 <= untrained <= 1 and -1 <= memorized <= 1
-    assert memorized > untrained + 0.15
+    assert memorized > untrained + 0.1  # measured: 0.11 vs 0.31 (120 steps), 0.65 (300 steps)
 
 
 def test_compare_report_side_by_side(tmp_path, tiny_model, overfit):

@@ -57,6 +57,19 @@ def test_unrelated_images_have_low_similarity(shapes):
     assert space.paired(shapes, jitter).min() > 0.95
 
 
+def test_a_plain_background_is_no_near_duplicate(shapes):
+    """An image of the right background colour without the shape must stay below 0.9, even for a red
+    diamond on purple (nearly iso-luminant: a luminance-only edge descriptor scored it 0.96)."""
+    space = FeatureSpace(BuiltinFeatures(), shapes)
+    corner = shapes[:, :, :1, :1]
+    flats = corner.expand_as(shapes).clone()
+    sims = space.paired(shapes, flats)
+    assert sims.max() < 0.9
+    # shifts: 2 pixels still similar, 8 pixels (an eighth of the image) no longer a near-duplicate
+    assert space.paired(shapes, shapes.roll(2, dims=-1)).mean() > 0.85
+    assert space.paired(shapes, shapes.roll(8, dims=-1)).mean() < 0.8
+
+
 def test_dinov2_from_a_local_folder(tmp_path, shapes):
     from transformers import Dinov2Config, Dinov2Model
 

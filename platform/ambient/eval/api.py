@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ambient.data.storage import StorageConfig
 from ambient.models.loading import SDXLComponents, load_components
 from ambient.models.vae import decode_latents, encode_images
 
@@ -217,11 +218,13 @@ def memorization_score(
     items: AuditItems | ItemsSection | str,
     *,
     config: AuditConfig | None = None,
+    storage: StorageConfig | None = None,
 ) -> float:
     """One number, higher = more memorization, for a sweep trial.
 
-    ``items``: the training items (AuditItems), an ItemsSection, or a shard dataset URI (the synthetic
-    demo's shards are re-rendered; clean-latent shards are used as they are). ``config.score`` picks the
+    ``items``: the training items (AuditItems), an ItemsSection, or a shard dataset URI (its first
+    ``config.items.count`` rows by id: the synthetic demo's shards are re-rendered, clean-latent shards
+    are used as they are; ``storage`` reaches S3). ``config.score`` picks the
     number: "tweedie" (default: the mean feature similarity of the one-step Tweedie reconstruction
     from ``config.attack.timesteps[0]``, 900 by default, to the originals), "sample" (the same after the
     whole sampler) or "generation" (the fraction of generations above 0.95). Only what the score needs
@@ -237,7 +240,7 @@ def memorization_score(
     with _threads(cfg.threads):
         comps = load_components(path)
         if isinstance(items, str):
-            items = from_dataset(items, cfg.items.count, None)
+            items = from_dataset(items, cfg.items.count, None, storage)
         elif isinstance(items, ItemsSection):
             items = load_items(items, default_resolution(comps))
         originals = originals_of(items, comps)

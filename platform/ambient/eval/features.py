@@ -1,13 +1,12 @@
 """Image features for similarity: a built-in pixel descriptor (no download) or DINOv2 from a local folder.
 
-Similarities are cosines of feature vectors. The built-in descriptor is centred on the reference set's
-mean (the training items) before the cosine, so what every image of the set shares (a common
-background, the average colour) does not count as similarity; DINOv2 features are compared raw, as
-the authors do.
+Similarities are cosines of feature vectors. The built-in descriptor's colours are centred on the
+reference set's mean (the training items) before the cosine, so what every image of the set shares
+(the average colour) does not count as similarity; DINOv2 features are compared raw, as the authors do.
 
 The built-in descriptor measures *pixel-level near-duplication*: multi-scale average colours (4x4,
-8x8, 16x16) and signed luminance gradients (8x8, 16x16) of the image, each block scaled by a fixed constant so
-no scale dominates. It is blind to semantics (the same object moved or restyled is not similar), not
+8x8, 16x16) and signed per-channel colour gradients (8x8, 16x16) of the image, each block scaled by a
+fixed constant so that no block dominates and colours and edges weigh about the same. It is blind to semantics (the same object moved or restyled is not similar), not
 invariant to shifts larger than a pooling cell, crops, flips or colour changes, and its absolute
 values depend on the reference set it is centred on. Use DINOv2 for semantic copies.
 """
@@ -24,14 +23,15 @@ from torch import Tensor
 
 COLOUR_SCALES = (4, 8, 16)
 GRADIENT_SCALES = (8, 16)
-GRADIENT_WEIGHT = 4.0  # luminance steps are sparse: weighted up to count about as much as the colours
+GRADIENT_WEIGHT = 8.0  # edges are sparse: weighted so that colours and gradients carry about equal energy
+COLOUR_DIMS = 3 * sum(s * s for s in COLOUR_SCALES)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class FeatureExtractor(Protocol):
     name: str
-    centre_on_reference: bool
+    centred: slice | None  # feature dims centred on the reference set's mean (None: none)
 
     def embed(self, pixels: Tensor) -> Tensor:
         """(B, 3, H, W) pixels in [-1, 1] -> (B, D) float32 raw features."""
@@ -49,7 +49,9 @@ class BuiltinFeatures:
     """Multi-scale colour and gradient descriptor (see the module docstring for what it cannot see)."""
 
     name = "builtin"
-    centre_on_reference = True
+    # Only the colours are centred. Gradients are zero-mean over positions already; centring them on a
+    # few items would plant a shared "average edge" that makes an edgeless image look like every item.
+    centred = slice(0, COLOUR_DIMS)
 
     @torch.no_grad()
     def embed(self, pixels: Tensor) -> Tensor:
@@ -57,14 +59,13 @@ class BuiltinFeatures:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"pixels must be (B, 3, H, W), got {tuple(x.shape)}")
         blocks = [F.adaptive_avg_pool2d(x, s).flatten(1) for s in COLOUR_SCALES]
-        luma = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-        luma = F.adaptive_avg_pool2d(luma, 2 * max(GRADIENT_SCALES))
-        gx = F.pad(luma[..., :, 1:] - luma[..., :, :-1], (0, 1))
-        gy = F.pad(luma[..., 1:, :] - luma[..., :-1, :], (0, 0, 0, 1))
+        # Gradients per colour channel, not of luminance: a red shape on a purple ground is nearly
+        # iso-luminant, and its edges would vanish.
+        fine = F.adaptive_avg_pool2d(x, 2 * max(GRADIENT_SCALES))
+        gx = F.pad(fine[..., :, 1:] - fine[..., :, :-1], (0, 1))
+        gy = F.pad(fine[..., 1:, :] - fine[..., :-1, :], (0, 0, 0, 1))
         grad = torch.cat([gx, gy], dim=1)
         blocks += [GRADIENT_WEIGHT * F.adaptive_avg_pool2d(grad, s).flatten(1) for s in GRADIENT_SCALES]
-        # Fixed (not per-image) block scales: every block counts alike whatever its size, and a faint
-        # edge stays faint instead of being blown up to the size of a sharp one (and its noise with it).
         return torch.cat([b / b.shape[1] ** 0.5 for b in blocks], dim=1)
 
 
@@ -72,7 +73,7 @@ class DinoV2Features:
     """DINOv2 image embeddings (the pooled CLS token) from a local transformers folder; no download."""
 
     name = "dinov2"
-    centre_on_reference = False
+    centred = None
 
     def __init__(self, weights: str | Path, device: str | torch.device = "cpu") -> None:
         from transformers import AutoModel
@@ -119,8 +120,11 @@ class FeatureSpace:
         self.extractor = extractor
         self.batch_size = batch_size
         raw = self._raw(reference)
+        self.centre: Tensor | None = None
         # Centring on one image would map it to zero; below two references the features stay raw.
-        self.centre = raw.mean(0) if extractor.centre_on_reference and len(raw) >= 2 else None
+        if extractor.centred is not None and len(raw) >= 2:
+            self.centre = torch.zeros(raw.shape[1])
+            self.centre[extractor.centred] = raw.mean(0)[extractor.centred]
         self.reference = self._finish(raw)
 
     def _raw(self, pixels: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import Tensor
 
 from ambient.data.preprocess import decode_image, resize_and_crop
+from ambient.data.storage import StorageConfig
 from ambient.data.synthetic import render_synthetic
 
 from .config import ItemsSection
@@ -80,14 +81,16 @@ def from_folder(root: str | Path, count: int, resolution: int) -> AuditItems:
     )
 
 
-def from_dataset(uri: str, count: int, resolution: int | None) -> AuditItems:
+def from_dataset(
+    uri: str, count: int, resolution: int | None, storage: StorageConfig | None = None
+) -> AuditItems:
     """Items of a training shard dataset. Noisy latents are not originals: those datasets are refused
     unless their source can be re-rendered (the synthetic demo)."""
     from ambient.data.holdout import read_rows
     from ambient.data.validate import load_manifest
 
-    manifest = load_manifest(uri)
-    rows = read_rows(uri, limit=count)
+    manifest = load_manifest(uri, storage)
+    rows = read_rows(uri, storage, limit=count)
     source = manifest.source or {}
     if source.get("kind") == "synthetic":
         seed = int(source.get("seed", 0))
