@@ -63,12 +63,16 @@ def run_service(cfg: ServeConfig, ready_timeout_s: float = 900.0) -> str:
     def _stop(signum, _frame):
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    signal.signal(signal.SIGTERM, _stop)
     started_ray = not ray.is_initialized()
     if started_ray:
         # RAY_ADDRESS joins a cluster; otherwise a fresh local one ("local": never attach to some other
-        # Ray instance that happens to run on this machine).
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", log_to_driver=False)
+        # Ray instance that happens to run on this machine; no dashboard, whose port is not ours to pick).
+        address = os.environ.get("RAY_ADDRESS")
+        local = {} if address else {"include_dashboard": False}
+        ray.init(address=address or "local", log_to_driver=False, **local)
+    # After ray.init, which installs its own SIGTERM handler; SIGINT too, in case a parent ignored it.
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     started_serve = False
     try:
         choice = choose_model(cfg.model, cfg.storage.resolved())
