@@ -9,6 +9,7 @@ schemas themselves only prune them.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import json
 import re
@@ -61,27 +62,32 @@ def strict(schema: dict) -> dict:
 
 
 def crd_schema(kind: str) -> dict:
+    return copy.deepcopy(_strict_crd_schema(kind))
+
+
+@functools.cache
+def _strict_crd_schema(kind: str) -> dict:
     require(
         f"KubeRay CRDs in {CRDS}", (CRDS / CRD_FILES[kind]).is_file(), "see ../shared/kuberay-crds/README.md"
     )
     crd = yaml.safe_load((CRDS / CRD_FILES[kind]).read_text())
     assert crd["spec"]["names"]["kind"] == kind
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return version["schema"]["openAPIV3Schema"]
+    return strict(version["schema"]["openAPIV3Schema"])
 
 
 @pytest.mark.parametrize("kind", MANIFESTS)
 def test_manifest_validates_against_the_kuberay_crd(kind):
     doc = manifest(kind)
     assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == kind
-    jsonschema.validate(doc, strict(crd_schema(kind)))
+    jsonschema.validate(doc, crd_schema(kind))
 
 
 def test_strict_validation_rejects_a_misspelt_field():
     doc = manifest("RayCluster")
     doc["spec"]["workerGroupSpecs"][0]["maxReplica"] = 8
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(doc, strict(crd_schema("RayCluster")))
+        jsonschema.validate(doc, crd_schema("RayCluster"))
 
 
 def cluster_specs() -> dict[str, dict]:
