@@ -129,3 +129,59 @@ def test_unreadable_dataset_is_a_clear_error(tmp_path):
     (tmp_path / "shards").mkdir()
     with pytest.raises(DataError, match=str(tmp_path / "shards")):
         from_dataset(str(tmp_path / "shards"), 4, None)
+
+
+def test_masked_attack_still_separates_the_models(tiny_model, overfit):
+    from ambient.eval.attack import reconstruction_attack, to_uint8
+    from ambient.eval.features import BuiltinFeatures, FeatureSpace
+    from ambient.models.loading import load_components
+
+    items = synthetic(ITEMS, seed=0, resolution=64)
+    space = FeatureSpace(BuiltinFeatures(), to_uint8(items.pixels))
+    scores, corrupted = {}, {}
+    for name, path in (("untrained", tiny_model), ("overfit", overfit)):
+        comps = load_components(path)
+        for mask in ("none", "center"):
+            result = reconstruction_attack(
+                comps, items.ids, items.captions, items.pixels, space, mask=mask, run_sampler=False
+            )
+            scores[name, mask] = float(result.tweedie_similarity.mean())
+            corrupted[name, mask] = result.images["corrupted"]
+    print(f"masked attack scores: {scores}")
+    # the same frozen corruption for every model; the mask changes it
+    assert torch.equal(corrupted["untrained", "center"], corrupted["overfit", "center"])
+    assert not torch.equal(corrupted["overfit", "none"], corrupted["overfit", "center"])
+    assert scores["overfit", "center"] > scores["untrained", "center"] + 0.05
+
+
+def test_job_prints_the_report_path_last(tmp_path, tiny_model):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "job"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(root / "jobs" / "audit.py"),
+            *(
+                "--set",
+                f"models=[{{path: {tiny_model}}}]",
+                "--set",
+                "items.count=2",
+                "--set",
+                "attack.steps=2",
+            ),
+            *("--set", "generation.n=2", "--set", "generation.steps=2", "--set", f"output_dir={out}"),
+            *("--set", "threads=1"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert Path(last) == out / "report.md" and Path(last).is_file()
+    assert json.loads((out / "report.json").read_text())["models"][0]["generation"]["n"] == 2
