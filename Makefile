@@ -37,12 +37,13 @@ demo: setup
 test: setup system-deps
 	$(PY) -m pytest tests
 
-test-fast: setup
+# The unit tests (a few need SeaweedFS and Prometheus binaries: system-deps brings Prometheus).
+test-fast: setup system-deps
 	$(PY) -m pytest tests/unit -q
 
 lint: setup
-	$(VENV)/bin/ruff check platform jobs tests benchmarks
-	$(VENV)/bin/ruff format --check platform jobs tests benchmarks
+	$(VENV)/bin/ruff check platform jobs tests benchmarks dashboards
+	$(VENV)/bin/ruff format --check platform jobs tests benchmarks dashboards
 
 bench-exactness: setup
 	$(PY) benchmarks/exactness.py --dim 2 --components 8 --sigma-n 0.2 0.5 1.0 --json docs/results/exactness_d2.json --plot docs/results/exactness_d2.png

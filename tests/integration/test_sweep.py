@@ -100,6 +100,7 @@ def test_grid_sweep_is_interrupted_resumes_and_writes_its_reports(
     for r in rows:
         assert r["status"] == "completed"
         assert float(r["val_ambient_loss"]) > 0 and float(r["quality_sw"]) > 0
+        assert 0 <= float(r["memorization"]) <= 1  # the audit's score on the synthetic originals
         assert Path(r["sample_grid"]).is_file()
     assert Path(table).read_text().startswith("# Sweep grid") and (sweep / "pareto.png").is_file()
     best = yaml.safe_load((sweep / "best_config.yaml").read_text())

@@ -11,7 +11,9 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 def test_every_exported_metric_is_documented_and_nothing_else():
     documented = set(re.findall(r"`(ray_ambient_[a-z_]+)`", DOC.read_text()))
     exported = {m.exported for m in ALL_METRICS}
-    assert documented == exported, f"only in docs: {documented - exported}; undocumented: {exported - documented}"
+    assert documented == exported, (
+        f"only in docs: {documented - exported}; undocumented: {exported - documented}"
+    )
 
 
 def test_metric_names_are_unique_and_prometheus_safe():

@@ -151,7 +151,11 @@ def build_trainer(cfg: FinetuneConfig, prepared: PreparedRun, callbacks: list | 
     gpu = {"GPU": 1} if cfg.scaling.use_gpu else {}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"finetune": cfg.model_dump(), "plan": prepared.plan.__dict__},
+        # Storage resolved here, on the driver: workers on other nodes may lack its AWS_* environment.
+        train_loop_config={
+            "finetune": cfg.model_copy(update={"storage": cfg.storage.resolved()}).model_dump(),
+            "plan": prepared.plan.__dict__,
+        },
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,

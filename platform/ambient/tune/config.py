@@ -65,6 +65,21 @@ class AshaSection(Section):
     reduction_factor: float = Field(2, gt=1)
 
 
+class MemorizationSection(Section):
+    """The audit's memorization score of each finished trial (ambient.eval.memorization_score)."""
+
+    enabled: bool = True
+    items_uri: str | None = Field(
+        None,
+        description="the training originals the auditor holds (clean-latent shards); None = the training "
+        "shards, which works for the synthetic demo (its originals are re-rendered)",
+    )
+    count: int = Field(8, ge=1, description="training items attacked per trial")
+    weight: float = Field(
+        0.0, ge=0, description="objective = val_ambient_loss + weight x memorization picks the best config"
+    )
+
+
 class SweepConfig(Section):
     name: str = Field("sweep-demo", pattern=r"^[A-Za-z0-9._-]+$")
     storage_path: str = "runs/tune"
@@ -72,6 +87,7 @@ class SweepConfig(Section):
     space: SearchSpace = SearchSpace(sigma_train=[0.5, 1.0], consistency_weight=[0.0, 1.0])
     search: SearchSection = SearchSection()
     asha: AshaSection = AshaSection()
+    memorization: MemorizationSection = MemorizationSection()
     metric: Literal["val_ambient_loss"] = "val_ambient_loss"
     max_concurrent_trials: int = Field(2, ge=1)
     trial_cpus: float = Field(

@@ -47,12 +47,13 @@ def _finite(value) -> bool:
 
 def best_row(rows: list[dict]) -> dict | None:
     done = _completed(rows)
-    return min(done, key=lambda r: r["val_ambient_loss"]) if done else None
+    key = "objective" if all(_finite(r.get("objective")) for r in done) else "val_ambient_loss"
+    return min(done, key=lambda r: r[key]) if done else None
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
-    """Trials no other trial beats on both axes: lower quality distance and less memorization
-    (less memorization = a higher training noise level until the audit's score is available)."""
+    """Trials no other trial beats on both axes: lower quality distance and less memorization (the audit's
+    score; where a trial has none, a higher training noise level stands in for less memorization)."""
     done = [r for r in _completed(rows) if _finite(r.get("quality_sw"))]
 
     def mem(r: dict) -> float:
@@ -99,7 +100,7 @@ def write_reports(rows: list[dict], sweep_dir: Path, cfg: SweepConfig, base_dump
     from .sweep import trial_config
 
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    rows = sorted(rows, key=lambda r: (r["val_ambient_loss"] is None, r["val_ambient_loss"] or 0.0))
+    rows = sorted(rows, key=lambda r: (r.get("objective") is None, r.get("objective") or 0.0))
     with open(sweep_dir / "results.csv", "w", newline="") as handle:
         writer = csv.DictWriter(
             handle, fieldnames=[*COLUMNS, "sample_grid", "summary"], extrasaction="ignore"
@@ -110,11 +111,12 @@ def write_reports(rows: list[dict], sweep_dir: Path, cfg: SweepConfig, base_dump
     lines = [
         f"# Sweep {cfg.name}",
         "",
-        f"Objective: minimise `{cfg.metric}` (the ambient loss on held-out noisy rows at their own sigma_n, "
-        "x0 weighting capped at 100, fixed draws: comparable across training noise levels).",
+        f"Objective: minimise `{cfg.metric}` + {cfg.memorization.weight} x `memorization` (the ambient loss on "
+        "held-out noisy rows at their own sigma_n, x0 weighting capped at 100, fixed draws: comparable across "
+        "training noise levels; ASHA stops trials on the loss alone).",
         f"Quality: `quality_sw`, the noisy-space sliced W2 of {cfg.quality_samples} samples (+ noise at the data's "
         "sigma_n) to the held-out noisy latents.",
-        f"Note: {note}.",
+        f"Memorization: {note}.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "| " + " | ".join("---" for _ in COLUMNS) + " |",

@@ -41,9 +41,9 @@ from .config import SweepConfig
 from .quality import noisy_space_distance
 from .report import write_reports
 
-MEMORIZATION_NOTE = (
-    "memorization score: not measured (the audit job has not landed); it is left out of the objective, "
-    "and the Pareto plot uses the training noise level as the memorization axis"
+NO_MEMORIZATION_NOTE = (
+    "memorization score: disabled (memorization.enabled = false); the Pareto plot uses the training noise "
+    "level as the memorization axis"
 )
 
 
@@ -70,7 +70,28 @@ def trial_config(base: dict, params: dict, name: str, storage_path: str) -> Fine
     return cfg
 
 
-def run_trial(params: dict, *, base: dict, model_source: str, trials_uri: str, quality: dict) -> None:
+def trial_memorization(model_dir: str, cfg: FinetuneConfig, memorization: dict) -> float | None:
+    """The audit's score for the trial's export, or None (with the reason logged) where it cannot run."""
+    if not memorization["enabled"]:
+        return None
+    from ambient.eval import AuditConfig, memorization_score
+
+    items = memorization["items_uri"] or cfg.data.uri
+    try:
+        return memorization_score(
+            model_dir,
+            items,
+            config=AuditConfig(items={"count": memorization["count"]}),
+            storage=cfg.storage.resolved(),
+        )
+    except ValueError as err:  # e.g. noisy non-synthetic shards: there are no originals to attack
+        _log(f"memorization score not measured for {cfg.run.name}: {err}")
+        return None
+
+
+def run_trial(
+    params: dict, *, base: dict, model_source: str, trials_uri: str, quality: dict, memorization: dict
+) -> None:
     started = time.time()
     name = f"trial-{tune.get_context().get_trial_id()}"
     cfg = trial_config(base, params, name, trials_uri)
@@ -88,10 +109,14 @@ def run_trial(params: dict, *, base: dict, model_source: str, trials_uri: str, q
         sampling_sigma_n=prepared.plan.sigma_n,
         num_steps=quality["steps"],
     )
+    memorized = trial_memorization(summary["exported_model"], cfg, memorization)
+    val = summary["final_val_ambient_loss"]
     tune.report(
         {
             "step": summary["steps"],
-            "val_ambient_loss": summary["final_val_ambient_loss"],
+            "val_ambient_loss": val,
+            "objective": val + memorization["weight"] * (memorized or 0.0),
+            "memorization": memorized,
             "quality_sw": score,
             "images_per_second": summary["images_per_second"],
             "summary": summary_uri,
@@ -191,10 +216,19 @@ def run_sweep(cfg: SweepConfig) -> str:
             model_source=model_source,
             trials_uri=str(sweep_dir / "trials"),
             quality={"samples": cfg.quality_samples, "steps": cfg.quality_steps},
+            memorization=cfg.memorization.model_dump(),
         ),
         {"cpu": cfg.trial_cpus},
     )
-    _log(MEMORIZATION_NOTE)
+    note = (
+        NO_MEMORIZATION_NOTE
+        if not cfg.memorization.enabled
+        else (
+            f"memorization score: the audit's one-step reconstruction attack at t=900 on {cfg.memorization.count} "
+            f"training items; objective = val_ambient_loss + {cfg.memorization.weight} x memorization"
+        )
+    )
+    _log(note)
     if tune.Tuner.can_restore(str(sweep_dir)):
         _log(f"resuming the interrupted sweep at {sweep_dir} (finished trials are kept)")
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
@@ -219,7 +253,8 @@ def run_sweep(cfg: SweepConfig) -> str:
                 "step": metrics.get("step"),
                 "val_ambient_loss": metrics.get("val_ambient_loss"),
                 "quality_sw": metrics.get("quality_sw"),
-                "memorization": None,
+                "memorization": metrics.get("memorization"),
+                "objective": metrics.get("objective"),
                 "images_per_second": metrics.get("images_per_second"),
                 "summary": metrics.get("summary"),
             }
@@ -232,5 +267,5 @@ def run_sweep(cfg: SweepConfig) -> str:
             if samples:
                 shutil.copyfile(samples[-1], grids / f"{row['trial']}.png")
                 row["sample_grid"] = str(grids / f"{row['trial']}.png")
-    table = write_reports(rows, sweep_dir, cfg, base_dump, MEMORIZATION_NOTE)
+    table = write_reports(rows, sweep_dir, cfg, base_dump, note)
     return table
