@@ -80,7 +80,6 @@ def plain_loop(batch: int, steps: int, threads: int, consistency: bool) -> float
 
 def _ray_worker(config_: dict) -> None:
     import deepspeed
-    import ray.train
 
     from ambient.models.denoiser import SDXLDenoiser
     from ambient.train.deepspeed_config import build_deepspeed_config
@@ -100,7 +99,8 @@ def _ray_worker(config_: dict) -> None:
         engine.backward(training_loss(den, inputs, cfg, i, den.train_sigmas, gen).total)
         engine.step()
 
-    ray.train.report({"seconds_per_step": timed_steps(step, config_["steps"])})
+    # Written to a file: a Ray Train V2 result keeps only checkpointed metrics (same machine here).
+    Path(config_["out"]).write_text(json.dumps({"seconds_per_step": timed_steps(step, config_["steps"])}))
 
 
 def ray_deepspeed(batch: int, steps: int, threads: int) -> float:
@@ -111,12 +111,20 @@ def ray_deepspeed(batch: int, steps: int, threads: int) -> float:
     with tempfile.TemporaryDirectory() as storage:
         trainer = TorchTrainer(
             _ray_worker,
-            train_loop_config={"batch": batch, "steps": steps, "threads": threads},
+            train_loop_config={
+                "batch": batch,
+                "steps": steps,
+                "threads": threads,
+                "out": f"{storage}/result.json",
+            },
             scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": threads}),
             run_config=RunConfig(name="bench", storage_path=storage),
             torch_config=TorchConfig(backend="gloo"),
         )
-        return trainer.fit().metrics["seconds_per_step"]
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        return json.loads(Path(storage, "result.json").read_text())["seconds_per_step"]
 
 
 def main() -> None:

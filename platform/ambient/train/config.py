@@ -51,7 +51,7 @@ class ConsistencySection(Section):
     weight: float = Field(1.0, ge=0, description="lambda; 0 disables the consistency loss")
     steps: int = Field(2, ge=1)
     fraction: float = Field(0.25, gt=0, le=1)
-    every: int = Field(1, ge=1)
+    every: int = Field(2, ge=1, description="run the consistency loss every N optimizer steps (cost knob)")
     anchor: Literal["data", "above"] = "data"
     s_distribution: Literal["log_uniform", "near"] = "log_uniform"
     s_min: float = Field(0.03, gt=0)
