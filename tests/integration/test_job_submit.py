@@ -46,7 +46,11 @@ def free_range(width: int = 200) -> int:
 
 @pytest.fixture(scope="module")
 def head_node(tmp_path_factory):
-    gcs, dashboard, metrics = free_port(), free_port(), free_port()
+    # Every port explicit: the session's own Ray node already holds the defaults (e.g. its dashboard
+    # agent on 52365), and a head whose job agent cannot bind accepts no job.
+    gcs, dashboard, metrics, agent_http, agent_grpc, runtime_env, node_mgr, obj_mgr, client = (
+        free_port() for _ in range(9)
+    )
     workers = free_range()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
@@ -57,6 +61,9 @@ def head_node(tmp_path_factory):
             f"--port={gcs}", f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1",
             "--include-dashboard=true", f"--metrics-export-port={metrics}",
             f"--min-worker-port={workers}", f"--max-worker-port={workers + 199}",
+            f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_mgr}",
+            f"--object-manager-port={obj_mgr}", f"--ray-client-server-port={client}",
             "--num-cpus=4", "--disable-usage-stats",
         ],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
