@@ -36,6 +36,7 @@ from ambient.models import (
     pil_to_tensor,
     read_metadata,
     sample_images,
+    sample_latents,
     tensor_to_pil,
 )
 from ambient.models.vae_pretrain import _default_threads
@@ -332,6 +333,21 @@ def test_sample_images_per_prompt_seeds(comps, method):
     a, b = np.asarray(alone[0]).astype(int), np.asarray(batch[1]).astype(int)
     assert np.abs(a - b).max() <= 1 and (a == b).mean() > 0.99
     assert np.abs(np.asarray(batch[2]).astype(int) - a).max() > 10  # another seed, another image
+
+
+def test_negative_prompts_are_per_image_and_default_to_empty(comps):
+    kwargs = {"num_steps": 2, "guidance_scale": 3.0, "seed": [3, 4], "method": "heun"}
+    default = sample_latents(comps, CAPTIONS[:2], **kwargs)
+    # Existing callers (no negative prompts) get exactly the empty-prompt guidance, bit for bit.
+    assert torch.equal(default, sample_latents(comps, CAPTIONS[:2], negative_prompts=["", ""], **kwargs))
+    # A negative prompt steers its own image only.
+    other = sample_latents(comps, CAPTIONS[:2], negative_prompts=["", "a blue square"], **kwargs)
+    assert torch.equal(other[0], default[0])
+    assert (other[1] - default[1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="one per prompt"):
+        sample_latents(comps, CAPTIONS[:2], negative_prompts=[""], **kwargs)
+    with pytest.raises(ValueError, match="uncond='empty'"):
+        sample_latents(comps, CAPTIONS[:2], negative_prompts=["", ""], uncond="zeros", **kwargs)
 
 
 def test_sample_images_modes_and_sizes(comps):

@@ -63,11 +63,17 @@ def sample_latents(
     width: int | None = None,
     method: Method = "heun",
     uncond: Literal["empty", "zeros"] = "empty",
+    negative_prompts: list[str] | None = None,
     rho: float = 7.0,
 ) -> Tensor:
     """Diffusion-space latents (B, C, H/f, W/f) for ``prompts``; see ``sample_images``."""
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings")
+    if negative_prompts is not None:
+        if isinstance(negative_prompts, str) or len(negative_prompts) != len(prompts):
+            raise ValueError(f"negative_prompts must be a list of {len(prompts)} strings, one per prompt")
+        if uncond != "empty":
+            raise ValueError("negative_prompts are the embedded unconditional branch: use uncond='empty'")
     if mode not in ("full", "early_stop"):
         raise ValueError(f"mode must be 'full' or 'early_stop', got {mode!r}")
     if method not in ("euler", "heun", "posterior"):
@@ -101,7 +107,7 @@ def sample_latents(
         e, p = encode_prompts(
             [components.tokenizer, components.tokenizer_2],
             [components.text_encoder, components.text_encoder_2],
-            [""] * batch,
+            [""] * batch if negative_prompts is None else list(negative_prompts),
         )
         neg = {"encoder_hidden_states": e.to(device), "text_embeds": p.to(device)}
     else:
@@ -146,13 +152,15 @@ def sample_images(
     width: int | None = None,
     method: Method = "heun",
     uncond: Literal["empty", "zeros"] = "empty",
+    negative_prompts: list[str] | None = None,
 ) -> list[Image.Image]:
     """Images for ``prompts``. mode "full" samples to sigma = 0 (a model trained with consistency);
     "early_stop" samples down to ``sigma_n`` and finishes with one Tweedie step. ``seed`` is one int
     (prompt i gets seed + i) or one seed per prompt. height and width default to the UNet's
     sample size times the VAE factor. ``uncond`` is the unconditional branch of
     classifier-free guidance: the embedding of "" (matching caption dropout in training) or zeros
-    (diffusers' default for SDXL base).
+    (diffusers' default for SDXL base). ``negative_prompts`` (one per prompt, with ``uncond="empty"``)
+    replaces that "" per image: prompt i is guided away from negative_prompts[i].
     """
     latents = sample_latents(
         components,
@@ -166,6 +174,7 @@ def sample_images(
         width=width,
         method=method,
         uncond=uncond,
+        negative_prompts=negative_prompts,
     )
     return tensor_to_pil(decode_latents(components.vae, latents))
 
