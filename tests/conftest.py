@@ -4,12 +4,15 @@
   skips elsewhere with a message that says how to install it.
 - ``ray_session``: one local in-process Ray cluster per test session (Ray start-up is slow on 2 cores).
 - ``seaweedfs``: a real S3 server (SeaweedFS ``weed mini``) on loopback ports, with a bucket.
+- ``wait_until(predicate, timeout_s, what)``: poll a service until it answers.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -29,6 +32,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Poll ``predicate`` every 0.5 s until it is truthy; an HTTP error counts as not yet."""
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def ray_metrics_port() -> int:

@@ -28,7 +28,7 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import free_port, ray_metrics_port, require
+from tests.conftest import free_port, ray_metrics_port, require, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards"
@@ -109,18 +109,6 @@ def prometheus(ray_session, tmp_path_factory):
             proc.kill()
             proc.wait(timeout=5)
         log.close()
-
-
-def wait_until(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def instant(url: str, expr: str) -> list:

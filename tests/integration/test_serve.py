@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import free_port, ray_metrics_port
+from tests.conftest import free_port, ray_metrics_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -58,23 +58,13 @@ def service(ray_session, tiny_model):
     try:
         serve.run(build_application(cfg), name="ambient-test", route_prefix="/", blocking=False)
         url = f"http://127.0.0.1:{port}"
-        _wait(lambda: requests.get(f"{url}/v1/health", timeout=5).status_code == 200, 300, "service healthy")
+        wait_until(
+            lambda: requests.get(f"{url}/v1/health", timeout=5).status_code == 200, 300, "service healthy"
+        )
         yield url
     finally:
         serve.shutdown()
         os.environ.pop(TOKEN_ENV, None)
-
-
-def _wait(predicate, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def generate(url: str, session=requests, **body) -> requests.Response:
@@ -319,7 +309,7 @@ def test_killed_replica_is_replaced_and_the_service_answers_again(service):
         r = requests.get(f"{service}/v1/model", headers=AUTH, timeout=10)
         return r.status_code == 200 and r.json()["replica"]["pid"] != old_pid
 
-    _wait(replaced, 180, "a new replica")
+    wait_until(replaced, 180, "a new replica")
     r = generate(service, seed=5)
     assert r.status_code == 200, r.text
     assert pixels(r.json()["images"][0]["png_base64"]).shape == (64, 64, 3)
