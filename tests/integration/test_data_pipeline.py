@@ -1,7 +1,8 @@
-"""prepare_shards end to end (synthetic and folder sources, local and SeaweedFS S3) and streaming back."""
+"""prepare_shards end to end (synthetic, folder and Parquet sources, local and SeaweedFS S3) and streaming back."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -254,3 +255,190 @@ def test_fails_clearly_when_nothing_valid_remains(ray_session, tiny_model, tmp_p
         prepare_shards(config(str(tmp_path / "out"), tiny_model, "source.kind=folder", f"source.path={src}"))
     assert "missing caption: 1" in str(err.value) and "unreadable image: 1" in str(err.value)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+# --- Parquet source: image bytes + captions under a local or s3:// prefix ---------------------------
+
+GOOD = {  # name: (size (w, h), format); PNG and JPEG, landscape, portrait and square
+    "ok0.png": ((48, 40), "PNG"),
+    "ok1.png": ((40, 56), "PNG"),
+    "photo.jpg": ((64, 64), "JPEG"),
+    "wide.jpeg": ((50, 36), "JPEG"),
+}
+BROKEN = b"\x89PNG\r\n\x1a\n this is not an image"
+
+
+def _encoded_images() -> dict[str, bytes]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    out = {}
+    for name, ((w, h), fmt) in GOOD.items():
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format=fmt)
+        out[name] = buf.getvalue()
+    return out
+
+
+@pytest.fixture(scope="module")
+def parquet_runs(ray_session, seaweedfs, tiny_model, tmp_path_factory):
+    """The same images prepared three ways: a folder, Parquet on S3 (binary column, id column, two
+    files, bad rows), and local Parquet in Hugging Face style (struct column, content-hash ids)."""
+    import pyarrow as pa
+
+    images = _encoded_images()
+    root = tmp_path_factory.mktemp("parquet-source")
+    folder = root / "images"
+    folder.mkdir()
+    for name, data in images.items():
+        (folder / name).write_bytes(data)
+        (folder / name).with_suffix(".txt").write_text(f"caption of {name}")
+
+    good = [(name, data, f"caption of {name}") for name, data in images.items()]
+    bad = [
+        ("broken.png", BROKEN, "a broken file"),
+        ("empty-caption.png", images["ok0.png"], ""),
+        ("null-caption.png", images["ok1.png"], None),
+        ("no-bytes.png", None, "caption without an image"),
+        (None, images["photo.jpg"], "a row without an id"),
+    ]
+    rows = good[:2] + bad[:3] + good[2:] + bad[3:]  # good and bad rows in both files
+    storage = seaweedfs.storage()
+    s3_prefix = f"s3://{seaweedfs.bucket}/parquet-source/images"
+    fs, path = resolve_filesystem(s3_prefix, storage)
+    for part, chunk in enumerate((rows[:5], rows[5:])):
+        table = pa.table(
+            {
+                "key": pa.array([r[0] for r in chunk], pa.string()),
+                "jpg": pa.array([r[1] for r in chunk], pa.binary()),
+                "txt": pa.array([r[2] for r in chunk], pa.string()),
+            }
+        )
+        with fs.open_output_stream(f"{path}/part-{part}.parquet") as f:
+            pq.write_table(table, f)
+    with fs.open_output_stream(f"{path}/_SUCCESS") as f:  # a non-Parquet file in the prefix
+        f.write(b"")
+
+    hf = root / "hf"
+    hf.mkdir()
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    pq.write_table(
+        pa.table(
+            {
+                "image": pa.array([{"bytes": d, "path": n} for n, d, _ in good], struct),
+                "caption": [c for _, _, c in good],
+            }
+        ),
+        hf / "train-00000.parquet",
+    )
+
+    def run(dest: str, *extra: str, cfg_storage=None):
+        cfg = config(str(root / dest), tiny_model, *extra)
+        if cfg_storage is not None:
+            cfg = cfg.model_copy(update={"storage": cfg_storage})
+        res = prepare_shards(cfg)
+        return res, read_all(str(root / dest), None, [s.file for s in res.manifest.shards])
+
+    return {
+        "images": images,
+        "folder": run("from-folder", "source.kind=folder", f"source.path={folder}"),
+        "s3": run(
+            "from-s3",
+            "source.kind=parquet",
+            f"source.path={s3_prefix}",
+            "source.image_column=jpg",
+            "source.caption_column=txt",
+            "source.id_column=key",
+            cfg_storage=storage,
+        ),
+        "hf": run("from-hf", "source.kind=parquet", f"source.path={hf}"),
+    }
+
+
+def test_parquet_source_from_s3_rejects_bad_rows_with_reasons(parquet_runs):
+    res, table = parquet_runs["s3"]
+    summary = res.summary
+    assert summary["rows_written"] == len(GOOD) == table.num_rows == res.manifest.num_rows
+    assert sorted(table.column("id").to_pylist()) == sorted(GOOD)
+    assert summary["rows_rejected"] == 5
+    assert summary["rejected_by_reason"] == {
+        "missing caption": 2,
+        "unreadable image": 1,
+        "missing image bytes": 1,
+        "missing id": 1,
+    }
+    reasons = {r["id"]: r["reason"] for r in summary["rejected"]}
+    assert reasons["empty-caption.png"] == reasons["null-caption.png"] == "missing caption"
+    assert reasons["broken.png"].startswith("unreadable image")
+    assert reasons["no-bytes.png"] == "missing image bytes"
+    assert res.manifest.source["path"].startswith("s3://") and res.manifest.source["id_column"] == "key"
+
+
+def test_parquet_rows_equal_the_folder_source_rows(parquet_runs):
+    (_, folder), (_, parquet) = parquet_runs["folder"], parquet_runs["s3"]
+    assert folder.column("id").to_pylist() == parquet.column("id").to_pylist() == sorted(GOOD)
+    assert parquet.column("caption").to_pylist() == [f"caption of {n}" for n in sorted(GOOD)]
+    for col in ("sigma_n", "noise_seed"):
+        assert folder.column(col).to_pylist() == parquet.column(col).to_pylist(), col
+    for col in ("latent", "original_size_hw", "crop_top_left"):
+        a = folder.column(col).combine_chunks().to_numpy_ndarray().astype(np.float32)
+        b = parquet.column(col).combine_chunks().to_numpy_ndarray().astype(np.float32)
+        np.testing.assert_allclose(a, b, atol=2e-3, err_msg=col)
+    sizes = parquet.column("original_size_hw").combine_chunks().to_numpy_ndarray()
+    assert [tuple(s) for s in sizes] == [GOOD[n][0][::-1] for n in sorted(GOOD)]
+
+
+def test_parquet_struct_column_and_content_hash_ids(parquet_runs):
+    import hashlib
+
+    images = parquet_runs["images"]
+    (_, folder), (res, hf) = parquet_runs["folder"], parquet_runs["hf"]
+    sha = {"sha-" + hashlib.blake2b(images[n], digest_size=10).hexdigest(): n for n in GOOD}
+    assert res.summary["rows_rejected"] == 0 and set(hf.column("id").to_pylist()) == set(sha)
+    names = [sha[i] for i in hf.column("id").to_pylist()]
+    assert hf.column("caption").to_pylist() == [f"caption of {n}" for n in names]
+    # Same clean latents, different frozen noise: y_hf - y_folder = sigma (z(sha id) - z(file name)).
+    by_name = dict(zip(folder.column("id").to_pylist(), range(folder.num_rows), strict=True))
+    y_folder = folder.column("latent").combine_chunks().to_numpy_ndarray().astype(np.float32)
+    y_folder = torch.from_numpy(y_folder[[by_name[n] for n in names]])
+    y_hf = torch.from_numpy(hf.column("latent").combine_chunks().to_numpy_ndarray().astype(np.float32))
+    shape = tuple(y_hf.shape[1:])
+    expected = SIGMA * (
+        frozen_noise(hf.column("id").to_pylist(), SEED, shape) - frozen_noise(names, SEED, shape)
+    )
+    torch.testing.assert_close(y_hf - y_folder, expected, atol=2e-2, rtol=0)
+    assert (y_hf - y_folder).std().item() == pytest.approx(SIGMA * 2**0.5, rel=0.1)
+
+
+def test_parquet_source_problems_fail_before_any_work(seaweedfs, tmp_path):
+    from ambient.data import StorageError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    pq.write_table(
+        __import__("pyarrow").table({"image": ["not bytes"], "caption": ["a caption"]}), src / "a.parquet"
+    )
+    dest = tmp_path / "out"
+
+    def prepare(*extra: str, storage=None):
+        cfg = load_config(
+            PrepareShardsConfig,
+            overrides=[f"destination.uri={dest}", "encode.space=image", "source.kind=parquet", *extra],
+        )
+        return prepare_shards(cfg.model_copy(update={"storage": storage or cfg.storage}))
+
+    with pytest.raises(ValueError, match=r"source\.caption_column: .*a\.parquet has no column 'text'"):
+        prepare(f"source.path={src}", "source.caption_column=text")
+    with pytest.raises(
+        ValueError, match=r"source\.id_column: .*no column 'key' \(its columns: image, caption\)"
+    ):
+        prepare(f"source.path={src}", "source.id_column=key")
+    with pytest.raises(ValueError, match=r"source\.image_column: column 'image' is string; expected encoded"):
+        prepare(f"source.path={src / 'a.parquet'}")
+    with pytest.raises(FileNotFoundError, match=r"source\.path .*empty holds no \.parquet files"):
+        prepare(f"source.path={tmp_path / 'empty'}")
+    s3 = f"s3://{seaweedfs.bucket}/parquet-source/images"
+    with pytest.raises(StorageError, match="access denied") as err:
+        prepare(f"source.path={s3}", storage=seaweedfs.storage(secret_access_key="not-the-secret"))
+    assert "not-the-secret" not in str(err.value)
+    assert not (dest / "manifest.json").exists() and not list(dest.glob("shard-*"))

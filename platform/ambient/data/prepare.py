@@ -23,7 +23,7 @@ from .encode import NoisyEncoder, vae_identity
 from .errors import NoValidRowsError
 from .preprocess import Preprocess
 from .schema import SCHEMA_VERSION, SUMMARY_NAME, Manifest, NoiseInfo, SigmaStats, VaeIdentity, utc_now
-from .sources import source_dataset
+from .sources import parquet_files, source_dataset
 from .storage import StorageConfig, ensure_dir, join, write_bytes_atomic
 from .writer import ShardWriter, fold_reports, write_manifest
 
@@ -85,6 +85,8 @@ def prepare_shards(cfg: PrepareShardsConfig) -> PrepareResult:
     sigma_n = noise_sigma(cfg.noise)
     shape, vae = plan_tensor(cfg, storage)
     ensure_dir(uri, storage)  # unreachable endpoint / bad credentials fail here, before Ray starts
+    if cfg.source.kind == "parquet":
+        parquet_files(cfg.source, storage)  # so do an empty source prefix and a wrong column name
     init_ray(cfg.ray_address, cfg.encode.actors, log_to_driver=False)
 
     run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"

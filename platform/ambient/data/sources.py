@@ -12,10 +12,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray.data
 
 from .config import SourceConfig
-from .storage import StorageConfig, resolve_filesystem
+from .storage import StorageConfig, join, list_files, resolve_filesystem, storage_error
 from .synthetic import render_synthetic
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -104,10 +107,43 @@ def folder_source(root: Path) -> ray.data.Dataset:
     return ray.data.from_items(folder_items(root)).map_batches(read, batch_size=64)
 
 
+def parquet_files(cfg: SourceConfig, storage: StorageConfig | None) -> list[str]:
+    """The source's Parquet files, after checking that the configured columns exist (on the driver,
+    before any cluster work: a wrong column name or an empty prefix fails here, naming the field)."""
+    path = str(cfg.path)
+    fs, root = resolve_filesystem(path, storage)
+    try:
+        single = fs.get_file_info(root).type == pafs.FileType.File
+    except OSError as exc:
+        raise storage_error(path, "access", exc, storage) from None
+    files = [path] if single else [join(path, f) for f in list_files(path, storage, suffix=".parquet")]
+    if not files:
+        raise FileNotFoundError(f"source.path {path} holds no .parquet files")
+    fs, first = resolve_filesystem(files[0], storage)
+    try:
+        schema = pq.read_schema(first, filesystem=fs)
+    except OSError as exc:
+        raise storage_error(files[0], "read the schema of", exc, storage) from None
+    for field in ("image_column", "caption_column", "id_column"):
+        name = getattr(cfg, field)
+        if name is not None and name not in schema.names:
+            raise ValueError(
+                f"source.{field}: {files[0]} has no column {name!r} (its columns: {', '.join(schema.names)})"
+            )
+    image = schema.field(cfg.image_column).type
+    is_bytes = pa.types.is_binary(image) or pa.types.is_large_binary(image)
+    if not (is_bytes or (pa.types.is_struct(image) and image.get_field_index("bytes") >= 0)):
+        raise ValueError(
+            f"source.image_column: column {cfg.image_column!r} is {image}; expected encoded image bytes "
+            "(binary, or a struct with a `bytes` field)"
+        )
+    return files
+
+
 def parquet_source(cfg: SourceConfig, storage: StorageConfig | None) -> ray.data.Dataset:
-    fs, path = resolve_filesystem(str(cfg.path), storage)
-    columns = [cfg.image_column, cfg.caption_column] + ([cfg.id_column] if cfg.id_column else [])
+    files = parquet_files(cfg, storage)
     image_col, caption_col, id_col = cfg.image_column, cfg.caption_column, cfg.id_column
+    columns = [image_col, caption_col] + ([id_col] if id_col else [])
 
     def normalize(batch: dict[str, np.ndarray]) -> dict[str, list]:
         ids, captions, images, rejects = [], [], [], []
@@ -117,8 +153,10 @@ def parquet_source(cfg: SourceConfig, storage: StorageConfig | None) -> ray.data
             reject = "" if data else "missing image bytes"
             if not caption:
                 reject = reject or "missing caption"
-            if id_col:
-                row_id = str(batch[id_col][i])
+            if id_col:  # a missing id must not become the id "None" (shared by every such row)
+                raw_id = batch[id_col][i]
+                row_id = "" if raw_id is None else str(raw_id)
+                reject = reject or ("" if row_id else "missing id")
             else:  # content hash: stable across runs and file layouts
                 row_id = "sha-" + hashlib.blake2b(data, digest_size=10).hexdigest()
             ids.append(row_id)
@@ -127,5 +165,7 @@ def parquet_source(cfg: SourceConfig, storage: StorageConfig | None) -> ray.data
             rejects.append(reject)
         return {"id": ids, "caption": captions, "image": images, "reject": rejects}
 
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=columns)
+    fs, _ = resolve_filesystem(files[0], storage)
+    paths = [resolve_filesystem(f, storage)[1] for f in files]
+    ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(columns)
     return ds.map_batches(normalize, batch_size=64)
