@@ -23,6 +23,9 @@ def test_demo_config_is_valid():
     cfg = load_config(PrepareShardsConfig, DEMO)
     assert cfg.source.kind == "synthetic" and cfg.destination.uri == "runs/demo/shards"
     assert noise_sigma(cfg.noise) == 0.5 and cfg.resolution == 64
+    assert cfg.destination.remove_stale_shards is True
+    off = load_config(PrepareShardsConfig, DEMO, ["destination.remove_stale_shards=false"])
+    assert off.destination.remove_stale_shards is False
 
 
 @pytest.mark.parametrize(
@@ -37,6 +40,7 @@ def test_demo_config_is_valid():
         (["encode.actors=0"], "encode.actors"),
         (["rows_per_shard=0"], "rows_per_shard"),
         (["storage.endpoint=http://x"], "storage.endpoint"),
+        (["destination.remove_stale_shards=maybe"], "destination.remove_stale_shards"),
     ],
 )
 def test_bad_values_name_the_field(overrides, field):

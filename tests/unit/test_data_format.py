@@ -13,6 +13,7 @@ from ambient.data.preprocess import Preprocess, resize_and_crop
 from ambient.data.schema import arrow_schema, make_table
 from ambient.data.storage import is_s3, list_files, resolve_filesystem
 from ambient.data.streaming import epoch_order
+from ambient.data.writer import SHARD_PATTERN, new_run_id, shard_name
 
 
 def test_resize_shorter_side_then_center_crop():
@@ -106,3 +107,25 @@ def test_local_storage_helpers(tmp_path):
     assert (got / "vae" / "config.json").read_text() == "{}"
     fs, path = resolve_filesystem("s3://bucket/prefix/x")
     assert path == "bucket/prefix/x" and fs.type_name == "s3"
+
+
+def test_shard_names_match_the_pattern_cleanup_deletes_and_nothing_else():
+    names = {shard_name(new_run_id()) for _ in range(20)}
+    assert len(names) == 20 and all(SHARD_PATTERN.fullmatch(n) for n in names)
+    name = next(iter(names))
+    for other in ("shard-test-0.parquet", f"{name}.bak", f"x{name}", f"notes/{name}", "manifest.json"):
+        assert not SHARD_PATTERN.fullmatch(other), other
+
+
+def test_printed_summary_reports_the_stale_shard_cleanup(capsys):
+    from ambient.data.report import print_summary
+
+    summary = {"bytes": 2e6, "rows_written": 8, "shards": 2, "seconds": 1.0, "rows_per_s": 8.0}
+    summary |= {"sigma_n": 0.5, "rows_rejected": 0}
+    print_summary({**summary, "stale_shards": None})
+    assert "stale" not in capsys.readouterr().out
+    print_summary({**summary, "stale_shards": {"removed_files": 3, "removed_bytes": 1500000, "error": None}})
+    assert "removed 3 stale shards of older runs (1.50 MB)" in capsys.readouterr().out
+    print_summary({**summary, "stale_shards": {"removed_files": 1, "removed_bytes": 10, "error": "denied"}})
+    out = capsys.readouterr().out
+    assert "removed 1 stale shards" in out and "stale shards not all removed" in out and "denied" in out

@@ -39,6 +39,11 @@ class SourceConfig(Section):
 
 class DestinationConfig(Section):
     uri: str = Field(default="runs/demo/shards", description="local folder or s3://bucket/prefix")
+    remove_stale_shards: bool = Field(
+        default=True,
+        description="after the new manifest is committed, delete the folder's shard files it does not "
+        "list (older or crashed runs); off when a reader may still use the previous manifest",
+    )
 
 
 class NoiseConfig(Section):

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import ray
 import ray.data
@@ -25,7 +24,7 @@ from .preprocess import Preprocess
 from .schema import SCHEMA_VERSION, SUMMARY_NAME, Manifest, NoiseInfo, SigmaStats, VaeIdentity, utc_now
 from .sources import parquet_files, source_dataset
 from .storage import StorageConfig, ensure_dir, join, write_bytes_atomic
-from .writer import ShardWriter, fold_reports, write_manifest
+from .writer import ShardWriter, fold_reports, new_run_id, remove_stale_shards, write_manifest
 
 
 @dataclass
@@ -89,7 +88,7 @@ def prepare_shards(cfg: PrepareShardsConfig) -> PrepareResult:
         parquet_files(cfg.source, storage)  # so do an empty source prefix and a wrong column name
     init_ray(cfg.ray_address, cfg.encode.actors, log_to_driver=False)
 
-    run_id = f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    run_id = new_run_id()
     start = time.perf_counter()
     pre = Preprocess(cfg.resolution, cfg.crop, cfg.noise.seed)
     writer = ShardWriter(uri, storage, run_id, cfg.encode.space, sigma_n, cfg.noise.seed)
@@ -126,6 +125,7 @@ def prepare_shards(cfg: PrepareShardsConfig) -> PrepareResult:
         "seconds": round(elapsed, 3),
         "rows_per_s": round(report.rows / elapsed, 2) if elapsed > 0 else None,
         "sigma_n": sigma_n,
+        "stale_shards": None,  # filled in by the cleanup after the manifest is committed
         "config": redacted(cfg),
     }
     if report.rows == 0:
@@ -150,9 +150,17 @@ def prepare_shards(cfg: PrepareShardsConfig) -> PrepareResult:
         vae=vae,
         source=redacted(cfg.source),
     )
-    write_bytes_atomic(join(uri, SUMMARY_NAME), json.dumps(summary, indent=2, default=str).encode(), storage)
-    manifest_uri = write_manifest(uri, manifest, storage)
+    write_summary(uri, summary, storage)
+    manifest_uri = write_manifest(uri, manifest, storage)  # the commit: the new dataset is complete
+    if cfg.destination.remove_stale_shards:
+        keep = {s.file for s in manifest.shards}
+        summary["stale_shards"] = asdict(remove_stale_shards(uri, keep, storage))
+        write_summary(uri, summary, storage)
     return PrepareResult(manifest_uri=manifest_uri, manifest=manifest, summary=summary)
+
+
+def write_summary(uri: str, summary: dict, storage: StorageConfig) -> None:
+    write_bytes_atomic(join(uri, SUMMARY_NAME), json.dumps(summary, indent=2, default=str).encode(), storage)
 
 
 def _call(batch, fn):

@@ -12,3 +12,9 @@ def print_summary(summary: dict) -> None:
     if summary["rows_rejected"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in summary["rejected_by_reason"].items())
         print(f"rejected {summary['rows_rejected']} rows ({reasons}); details in summary.json")
+    stale = summary.get("stale_shards")
+    if stale and stale["removed_files"]:
+        mb = stale["removed_bytes"] / 1e6
+        print(f"removed {stale['removed_files']} stale shards of older runs ({mb:.2f} MB)")
+    if stale and stale["error"]:
+        print(f"warning: stale shards not all removed (the new dataset is complete): {stale['error']}")

@@ -1,21 +1,32 @@
 """Shard writing: one Parquet file per batch, named by the run id; the manifest, written last.
 
 Each write task reports what it wrote (file, rows, bytes, sigma_n sums) and which rows it dropped
-and why; the driver folds the reports into the summary and the manifest.
+and why; the driver folds the reports into the summary and the manifest. After the manifest is
+committed, ``remove_stale_shards`` deletes the shard files of older or crashed runs that it does not list.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .schema import MANIFEST_NAME, SHARD_SUFFIX, Manifest, ShardEntry, SigmaStats, Space, make_table
 from .storage import StorageConfig, join, resolve_filesystem, storage_error, write_bytes_atomic
+
+# shard-<run id: local time %Y%m%d%H%M%S-8 hex>-<12 hex>.parquet: the only files cleanup may delete.
+SHARD_PATTERN = re.compile(rf"shard-\d{{14}}-[0-9a-f]{{8}}-[0-9a-f]{{12}}{re.escape(SHARD_SUFFIX)}")
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
 def shard_name(run_id: str) -> str:
@@ -122,3 +133,38 @@ def write_manifest(uri: str, manifest: Manifest, storage: StorageConfig | None) 
     target = join(uri, MANIFEST_NAME)
     write_bytes_atomic(target, manifest.model_dump_json(indent=2).encode(), storage)
     return target
+
+
+@dataclass
+class StaleShards:
+    """What the cleanup after a committed run removed; ``error`` when it stopped early."""
+
+    removed_files: int = 0
+    removed_bytes: int = 0
+    error: str | None = None
+
+
+def remove_stale_shards(uri: str, keep: set[str], storage: StorageConfig | None) -> StaleShards:
+    """Delete the shard files directly in ``uri`` (named by ``SHARD_PATTERN``) that are not in ``keep``.
+
+    Call only after the manifest listing ``keep`` is committed: the removed files are then shards of
+    superseded or crashed runs, which no current manifest lists. Other files and subfolders are never
+    touched. A failure (say, a bucket policy without delete) stops the cleanup and is reported, not
+    raised: the new dataset is committed and complete either way."""
+    out = StaleShards()
+    fs, root = resolve_filesystem(uri, storage)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=False))
+        for info in infos:
+            name = info.base_name
+            if info.type != pafs.FileType.File or name in keep or not SHARD_PATTERN.fullmatch(name):
+                continue
+            try:
+                fs.delete_file(info.path)
+            except FileNotFoundError:
+                continue  # already gone
+            out.removed_files += 1
+            out.removed_bytes += int(info.size or 0)
+    except OSError as exc:
+        out.error = str(storage_error(uri, "remove stale shards in", exc, storage))
+    return out
