@@ -7,10 +7,13 @@ Serve is shut down at the end. The replica-kill test runs last.
 from __future__ import annotations
 
 import base64
+import http.client
 import io
+import json
 import os
 import re
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -242,6 +245,79 @@ def test_bad_input_gets_a_4xx_naming_the_problem(service, case, kwargs, status, 
         assert TOKEN not in r.text and r.headers.get("www-authenticate") == "Bearer"
     # ... and the service keeps serving.
     assert requests.get(f"{service}/v1/model", headers=AUTH, timeout=30).status_code == 200
+
+
+def _post_raw(url: str, head: dict[str, str], body: bytes) -> tuple[http.client.HTTPResponse, socket.socket]:
+    """POST /v1/generate with exactly these extra headers and body bytes on a fresh connection.
+
+    Returns the first response (status and headers read) and the socket, for what follows on it.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=60)
+    lines = [
+        "POST /v1/generate HTTP/1.1",
+        f"Host: {host}",
+        "Content-Type: application/json",
+        f"Authorization: Bearer {TOKEN}",
+        *(f"{k}: {v}" for k, v in head.items()),
+    ]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response, sock
+
+
+def _chunks(data: bytes, size: int) -> bytes:
+    """``data`` in HTTP/1.1 chunked framing (without the terminating zero-length chunk)."""
+    parts = (data[i : i + size] for i in range(0, len(data), size))
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+CHUNKED = {"Transfer-Encoding": "chunked"}  # and no Content-Length
+
+
+def test_chunked_body_over_the_cap_gets_413(service):
+    body = json.dumps({"prompt": "a" * 60_000}).encode()  # 15x the 4096-byte cap
+    response, sock = _post_raw(service, CHUNKED, _chunks(body, 1024) + b"0\r\n\r\n")
+    with sock:
+        error = json.loads(response.read())["error"]
+    assert response.status == 413, error
+    assert error["code"] == "body_too_large" and error["message"] == "the request body exceeds 4096 bytes"
+
+
+def test_endless_chunked_body_is_refused_once_past_the_cap_and_the_connection_closed(service):
+    # The body never ends: a service that waited for its end would time out here instead of answering.
+    start = time.monotonic()
+    response, sock = _post_raw(service, CHUNKED, _chunks(b'{"prompt": "' + b"a" * 8000, 1000))
+    with sock:
+        error = json.loads(response.read())["error"]
+        assert response.status == 413 and error["code"] == "body_too_large", error
+        assert time.monotonic() - start < 30
+        assert response.getheader("connection") == "close"
+        assert sock.recv(1) == b""  # the proxy closed the connection: the rest is never read
+
+
+def test_a_chunked_body_under_the_cap_is_served(service):
+    body = json.dumps({"prompt": "a red circle", **SMALL, "seed": 3}).encode()
+    response, sock = _post_raw(service, CHUNKED, _chunks(body, 7) + b"0\r\n\r\n")
+    with sock:
+        out = json.loads(response.read())
+    assert response.status == 200, out
+    assert [im["seed"] for im in out["images"]] == [3]
+
+
+def test_content_length_shorter_than_the_body_reads_only_the_declared_bytes(service):
+    body = json.dumps({"prompt": "a" * 8000}).encode()
+    response, sock = _post_raw(service, {"Content-Length": "12"}, body[:12])
+    with sock:
+        error = json.loads(response.read())["error"]
+        # The app got the 12 declared bytes ('{"prompt": "'), not the body the client meant.
+        assert response.status == 422 and error["message"] == "body: the request body is not valid JSON"
+        # The rest is the next request on the connection to Serve's proxy: malformed, refused, closed.
+        sock.sendall(body[12:])
+        rest = http.client.HTTPResponse(sock)
+        rest.begin()
+        assert rest.status == 400 and rest.getheader("connection") == "close"
 
 
 def test_unknown_route_and_model_route_need_the_token(service):

@@ -3,6 +3,10 @@
 Every error body is ``{"error": {"code", "message", "request_id", "fields"}}``. Validation errors (422)
 name the field and the rule, never echo the input; anything unexpected is a 500 with a generic message
 and the request id, under which the replica logs the traceback.
+
+The body cap holds whatever the client says: a Content-Length over it is refused before the body is
+read, and a body that turns out longer (chunked, without a Content-Length) is refused as soon as the
+read passes the cap; nothing past it is read.
 """
 
 import base64
@@ -19,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import BearerAuth
 from .config import ServeConfig
@@ -59,6 +64,8 @@ def error_response(
     status: int, code: str, message: str, request_id: str, fields=None, headers=None
 ) -> JSONResponse:
     body = {"error": {"code": code, "message": message, "request_id": request_id, "fields": fields or []}}
+    if status == 413:  # the rest of the body is not read: end the connection instead of draining it
+        headers = {**(headers or {}), "Connection": "close"}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -82,6 +89,40 @@ def _describe(err: dict[str, Any]) -> tuple[str, str]:
     return ".".join(loc) or "body", msg
 
 
+class BodyLimit:
+    """ASGI middleware: reading more than ``max_bytes`` of a request body raises a 413.
+
+    It counts what the app reads, so it holds for chunked bodies and whatever the headers claim; the
+    read that passes the cap is the last (FastAPI hands an HTTPException raised while it reads the
+    body to the exception handlers, and the route never runs).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise StarletteHTTPException(413, too_large(self.max_bytes))
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def too_large(max_bytes: int) -> str:
+    return f"the request body exceeds {max_bytes} bytes"
+
+
 def create_app(service: Service) -> FastAPI:
     cfg = service.config
     GenerateRequest = request_model(cfg.limits)
@@ -92,6 +133,8 @@ def create_app(service: Service) -> FastAPI:
         "See docs/api.md.",
     )
     bearer = HTTPBearer(auto_error=False)  # documents the scheme in /docs; the middleware enforces it
+    # Added first, so it runs inside the gatekeeper below (the last middleware added is the outermost).
+    app.add_middleware(BodyLimit, max_bytes=cfg.limits.max_body_bytes)
 
     @app.middleware("http")
     async def gatekeeper(request: Request, call_next):
@@ -127,12 +170,8 @@ def create_app(service: Service) -> FastAPI:
                 )
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > cfg.limits.max_body_bytes):
-                return error_response(
-                    413,
-                    "body_too_large",
-                    f"the request body exceeds {cfg.limits.max_body_bytes} bytes",
-                    request_id,
-                )
+                # A body without (or beyond) its Content-Length is capped while it is read (BodyLimit).
+                return error_response(413, "body_too_large", too_large(cfg.limits.max_body_bytes), request_id)
         return None
 
     @app.exception_handler(RequestValidationError)
@@ -143,7 +182,7 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed", 503: "unavailable"}
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 503: "unavailable"}
         return error_response(
             exc.status_code,
             codes.get(exc.status_code, "error"),
