@@ -12,10 +12,13 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -370,6 +373,69 @@ def test_metrics_endpoint_shows_the_service_metrics_after_traffic(service):
         if line.startswith("ray_ambient_serve_images_total")
     )
     assert images >= 200
+
+
+def test_model_from_s3_is_served_with_the_drivers_credentials(
+    service, seaweedfs, tiny_model, tmp_path, monkeypatch
+):
+    """An exported folder on S3: the replica downloads it with the credentials resolved on the driver
+    (its own environment has no AWS_* variables), reads its metadata, and never logs the secret."""
+    import ray._private.worker as ray_worker
+    from ray import serve
+
+    from ambient.data.storage import upload_directory
+    from ambient.models import export_pipeline, load_components
+    from ambient.serve.app import build_application, load_serve_config
+    from ambient.train.model_source import cached_model_dir
+
+    export = export_pipeline(
+        Path(tiny_model),
+        load_components(tiny_model).unet,
+        tmp_path / "export",
+        {"sigma_n": 0.5, "trained_with_consistency": False, "resolution": 64, "steps": 7},
+    )
+    uri = f"s3://{seaweedfs.bucket}/models/{uuid.uuid4().hex[:12]}"  # fresh: nothing cached for it
+    upload_directory(export, uri, seaweedfs.storage())
+    for name, value in seaweedfs.env().items():  # the driver's environment, as `jobs/serve.py` reads it
+        monkeypatch.setenv(name, value)
+    cfg = load_serve_config(
+        inline={
+            "model": uri,
+            "defaults": {"steps": 2, "method": "euler"},
+            "replica": {"num_cpus": 1, "torch_threads": 1},
+        }
+    )
+    app, prefix = "ambient-s3-test", "/s3"
+    url = f"{service}{prefix}"
+    try:
+        serve.run(build_application(cfg), name=app, route_prefix=prefix, blocking=False)
+        wait_until(lambda: requests.get(f"{url}/v1/health", timeout=5).status_code == 200, 300, "s3 model")
+        info = requests.get(f"{url}/v1/model", timeout=10).json()
+        assert info["source"] == uri
+        assert (info["sigma_n"], info["default_sampling_mode"]) == (0.5, "early_stop")
+        assert info["has_metadata"] and info["training_steps"] == 7
+        r = requests.post(
+            f"{url}/v1/generate", json={"prompt": "a red circle", "seed": 9, "output": "png"}, timeout=120
+        )
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+        assert r.content.startswith(b"\x89PNG\r\n\x1a\n") and r.headers["x-seed"] == "9"
+        assert Image.open(io.BytesIO(r.content)).size == (64, 64)
+        # The other app on this Serve instance is untouched.
+        assert requests.get(f"{service}/v1/model", headers=AUTH, timeout=10).json()["source"] == tiny_model
+        # The replica downloaded it into this node's cache.
+        assert (cached_model_dir(uri, seaweedfs.storage()) / "unet").is_dir()
+        logs = [
+            p
+            for p in (Path(ray_worker._global_node.get_session_dir_path()) / "logs").rglob("*")
+            if p.is_file()
+        ]
+        texts = {p: p.read_bytes() for p in logs}
+        assert any(f"serving {uri}".encode() in text for text in texts.values())  # the replica's own log
+        leaked = [p.name for p, text in texts.items() if seaweedfs.secret_access_key.encode() in text]
+        assert not leaked, f"the S3 secret is in {leaked}"
+    finally:
+        serve.delete(app)
+        shutil.rmtree(cached_model_dir(uri, seaweedfs.storage()), ignore_errors=True)
 
 
 def test_killed_replica_is_replaced_and_the_service_answers_again(service):
