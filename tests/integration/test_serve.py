@@ -1,7 +1,8 @@
 """The sampler service over real HTTP: Ray Serve on the session's local Ray cluster, the tiny model.
 
-One deployment for the module (bearer token on, tiny limits so that everything runs in seconds);
-Serve is shut down at the end. The replica-kill test runs last.
+One deployment for the module (bearer token on, tiny limits so that everything runs in seconds); the
+S3 test deploys a second app beside it (its own name and route prefix) and deletes it. Serve is shut
+down at the end. The replica-kill test runs last.
 """
 
 from __future__ import annotations
