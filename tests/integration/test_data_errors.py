@@ -17,8 +17,10 @@ from ambient.data import (
     PrepareShardsConfig,
     ShardError,
     StorageError,
+    inspect_dataset,
     open_dataset,
     prepare_shards,
+    stream_epochs,
 )
 from ambient.data.schema import (
     SCHEMA_VERSION,
@@ -30,6 +32,7 @@ from ambient.data.schema import (
     utc_now,
 )
 from ambient.data.storage import read_text, resolve_filesystem, write_bytes_atomic
+from ambient.data.streaming import epoch_order
 from ambient.data.writer import write_manifest
 
 pytestmark = pytest.mark.integration
@@ -98,6 +101,31 @@ def dataset(tmp_path) -> str:
 def test_valid_dataset_opens(ray_session, dataset):
     ds, info = open_dataset(dataset, expected_latent_shape=SHAPE)
     assert ds.count() == info.rows == 3 * ROWS
+
+
+def test_a_shard_lost_after_validation_fails_the_stream_naming_it(ray_session, dataset, tmp_path):
+    info = inspect_dataset(dataset)
+    (tmp_path / "ds" / "shard-test-2.parquet").unlink()  # e.g. deleted while a run streams the data
+    with pytest.raises(Exception, match=r"reading shard shard-test-2\.parquet"):
+        stream_epochs(info, epochs=[0]).materialize()
+
+
+def test_several_epochs_stream_every_row_once_per_epoch_in_each_epochs_order(ray_session, dataset):
+    info = inspect_dataset(dataset)
+    ds = stream_epochs(info, epochs=[0, 1, 2], shuffle_seed=5, min_task_bytes=1)
+    ds.context.execution_options.preserve_order = True
+    ids = [r["id"] for r in ds.iter_rows()]
+    expected = [
+        f"{f.replace('shard-test-', 'row-').removesuffix('.parquet')}-{i}"
+        for epoch in (0, 1, 2)
+        for f in epoch_order(info.files, 5, epoch)
+        for i in range(ROWS)
+    ]
+    assert ids == expected and len(ids) == 3 * 3 * ROWS
+    # Grouped read tasks (every file in one task per epoch) keep the order too, and never span epochs.
+    grouped = stream_epochs(info, epochs=[0, 1, 2], shuffle_seed=5)
+    grouped.context.execution_options.preserve_order = True
+    assert [r["id"] for r in grouped.iter_rows()] == expected
 
 
 def test_corrupt_shard_names_the_file_or_is_skipped_and_counted(ray_session, dataset, tmp_path):

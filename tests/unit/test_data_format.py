@@ -129,3 +129,15 @@ def test_printed_summary_reports_the_stale_shard_cleanup(capsys):
     print_summary({**summary, "stale_shards": {"removed_files": 1, "removed_bytes": 10, "error": "denied"}})
     out = capsys.readouterr().out
     assert "removed 1 stale shards" in out and "stale shards not all removed" in out and "denied" in out
+
+
+def test_read_tasks_group_consecutive_files_by_bytes():
+    from ambient.data.shard_source import group_by_bytes
+
+    sizes = [3, 3, 3, 10, 1, 1]
+    groups = group_by_bytes(sizes, min_task_bytes=5)
+    assert groups == [[0, 1], [2, 3], [4, 5]]  # order kept, each file once, the remainder last
+    assert [i for g in groups for i in g] == list(range(len(sizes)))
+    assert group_by_bytes(sizes, min_task_bytes=1) == [[i] for i in range(6)]
+    assert group_by_bytes(sizes, min_task_bytes=10**9) == [list(range(6))]
+    assert group_by_bytes([], min_task_bytes=5) == []

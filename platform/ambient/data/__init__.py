@@ -13,7 +13,14 @@ from .storage import (
     upload_directory,
     write_bytes_atomic,
 )
-from .streaming import DatasetInfo, collate_batch, iter_training_batches, open_dataset
+from .streaming import (
+    DatasetInfo,
+    collate_batch,
+    inspect_dataset,
+    iter_training_batches,
+    open_dataset,
+    stream_epochs,
+)
 from .validate import load_manifest
 
 __all__ = [
@@ -31,6 +38,7 @@ __all__ = [
     "arrow_schema",
     "collate_batch",
     "download_prefix",
+    "inspect_dataset",
     "is_s3",
     "iter_training_batches",
     "load_manifest",
@@ -38,6 +46,7 @@ __all__ = [
     "prepare_shards",
     "read_text",
     "resolve_filesystem",
+    "stream_epochs",
     "upload_directory",
     "write_bytes_atomic",
 ]

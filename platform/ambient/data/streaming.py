@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import ray.data
 import torch
-from ray.data import DataContext
 
-from .schema import Manifest
+from .schema import Manifest, arrow_schema
+from .shard_source import DEFAULT_MIN_TASK_BYTES, ShardDatasource
 from .storage import StorageConfig, resolve_filesystem
 from .validate import ValidationReport, load_manifest, validate_dataset
 
@@ -64,6 +64,53 @@ def _permutation(files: Sequence[str], shuffle_seed: int, epoch: int) -> list[st
     return order
 
 
+def inspect_dataset(
+    uri: str,
+    storage: StorageConfig | None = None,
+    *,
+    skip_bad_shards: bool = False,
+    expected_latent_shape: Sequence[int] | None = None,
+) -> DatasetInfo:
+    """Load the manifest and validate every listed shard once (footer, schema, row count, sigma_n).
+
+    ``info.files`` are the good shards in the manifest's order; stream them with ``stream_epochs``."""
+    storage = (storage or StorageConfig()).resolved()
+    manifest = load_manifest(uri, storage)
+    fs, root = resolve_filesystem(uri, storage)
+    report: ValidationReport = validate_dataset(
+        fs, root, manifest, skip_bad_shards=skip_bad_shards, expected_latent_shape=expected_latent_shape
+    )
+    return DatasetInfo(
+        uri=uri,
+        manifest=manifest,
+        epoch=0,
+        files=[s.file for s in report.good_shards],
+        rows=report.rows_ok,
+        rows_skipped=report.rows_skipped,
+        bad_shards=report.bad_shards,
+    )
+
+
+def stream_epochs(
+    info: DatasetInfo,
+    storage: StorageConfig | None = None,
+    *,
+    epochs: Sequence[int] = (0,),
+    shuffle_seed: int = 0,
+    min_task_bytes: int = DEFAULT_MIN_TASK_BYTES,
+) -> ray.data.Dataset:
+    """One streaming Ray Dataset over the validated shards of ``info``, epoch after epoch, each epoch in
+    its own seeded file order (read tasks never span two epochs)."""
+    storage = (storage or StorageConfig()).resolved()
+    fs, root = resolve_filesystem(info.uri, storage)
+    shards = {s.file: (s.rows, s.bytes) for s in info.manifest.shards}
+    passes = [epoch_order(info.files, shuffle_seed, epoch) for epoch in epochs]
+    schema = arrow_schema(info.manifest.space, tuple(info.manifest.tensor_shape))
+    return ray.data.read_datasource(
+        ShardDatasource(fs, root, passes, shards, schema, min_task_bytes=min_task_bytes)
+    )
+
+
 def open_dataset(
     uri: str,
     storage: StorageConfig | None = None,
@@ -73,34 +120,13 @@ def open_dataset(
     skip_bad_shards: bool = False,
     expected_latent_shape: Sequence[int] | None = None,
 ) -> tuple[ray.data.Dataset, DatasetInfo]:
-    """Validate the dataset at ``uri`` and return a streaming Ray Dataset over its listed shards."""
-    storage = (storage or StorageConfig()).resolved()
-    manifest = load_manifest(uri, storage)
-    fs, root = resolve_filesystem(uri, storage)
-    report: ValidationReport = validate_dataset(
-        fs, root, manifest, skip_bad_shards=skip_bad_shards, expected_latent_shape=expected_latent_shape
+    """Validate the dataset at ``uri`` and return a streaming Ray Dataset over one epoch of its shards
+    (``info.files`` in that epoch's read order)."""
+    info = inspect_dataset(
+        uri, storage, skip_bad_shards=skip_bad_shards, expected_latent_shape=expected_latent_shape
     )
-    files = epoch_order([s.file for s in report.good_shards], shuffle_seed, epoch)
-    # Ray 2.60's default (v2) Parquet datasource packs small files into one read task; v1 makes one
-    # read task per file, which streams and keeps this epoch's file order.
-    DataContext.get_current().use_datasource_v2 = False
-    ds = ray.data.read_parquet(
-        [f"{root.rstrip('/')}/{f}" for f in files],
-        filesystem=fs,
-        file_extensions=None,
-        partitioning=None,
-        override_num_blocks=len(files),
-    )
-    info = DatasetInfo(
-        uri=uri,
-        manifest=manifest,
-        epoch=epoch,
-        files=files,
-        rows=report.rows_ok,
-        rows_skipped=report.rows_skipped,
-        bad_shards=report.bad_shards,
-    )
-    return ds, info
+    ds = stream_epochs(info, storage, epochs=[epoch], shuffle_seed=shuffle_seed)
+    return ds, replace(info, epoch=epoch, files=epoch_order(info.files, shuffle_seed, epoch))
 
 
 def collate_batch(batch: dict[str, np.ndarray]) -> dict:

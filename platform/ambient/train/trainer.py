@@ -18,7 +18,7 @@ from ambient.config import redacted
 from ambient.data.config import DestinationConfig, EncodeConfig, PrepareShardsConfig
 from ambient.data.schema import MANIFEST_NAME
 from ambient.data.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
-from ambient.data.streaming import DatasetInfo, open_dataset
+from ambient.data.streaming import DatasetInfo, inspect_dataset, stream_epochs
 from ambient.data.validate import load_manifest
 from ambient.ray_init import init_ray
 
@@ -81,14 +81,9 @@ class PreparedRun:
 
 
 def streaming_epochs(cfg: FinetuneConfig, storage) -> tuple[ray.data.Dataset, DatasetInfo]:
-    """One streaming dataset over all planned epochs, each with its own seeded file order."""
-    epoch0, info = open_dataset(
-        cfg.data.uri,
-        storage,
-        epoch=0,
-        shuffle_seed=cfg.data.shuffle_seed,
-        skip_bad_shards=cfg.data.skip_bad_shards,
-    )
+    """One streaming dataset over all planned epochs, each with its own seeded file order (the shards
+    are validated once, here on the driver)."""
+    info = inspect_dataset(cfg.data.uri, storage, skip_bad_shards=cfg.data.skip_bad_shards)
     if info.manifest.tensor_column != "latent":
         raise ValueError(f"data.uri {cfg.data.uri} is a pixel-space dataset; fine-tuning SDXL needs latents")
     workers, batch, accum = cfg.scaling.num_workers, cfg.train.batch_size, cfg.optim.grad_accum
@@ -99,17 +94,8 @@ def streaming_epochs(cfg: FinetuneConfig, storage) -> tuple[ray.data.Dataset, Da
             f"train.batch_size {batch}"
         )
     epochs = math.ceil(cfg.train.max_steps * accum / (per_worker_rows // batch)) + 1
-    later = [
-        open_dataset(
-            cfg.data.uri,
-            storage,
-            epoch=e,
-            shuffle_seed=cfg.data.shuffle_seed,
-            skip_bad_shards=cfg.data.skip_bad_shards,
-        )[0]
-        for e in range(1, epochs)
-    ]
-    return (epoch0.union(*later) if later else epoch0), info
+    ds = stream_epochs(info, storage, epochs=range(epochs), shuffle_seed=cfg.data.shuffle_seed)
+    return ds, info
 
 
 def prepare_run(cfg: FinetuneConfig, model_source: str) -> PreparedRun:
