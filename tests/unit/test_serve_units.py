@@ -151,10 +151,27 @@ def test_fixed_shape_makes_an_image_independent_of_its_batch(tiny_components):
     key = SamplingKey(
         steps=2, guidance_scale=3.0, height=32, width=32, mode="full", sigma_n=0.0, method="euler"
     )
-    alone = generate(tiny_components, key, ["a"], [""], [7], pad_to=5)
-    crowd = generate(tiny_components, key, ["b", "c", "a", "d"], ["", "x", "", ""], [1, 2, 7, 3], pad_to=5)
-    assert len(alone) == 1 and len(crowd) == 4
-    assert np.asarray(alone[0]).tobytes() == np.asarray(crowd[2]).tobytes()
+    alone = generate(tiny_components, key, ["a"], [""], [7], call_rows=2)
+    crowd = generate(
+        tiny_components, key, ["b", "c", "d", "e", "a"], ["", "x", "", "", ""], [1, 2, 3, 4, 7], call_rows=2
+    )
+    assert len(alone) == 1 and len(crowd) == 5  # the crowd ran as three 2-row calls, "a" in the last
+    assert np.asarray(alone[0]).tobytes() == np.asarray(crowd[4]).tobytes()
+    # Another position in another call of the same shape: still the same bytes.
+    moved = generate(tiny_components, key, ["a", "b"], ["", ""], [7, 1], call_rows=2)
+    assert np.asarray(moved[0]).tobytes() == np.asarray(alone[0]).tobytes()
+    assert np.asarray(moved[1]).tobytes() == np.asarray(crowd[0]).tobytes()
+
+
+def test_call_rows_default_by_device_and_bounded_by_the_batch():
+    from ambient.serve.config import BatchingSection
+
+    assert BatchingSection().resolved_call_rows(on_gpu=False) == 4
+    assert BatchingSection().resolved_call_rows(on_gpu=True) == 8
+    assert BatchingSection(max_batch_images=2).resolved_call_rows(on_gpu=False) == 2
+    assert BatchingSection(call_rows=3).resolved_call_rows(on_gpu=True) == 3
+    with pytest.raises(ValueError, match="call_rows 9 > max_batch_images 8"):
+        BatchingSection(call_rows=9)
 
 
 def test_early_stop_ends_at_sigma_n(tiny_components):

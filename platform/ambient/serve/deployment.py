@@ -52,6 +52,7 @@ class Sampler:
         self.model = load_model(choice, config.storage, getattr(torch, rep.dtype), device)
         self.metrics.loaded(True)
         b = config.batching
+        self._call_rows = b.resolved_call_rows(on_gpu=device.type == "cuda") if b.fixed_shape else None
         self._generate_batch.set_max_batch_size(b.max_batch_images)
         self._generate_batch.set_batch_wait_timeout_s(b.batch_wait_timeout_s if b.enabled else 0.0)
         logger.info(
@@ -74,11 +75,9 @@ class Sampler:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02, batch_size_fn=_batch_weight)
     async def _generate_batch(self, jobs: list[Job]) -> list[JobResult]:
         loop = asyncio.get_running_loop()
-        b = self.config.batching
-        # With batching off a call holds one request: pad to the largest request instead.
-        full = b.max_batch_images if b.enabled else self.config.limits.max_images_per_request
-        pad_to = full if b.fixed_shape else None
-        results, calls = await loop.run_in_executor(self._executor, run_jobs, self.model, jobs, pad_to)
+        results, calls = await loop.run_in_executor(
+            self._executor, run_jobs, self.model, jobs, self._call_rows
+        )
         for images, seconds in calls:
             self.metrics.model_call(images, seconds)
         return results

@@ -132,9 +132,10 @@ class JobResult:
 
 
 def run_jobs(
-    model: LoadedModel, jobs: list[Job], pad_to: int | None = None
+    model: LoadedModel, jobs: list[Job], call_rows: int | None = None
 ) -> tuple[list[JobResult], list[tuple[int, float]]]:
-    """Run jobs with equal sampling keys together, one model call per key.
+    """Run jobs with equal sampling keys together: one model call per key (in calls of ``call_rows``
+    rows each when given, see ``generate``).
 
     Returns each job's result, and (images, seconds) of each model call. A failing call fails only
     its own jobs; the error is logged here, the caller answers them with a generic 500.
@@ -154,7 +155,7 @@ def run_jobs(
                 prompts,
                 [p for i in members for p in jobs[i].negative_prompts],
                 [s for i in members for s in jobs[i].seeds],
-                pad_to=pad_to,
+                call_rows=call_rows,
             )
             pngs = [_png(im) for im in images]
         except Exception:

@@ -40,24 +40,51 @@ def generate(
     prompts: list[str],
     negative_prompts: list[str],
     seeds: list[int],
-    pad_to: int | None = None,
+    call_rows: int | None = None,
 ) -> list[Image.Image]:
     """One image per (prompt, negative prompt, seed); image i depends on its own seed only.
 
     CPU (and GPU) kernels pick their blocking by batch size, so the same row computed in batches of
     different sizes can differ in the last float bits, and after 8-bit rounding a pixel can move by
-    one level. With ``pad_to`` every call runs at exactly that many rows (filler rows are dropped), so
-    an image is bitwise the same whatever batch it lands in, at the price of computing the filler.
+    one level. With ``call_rows`` the images run in model calls of exactly that many rows (the last
+    call padded with filler rows, which are dropped): a row's result depends on the call's shape, not
+    on its position or its neighbours, so an image is bitwise the same whatever batch it lands in.
+    Without it, all images run in one call of their own size.
     """
     if not len(prompts) == len(negative_prompts) == len(seeds):
         raise ValueError("prompts, negative_prompts and seeds must have the same length")
-    count = len(prompts)
-    filler = max(0, (pad_to or 0) - count)
-    images = sample_images(
+    if call_rows is None:
+        return _call(components, key, prompts, negative_prompts, seeds)
+    if call_rows < 1:
+        raise ValueError(f"call_rows must be >= 1, got {call_rows}")
+    images: list[Image.Image] = []
+    for lo in range(0, len(prompts), call_rows):
+        chunk = slice(lo, lo + call_rows)
+        count = len(prompts[chunk])
+        filler = call_rows - count
+        out = _call(
+            components,
+            key,
+            [*prompts[chunk], *[""] * filler],
+            [*negative_prompts[chunk], *[""] * filler],
+            [*seeds[chunk], *[0] * filler],
+        )
+        images += out[:count]
+    return images
+
+
+def _call(
+    components: SDXLComponents,
+    key: SamplingKey,
+    prompts: list[str],
+    negative_prompts: list[str],
+    seeds: list[int],
+) -> list[Image.Image]:
+    return sample_images(
         components,
-        [*prompts, *[""] * filler],
-        negative_prompts=[*negative_prompts, *[""] * filler],
-        seed=[*seeds, *[0] * filler],
+        prompts,
+        negative_prompts=negative_prompts,
+        seed=seeds,
         mode=key.mode,
         sigma_n=key.sigma_n,
         num_steps=key.steps,
@@ -66,4 +93,3 @@ def generate(
         width=key.width,
         method=key.method,
     )
-    return images[:count]
