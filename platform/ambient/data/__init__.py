@@ -1,30 +1,44 @@
-"""The data plane: shard schema, preparation pipeline, validation, Ray Data streaming, storage."""
+"""The data plane: shard schema, preparation pipeline, validation, Ray Data streaming, storage.
 
-from .config import PrepareShardsConfig
-from .errors import DataError, ManifestError, NoValidRowsError, ShardError, StorageError
-from .prepare import PrepareResult, prepare_shards
-from .schema import SCHEMA_VERSION, Manifest, arrow_schema
-from .storage import (
-    StorageConfig,
-    download_prefix,
-    is_s3,
-    read_text,
-    resolve_filesystem,
-    upload_directory,
-    write_bytes_atomic,
-)
-from .streaming import (
-    DatasetInfo,
-    collate_batch,
-    inspect_dataset,
-    iter_training_batches,
-    open_dataset,
-    stream_epochs,
-)
-from .validate import load_manifest
+Names are imported on first use (PEP 562): a Ray read task unpickles ``ambient.data.shard_source``,
+which imports this package, and must not pay for torch and the prepare pipeline (2.6 s per new
+worker process, measured) to read a Parquet file.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "PrepareShardsConfig": "config",
+    "DataError": "errors",
+    "ManifestError": "errors",
+    "NoValidRowsError": "errors",
+    "ShardError": "errors",
+    "StorageError": "errors",
+    "PrepareResult": "prepare",
+    "prepare_shards": "prepare",
+    "SCHEMA_VERSION": "schema",
+    "Manifest": "schema",
+    "arrow_schema": "schema",
+    "StorageConfig": "storage",
+    "download_prefix": "storage",
+    "is_s3": "storage",
+    "read_text": "storage",
+    "resolve_filesystem": "storage",
+    "upload_directory": "storage",
+    "write_bytes_atomic": "storage",
+    "DatasetInfo": "streaming",
+    "collate_batch": "streaming",
+    "inspect_dataset": "streaming",
+    "iter_training_batches": "streaming",
+    "open_dataset": "streaming",
+    "stream_epochs": "streaming",
+    "load_manifest": "validate",
+}
 
 __all__ = [
-    "SCHEMA_VERSION",
     "DataError",
     "DatasetInfo",
     "Manifest",
@@ -32,6 +46,7 @@ __all__ = [
     "NoValidRowsError",
     "PrepareResult",
     "PrepareShardsConfig",
+    "SCHEMA_VERSION",
     "ShardError",
     "StorageConfig",
     "StorageError",
@@ -50,3 +65,41 @@ __all__ = [
     "upload_directory",
     "write_bytes_atomic",
 ]
+assert sorted(__all__) == sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .config import PrepareShardsConfig
+    from .errors import DataError, ManifestError, NoValidRowsError, ShardError, StorageError
+    from .prepare import PrepareResult, prepare_shards
+    from .schema import SCHEMA_VERSION, Manifest, arrow_schema
+    from .storage import (
+        StorageConfig,
+        download_prefix,
+        is_s3,
+        read_text,
+        resolve_filesystem,
+        upload_directory,
+        write_bytes_atomic,
+    )
+    from .streaming import (
+        DatasetInfo,
+        collate_batch,
+        inspect_dataset,
+        iter_training_batches,
+        open_dataset,
+        stream_epochs,
+    )
+    from .validate import load_manifest
