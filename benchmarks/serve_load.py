@@ -8,9 +8,10 @@
 
     python benchmarks/serve_load.py [--model PATH] [--steps 10] [--requests 96] [--json out.json]
 
-Three deployments run one after another under the same app name: unbatched, batched with fixed-shape
-calls (the default config), and batched without fixed shape. Loads are bounded in count and time
-(--requests per level, --level-timeout seconds) and only hit 127.0.0.1.
+Four deployments run side by side (the load alternates between them, burst by burst): unbatched,
+batched with fixed-shape calls (the default config: 4-row calls on CPU), batched with 8-row fixed-shape
+calls, and batched without fixed shape. Loads are bounded in count and time (--requests per level,
+--level-timeout seconds) and only hit 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import requests
 VARIANTS = {
     "unbatched": {"batching": {"enabled": False, "fixed_shape": False}},
     "batched (fixed shape, default)": {"batching": {"enabled": True, "fixed_shape": True}},
+    "batched (fixed shape, 8-row calls)": {
+        "batching": {"enabled": True, "fixed_shape": True, "call_rows": 8}
+    },
     "batched (no fixed shape)": {"batching": {"enabled": True, "fixed_shape": False}},
 }
 
