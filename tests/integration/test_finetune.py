@@ -162,3 +162,47 @@ def test_bad_config_values_and_a_missing_model_fail_fast_with_clear_messages(tmp
     )  # failed before any cluster work
     dry = _run_job("--dry-run", "--set", "train.max_steps=5")
     assert dry.returncode == 0 and '"max_steps": 5' in dry.stdout
+
+
+def test_zero3_run_partitions_the_weights_and_exports_a_loadable_model(storage, tiny_model, demo_shards):
+    from diffusers import StableDiffusionXLPipeline
+
+    cfg = make_config(
+        storage,
+        tiny_model,
+        demo_shards,
+        "zero3",
+        **{"deepspeed.zero_stage": 3, "train.max_steps": 8, "train.checkpoint_every": 8},
+        **{"validation.every_steps": 8, "consistency.weight": 0},
+    )
+    s = read_summary(run_finetune(cfg))
+    assert s["steps"] == 8 and all(torch.isfinite(torch.tensor([h["loss"] for h in s["history"]])))
+    # ZeRO-3 gathers the partitioned parameters for the export: full shapes, trained values.
+    exported = unet_weights(s["exported_model"])
+    initial = unet_weights(tiny_model)
+    assert exported.keys() == initial.keys()
+    assert all(exported[k].shape == initial[k].shape for k in initial)
+    assert any(not torch.equal(exported[k], initial[k]) for k in initial)
+    pipe = StableDiffusionXLPipeline.from_pretrained(s["exported_model"], use_safetensors=True)
+    assert pipe("a red circle", num_inference_steps=2, height=64, width=64).images[0].size == (64, 64)
+
+
+def test_ema_weights_are_checkpointed_and_exported(storage, tiny_model, demo_shards):
+    cfg = make_config(
+        storage,
+        tiny_model,
+        demo_shards,
+        "ema",
+        **{"train.ema_decay": 0.5, "train.max_steps": 8, "train.checkpoint_every": 8},
+        **{"validation.every_steps": 8, "consistency.weight": 0},
+    )
+    s = read_summary(run_finetune(cfg))
+    ema = load_file(str(Path(s["checkpoints"][-1], "ema.safetensors")))
+    exported = unet_weights(s["exported_model"])
+    initial = unet_weights(tiny_model)
+    trainable = [k for k in ema if k in exported]
+    assert len(trainable) == len(initial), "the EMA shadows every UNet parameter"
+    # The export is the EMA average (not the raw weights), and training moved it.
+    assert all(torch.equal(exported[k], ema[k].to(exported[k].dtype)) for k in trainable)
+    assert any(not torch.equal(exported[k], initial[k]) for k in trainable)
+    assert json.loads(Path(s["exported_model"], "ambient_metadata.json").read_text())["ema_decay"] == 0.5
