@@ -189,17 +189,20 @@ def ensure_dir(uri: str, storage: StorageConfig | None = None) -> None:
         raise storage_error(uri, "access", exc, storage) from None
 
 
-def list_files(uri: str, storage: StorageConfig | None = None, suffix: str = "") -> list[str]:
-    """Relative paths of all files under a prefix (recursive), sorted."""
+def file_infos(uri: str, storage: StorageConfig | None = None) -> dict[str, pafs.FileInfo]:
+    """{relative path: FileInfo} of all files under a prefix (recursive)."""
     fs, path = resolve_filesystem(uri, storage)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
     except OSError as exc:
         raise storage_error(uri, "list", exc, storage) from None
     root = path.rstrip("/") + "/"
-    return sorted(
-        i.path[len(root) :] for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)
-    )
+    return {i.path[len(root) :]: i for i in infos if i.type == pafs.FileType.File}
+
+
+def list_files(uri: str, storage: StorageConfig | None = None, suffix: str = "") -> list[str]:
+    """Relative paths of all files under a prefix (recursive), sorted."""
+    return sorted(p for p in file_infos(uri, storage) if p.endswith(suffix))
 
 
 def download_prefix(uri: str, local_dir: str | os.PathLike, storage: StorageConfig | None = None) -> Path:

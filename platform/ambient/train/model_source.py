@@ -19,6 +19,7 @@ import pyarrow.fs as pafs
 from ambient.data.storage import (
     StorageConfig,
     exists,
+    file_infos,
     is_s3,
     join,
     resolve_filesystem,
@@ -35,16 +36,10 @@ def cache_root() -> Path:
 
 def _remote_files(source: str, storage: StorageConfig | None) -> dict[str, tuple[int, int]]:
     """{relative path: (size, mtime ns)} of the files under an s3:// prefix, pickled weights left out."""
-    fs, path = resolve_filesystem(source, storage)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=True))
-    except OSError as exc:
-        raise storage_error(source, "list", exc, storage) from None
-    root = path.rstrip("/") + "/"
     return {
-        i.path[len(root) :]: (int(i.size or 0), int(i.mtime_ns or 0))
-        for i in infos
-        if i.type == pafs.FileType.File and not i.path.endswith(PICKLE_SUFFIXES)
+        name: (int(info.size or 0), int(info.mtime_ns or 0))
+        for name, info in file_infos(source, storage).items()
+        if not name.endswith(PICKLE_SUFFIXES)
     }
 
 
