@@ -141,3 +141,15 @@ def test_read_tasks_group_consecutive_files_by_bytes():
     assert group_by_bytes(sizes, min_task_bytes=1) == [[i] for i in range(6)]
     assert group_by_bytes(sizes, min_task_bytes=10**9) == [list(range(6))]
     assert group_by_bytes([], min_task_bytes=5) == []
+
+
+def test_epoch_orders_for_many_epochs_equal_one_epoch_at_a_time():
+    from ambient.data.streaming import epoch_order, epoch_orders
+
+    for n in (1, 2, 3, 9):
+        files = [f"shard-{i}.parquet" for i in range(n)]
+        many = epoch_orders(files, 4, list(range(30)))
+        assert many == [epoch_order(files, 4, e) for e in range(30)]
+        assert epoch_orders(files, 4, [12, 3]) == [many[12], many[3]]
+        if n >= 2:
+            assert all(a != b for a, b in zip(many, many[1:], strict=False)), "epochs in a row differ"

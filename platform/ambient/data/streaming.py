@@ -24,7 +24,9 @@ class DatasetInfo:
     uri: str
     manifest: Manifest
     epoch: int
-    files: list[str]  # in this epoch's read order, relative to the dataset folder
+    # Good shards relative to the dataset folder: the manifest's order from inspect_dataset, the
+    # epoch's read order from open_dataset.
+    files: list[str]
     rows: int  # rows this dataset will yield (manifest rows minus skipped shards)
     rows_skipped: int = 0
     bad_shards: list[tuple[str, str]] = field(default_factory=list)
@@ -41,17 +43,32 @@ class DatasetInfo:
 def epoch_order(files: Sequence[str], shuffle_seed: int, epoch: int) -> list[str]:
     """The shard order of one epoch: a permutation seeded by (shuffle_seed, epoch), never the same as
     the previous epoch's (with few shards two epochs could otherwise draw the same permutation)."""
-    order = _permutation(files, shuffle_seed, epoch)
-    if len(files) < 2 or epoch == 0:
-        return order
-    if len(files) > 8:  # a repeat is ~1/n!: compare with the previous draw only
-        previous = _permutation(files, shuffle_seed, epoch - 1)
-    else:  # few files: follow the chain of adjusted orders exactly (cheap)
-        previous = _permutation(files, shuffle_seed, 0)
-        for e in range(1, epoch):
-            draw = _permutation(files, shuffle_seed, e)
-            previous = _swap_first(draw) if draw == previous else draw
-    return _swap_first(order) if order == previous else order
+    return epoch_orders(files, shuffle_seed, [epoch])[0]
+
+
+def epoch_orders(files: Sequence[str], shuffle_seed: int, epochs: Sequence[int]) -> list[list[str]]:
+    """``epoch_order`` for several epochs, in time linear in the largest epoch (a run may plan
+    thousands of epochs over a small dataset)."""
+    if len(files) > 8:  # a repeat is ~1/n!: compare each draw with the previous raw draw only
+        orders = []
+        for epoch in epochs:
+            order = _permutation(files, shuffle_seed, epoch)
+            if epoch > 0 and order == _permutation(files, shuffle_seed, epoch - 1):
+                order = _swap_first(order)
+            orders.append(order)
+        return orders
+    # Few files: follow the chain of adjusted orders exactly, once up to the largest epoch wanted.
+    wanted = set(epochs)
+    chain: dict[int, list[str]] = {}
+    previous: list[str] | None = None
+    for epoch in range(max(wanted, default=-1) + 1):
+        order = _permutation(files, shuffle_seed, epoch)
+        if previous is not None and len(files) >= 2 and order == previous:
+            order = _swap_first(order)
+        previous = order
+        if epoch in wanted:
+            chain[epoch] = order
+    return [chain[e] for e in epochs]
 
 
 def _swap_first(order: list[str]) -> list[str]:
@@ -104,7 +121,7 @@ def stream_epochs(
     storage = (storage or StorageConfig()).resolved()
     fs, root = resolve_filesystem(info.uri, storage)
     shards = {s.file: (s.rows, s.bytes) for s in info.manifest.shards}
-    passes = [epoch_order(info.files, shuffle_seed, epoch) for epoch in epochs]
+    passes = epoch_orders(info.files, shuffle_seed, list(epochs))
     schema = arrow_schema(info.manifest.space, tuple(info.manifest.tensor_shape))
     return ray.data.read_datasource(
         ShardDatasource(fs, root, passes, shards, schema, min_task_bytes=min_task_bytes)
