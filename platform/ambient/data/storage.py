@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -205,17 +206,31 @@ def list_files(uri: str, storage: StorageConfig | None = None, suffix: str = "")
     return sorted(p for p in file_infos(uri, storage) if p.endswith(suffix))
 
 
-def download_prefix(uri: str, local_dir: str | os.PathLike, storage: StorageConfig | None = None) -> Path:
-    """Copy every file under ``uri`` into ``local_dir`` (a local ``uri`` is copied too); returns it."""
+def download_prefix(
+    uri: str,
+    local_dir: str | os.PathLike,
+    storage: StorageConfig | None = None,
+    files: Sequence[str] | None = None,
+) -> Path:
+    """Copy every file under ``uri`` into ``local_dir`` (a local ``uri`` is copied too), or only
+    ``files`` (paths relative to ``uri``) when given; returns ``local_dir``."""
     fs, path = resolve_filesystem(uri, storage)
     dest = Path(local_dir)
     dest.mkdir(parents=True, exist_ok=True)
+    local = pafs.LocalFileSystem()
     try:
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
-            raise FileNotFoundError(f"{uri} does not exist")
-        pafs.copy_files(
-            path, str(dest.absolute()), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem()
-        )
+        if files is None:
+            if fs.get_file_info(path).type == pafs.FileType.NotFound:
+                raise FileNotFoundError(f"{uri} does not exist")
+            pafs.copy_files(path, str(dest.absolute()), source_filesystem=fs, destination_filesystem=local)
+        for name in files or ():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(
+                f"{path.rstrip('/')}/{name}",
+                str((dest / name).absolute()),
+                source_filesystem=fs,
+                destination_filesystem=local,
+            )
     except OSError as exc:
         if isinstance(exc, FileNotFoundError):
             raise

@@ -99,29 +99,19 @@ def write_report(out_dir: Path, cfg: AuditConfig, items: AuditItems, originals: 
     )
     for k, attack in enumerate(audits[0].attacks):
         tag = f"t={attack.timestep:g} (sigma {attack.sigma:.2f}, mask {attack.mask})"
-        row(
-            f"attack {tag}: Tweedie similarity mean / max",
-            [
-                f"{_fmt(a.attacks[k].summary()['tweedie_similarity_mean'])} / {_fmt(a.attacks[k].summary()['tweedie_similarity_max'])}"
-                for a in audits
-            ],
-        )
-        row(
-            f"attack {tag}: Tweedie PSNR",
-            [_fmt(a.attacks[k].summary()["tweedie_psnr_mean"], 1) + " dB" for a in audits],
-        )
+        summaries = [a.attacks[k].summary() for a in audits]
+        kinds = [("Tweedie", "tweedie")]
         if attack.sample_similarity is not None:
+            kinds.append(("sampler", "sample"))
+        for label, key in kinds:
             row(
-                f"attack {tag}: sampler similarity mean / max",
+                f"attack {tag}: {label} similarity mean / max",
                 [
-                    f"{_fmt(a.attacks[k].summary()['sample_similarity_mean'])} / {_fmt(a.attacks[k].summary()['sample_similarity_max'])}"
-                    for a in audits
+                    f"{_fmt(s[f'{key}_similarity_mean'])} / {_fmt(s[f'{key}_similarity_max'])}"
+                    for s in summaries
                 ],
             )
-            row(
-                f"attack {tag}: sampler PSNR",
-                [_fmt(a.attacks[k].summary()["sample_psnr_mean"], 1) + " dB" for a in audits],
-            )
+            row(f"attack {tag}: {label} PSNR", [_fmt(s[f"{key}_psnr_mean"], 1) + " dB" for s in summaries])
     with_gen = [a for a in audits if a.generation is not None]
     if len(with_gen) == len(audits) and audits:
         row("generations", [str(a.generation.summary()["n"]) for a in audits])

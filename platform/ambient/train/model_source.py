@@ -14,16 +14,13 @@ import os
 import shutil
 from pathlib import Path
 
-import pyarrow.fs as pafs
-
 from ambient.data.storage import (
     StorageConfig,
+    download_prefix,
     exists,
     file_infos,
     is_s3,
     join,
-    resolve_filesystem,
-    storage_error,
 )
 from ambient.models.loading import SDXLComponents, check_model_dir, load_components
 
@@ -66,7 +63,7 @@ def resolve_model_dir(source: str, storage: StorageConfig | None = None) -> Path
     if not (local / "model_index.json").is_file():
         tmp = local.with_name(f"{local.name}.partial-{os.getpid()}")
         try:
-            _download(source, sorted(files), tmp, storage)
+            download_prefix(source, tmp, storage, files=sorted(files))
             tmp.replace(local)
         except OSError:
             if not (local / "model_index.json").is_file():
@@ -79,22 +76,6 @@ def resolve_model_dir(source: str, storage: StorageConfig | None = None) -> Path
             if old != local and ".partial-" not in old.name:
                 shutil.rmtree(old, ignore_errors=True)
     return check_model_dir(local)
-
-
-def _download(source: str, names: list[str], dest: Path, storage: StorageConfig | None) -> None:
-    fs, path = resolve_filesystem(source, storage)
-    local = pafs.LocalFileSystem()
-    try:
-        for name in names:
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            pafs.copy_files(
-                f"{path.rstrip('/')}/{name}",
-                str((dest / name).absolute()),
-                source_filesystem=fs,
-                destination_filesystem=local,
-            )
-    except OSError as exc:
-        raise storage_error(source, "download", exc, storage) from None
 
 
 def check_model_source(source: str, storage: StorageConfig | None = None) -> None:
