@@ -18,6 +18,12 @@ class SourceConfig(Section):
     # synthetic: the built-in captioned shapes, deterministic by seed
     count: int = Field(default=256, ge=1, description="synthetic: number of images")
     seed: int = Field(default=0, description="synthetic: dataset seed")
+    world: Literal["shapes", "base", "heldout", "cross", "star"] = Field(
+        default="shapes",
+        description="synthetic: which part of the shape world (ambient.data.synthetic: shapes = all base "
+        "shapes and colour pairs; base = without the held-out colour pairs; heldout = only those; "
+        "cross / star = a shape the base model never saw)",
+    )
     image_size: int | None = Field(
         default=None, ge=8, description="synthetic: rendered size (None = resolution)"
     )

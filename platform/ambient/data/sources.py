@@ -27,15 +27,15 @@ CAPTIONS_JSONL = "captions.jsonl"
 
 def source_dataset(cfg: SourceConfig, resolution: int, storage: StorageConfig | None) -> ray.data.Dataset:
     if cfg.kind == "synthetic":
-        return synthetic_source(cfg.count, cfg.seed, cfg.image_size or resolution)
+        return synthetic_source(cfg.count, cfg.seed, cfg.image_size or resolution, cfg.world)
     if cfg.kind == "folder":
         return folder_source(Path(str(cfg.path)))
     return parquet_source(cfg, storage)
 
 
-def synthetic_source(count: int, seed: int, size: int) -> ray.data.Dataset:
+def synthetic_source(count: int, seed: int, size: int, world: str = "shapes") -> ray.data.Dataset:
     def render(batch: dict[str, np.ndarray]) -> dict[str, list]:
-        items = [render_synthetic(int(i), seed, size) for i in batch["id"]]
+        items = [render_synthetic(int(i), seed, size, world) for i in batch["id"]]
         return {
             "id": [it.id for it in items],
             "caption": [it.caption for it in items],

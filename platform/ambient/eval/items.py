@@ -8,7 +8,6 @@ original images with captions.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +18,9 @@ from torch import Tensor
 
 from ambient.data.preprocess import decode_image, resize_and_crop
 from ambient.data.storage import StorageConfig
-from ambient.data.synthetic import render_synthetic
+from ambient.data.synthetic import render_from_id, render_synthetic
 
 from .config import ItemsSection
-
-SYNTHETIC_ID = re.compile(r"^synthetic-(-?\d+)-(\d+)$")
 
 
 @dataclass
@@ -97,12 +94,14 @@ def from_dataset(
         size = int(source.get("image_size") or manifest.resolution)
         images, captions = [], []
         for row_id in rows["ids"]:
-            match = SYNTHETIC_ID.match(row_id)
-            if match is None or int(match.group(1)) != seed:
+            try:
+                item = render_from_id(row_id, size)
+            except ValueError:
+                item = None
+            if item is None or f"-{seed}-" not in row_id:
                 raise ValueError(
                     f"items.path: row id {row_id!r} of {uri} is not a synthetic id of seed {seed}"
                 )
-            item = render_synthetic(int(match.group(2)), seed, size)
             images.append(item.image)
             captions.append(item.caption)
         if captions != list(rows["captions"]):

@@ -22,7 +22,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from ..data.synthetic import COLORS, SHAPES
+from ..data.synthetic import ALL_SHAPES, COLORS
 
 TEXT_HIDDEN = 32  # each encoder; concatenated they give the UNet's cross_attention_dim
 PROJECTION_DIM = 32  # text_encoder_2's pooled projection
@@ -34,7 +34,7 @@ MAX_LENGTH = 77  # CLIP's context; diffusers pads every prompt to tokenizer.mode
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # Words of the synthetic captions (and of typical demo prompts) get single tokens; anything else
 # falls back to byte-level characters, which are all in the vocabulary.
-WORDS = (*COLORS, *SHAPES, "a", "an", "on", "the", "of", "with", "and", "background", "photo", "image")
+WORDS = (*COLORS, *ALL_SHAPES, "a", "an", "on", "the", "of", "with", "and", "background", "photo", "image")
 
 
 def _bytes_to_unicode() -> dict[int, str]:

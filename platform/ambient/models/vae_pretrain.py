@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = "tiny-sdxl-v1"
 # Bump when the architecture or the training recipe changes: cached folders of another recipe are rebuilt.
-RECIPE = 2
+RECIPE = 3
 REPORT_FILE = "vae_pretrain.json"  # inside the model folder, so that it appears atomically with it
 DEFAULT_STEPS = 600
 RESOLUTION = 64
