@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_model() -> str:
     """The default tiny SDXL folder (VAE pre-trained once, cached under ~/.cache/ambient)."""
-    from ambient.models.vae_pretrain import ensure_default_model
+    from ambient.models.base_model import ensure_default_model
 
     return str(ensure_default_model())
 

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from ambient.config import load_config
+from ambient.eval.showcase import TILE
 from ambient.train import FinetuneConfig, run_finetune
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +38,7 @@ def make_config(storage: Path, model: str, shards: str, name: str, **values) -> 
         "validation.every_steps": 24,
         "validation.num_steps": 4,
         "validation.prompts": "[a red circle on a blue background, a green square on a white background]",
+        "showcase.enabled": False,
         **values,
     }
     return load_config(FinetuneConfig, DEMO_CONFIG, [f"{k}={v}" for k, v in overrides.items()])
@@ -56,7 +59,8 @@ def storage(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(storage, tiny_model, demo_shards) -> dict:
-    cfg = make_config(storage, tiny_model, demo_shards, "main")
+    showcase = {"showcase.enabled": True, "showcase.examples": 2, "showcase.adherence_prompts": 4}
+    cfg = make_config(storage, tiny_model, demo_shards, "main", **showcase, **{"showcase.num_steps": 4})
     summary_uri = run_finetune(cfg)
     return {"cfg": cfg, "summary_uri": summary_uri, "summary": read_summary(summary_uri)}
 
@@ -73,6 +77,15 @@ def test_two_worker_zero2_run_trains_checkpoints_and_exports(trained):
     assert len(s["checkpoints"]) == 2 and all(Path(c, "train_state.json").is_file() for c in s["checkpoints"])
     assert Path(s["loss_curve"]).is_file() and Path(s["sample_grids"], "step_000024.png").is_file()
     assert s["config"]["storage"]["secret_access_key"] in ("", None, "***")
+
+    # The before/after picture: 2 rows of (noisy example | base | fine-tuned) beside the loss curve,
+    # with adherence measured for both models on the training captions and on the base world.
+    picture = Image.open(s["showcase"]["picture"])
+    assert picture.height > 2 * TILE and picture.width > 3 * TILE
+    for name in ("new_concept", "retained"):
+        entry = s["showcase"]["adherence"][name]
+        assert entry["prompts"] == 4
+        assert 0 <= entry["base"]["adherence"] <= 1 and 0 <= entry["finetuned"]["adherence"] <= 1
 
     meta = json.loads(Path(s["exported_model"], "ambient_metadata.json").read_text())
     assert meta["sigma_n"] == pytest.approx(0.5) and meta["trained_with_consistency"] is True

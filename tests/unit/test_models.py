@@ -22,7 +22,7 @@ from ambient.models import (
     drop_captions,
     encode_images,
     encode_prompts,
-    ensure_default_model,
+    ensure_untrained_model,
     export_pipeline,
     guided,
     has_lora,
@@ -374,11 +374,11 @@ def test_sample_images_modes_and_sizes(comps):
 # ---- the demo's default model ------------------------------------------------------------------------
 
 
-def test_ensure_default_model_trains_once(tmp_path):
-    stale = tmp_path / "tiny-sdxl-v1-steps40"  # left by an older recipe: must be rebuilt, not reused
+def test_ensure_untrained_model_trains_once(tmp_path):
+    stale = tmp_path / "tiny-sdxl-untrained-steps40"  # left by an older recipe: must be rebuilt, not reused
     stale.mkdir()
     (stale / "vae_pretrain.json").write_text('{"recipe": 0, "psnr_db": 99}')
-    path = ensure_default_model(tmp_path, steps=40)
+    path = ensure_untrained_model(tmp_path, steps=40)
     assert path == stale
     report = json.loads((path / "vae_pretrain.json").read_text())
     assert report["psnr_db"] > report["psnr_db_untrained"] + 1.0, report
@@ -387,7 +387,7 @@ def test_ensure_default_model_trains_once(tmp_path):
     latents = encode_images(pipe.vae, pil_to_tensor([it.image for it in synthetic_items(16, start=500)]))
     assert 0.5 < latents.std().item() < 2.0  # scaling_factor gives the diffusion latents unit spread
     stamp = (path / "unet").stat().st_mtime_ns
-    assert ensure_default_model(tmp_path, steps=40) == path and (path / "unet").stat().st_mtime_ns == stamp
+    assert ensure_untrained_model(tmp_path, steps=40) == path and (path / "unet").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == [path.name]
 
 

@@ -46,7 +46,7 @@ def default_model() -> str:
         try:
             from ambient.models import ensure_default_model
         except ImportError:
-            from ambient.models.vae_pretrain import ensure_default_model
+            from ambient.models.base_model import ensure_default_model
     except ImportError as exc:
         raise RuntimeError(
             f"encode.model is not set and the default tiny model is unavailable ({exc}); "

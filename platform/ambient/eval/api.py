@@ -20,6 +20,7 @@ from ambient.data.storage import StorageConfig
 from ambient.models.loading import SDXLComponents, load_components
 from ambient.models.vae import decode_latents, encode_images
 
+from .adherence import parse_prompt, prompt_adherence
 from .attack import AttackResult, psnr, reconstruction_attack, to_uint8
 from .config import AuditConfig, ItemsSection, check_paths
 from .features import FeatureSpace, build_extractor
@@ -58,7 +59,7 @@ class ModelAudit:
 def resolve_model_path(path: str | None) -> str:
     if path is not None:
         return str(path)
-    from ambient.models.vae_pretrain import ensure_default_model
+    from ambient.models.base_model import ensure_default_model
 
     return str(ensure_default_model())
 
@@ -169,6 +170,9 @@ def audit_model(
                 reference_stats=cfg.quality.reference_stats,
                 batch_size=cfg.batch_size,
             )
+        if all(parse_prompt(c) for c in audit.generation.captions):  # the synthetic shape world
+            adherence = prompt_adherence(audit.generation.images, audit.generation.captions)
+            audit.quality = {**(audit.quality or {}), "prompt_adherence": adherence.summary()}
     audit.score, audit.score_name = score_of(audit, cfg.score), cfg.score
     return audit
 

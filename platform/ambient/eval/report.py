@@ -124,12 +124,17 @@ def write_report(out_dir: Path, cfg: AuditConfig, items: AuditItems, originals: 
         )
         for t in audits[0].generation.thresholds:
             row(f"generation: fraction above {t:g}", [_fmt(a.generation.fraction_above(t)) for a in audits])
-        if all(a.quality for a in audits):
+        if all(a.quality and "fd_builtin" in a.quality for a in audits):
             row(
                 "fd_builtin (built-in Fréchet distance, NOT FID)",
                 [_fmt(a.quality["fd_builtin"], 2) for a in audits],
             )
             row("FID (Inception)", [_fmt(a.quality["fid"], 2) for a in audits])
+        if all(a.quality and "prompt_adherence" in a.quality for a in audits):
+            row(
+                "prompt adherence (colours and shape read from the pixels)",
+                [_fmt(a.quality["prompt_adherence"]["adherence"]) for a in audits],
+            )
 
     md.append("")
     if with_gen:

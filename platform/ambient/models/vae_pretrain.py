@@ -1,9 +1,10 @@
-"""The demo's default model: the tiny SDXL pipeline with its VAE trained on the synthetic dataset.
+"""The untrained tiny model: the tiny SDXL pipeline with its VAE trained on the synthetic dataset.
 
-A random VAE decodes anything to noise, so the demo first teaches the tiny VAE to reconstruct the
+A random VAE decodes anything to noise, so this first teaches the tiny VAE to reconstruct the
 synthetic shapes (a minute or two on a 2-core CPU), sets its scaling_factor so that diffusion-space
 latents have unit spread, and caches the folder: later calls return it at once. The UNet stays
-random; fine-tuning it is the demo's job.
+random: this is where ``make base-model`` starts pre-training the default base model
+(ambient.models.base_model), and what "an untrained model" means in the tests.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .vae import pil_to_tensor
 
 logger = logging.getLogger(__name__)
 
-MODEL_NAME = "tiny-sdxl-v1"
+MODEL_NAME = "tiny-sdxl-untrained"
 # Bump when the architecture or the training recipe changes: cached folders of another recipe are rebuilt.
 RECIPE = 3
 REPORT_FILE = "vae_pretrain.json"  # inside the model folder, so that it appears atomically with it
@@ -54,7 +55,7 @@ def _model_name(seed: int, steps: int) -> str:
 
 
 @contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes, even if the process dies
         try:
@@ -63,7 +64,9 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def ensure_default_model(cache_dir: Path | None = None, seed: int = 0, *, steps: int = DEFAULT_STEPS) -> Path:
+def ensure_untrained_model(
+    cache_dir: Path | None = None, seed: int = 0, *, steps: int = DEFAULT_STEPS
+) -> Path:
     """Path of the cached default model folder, building it first if needed.
 
     ``cache_dir`` defaults to $AMBIENT_CACHE_DIR or ~/.cache/ambient. Concurrent callers serialise on
@@ -76,7 +79,7 @@ def ensure_default_model(cache_dir: Path | None = None, seed: int = 0, *, steps:
     final = root / _model_name(seed, steps)
     if _is_current(final):
         return final
-    with _file_lock(root / f"{final.name}.lock"):
+    with file_lock(root / f"{final.name}.lock"):
         if _is_current(final):  # another process built it while we waited
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
@@ -95,7 +98,7 @@ def ensure_default_model(cache_dir: Path | None = None, seed: int = 0, *, steps:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    logger.info("default model cached at %s (reconstruction PSNR %.2f dB)", final, report["psnr_db"])
+    logger.info("untrained model cached at %s (reconstruction PSNR %.2f dB)", final, report["psnr_db"])
     return final
 
 

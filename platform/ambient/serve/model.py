@@ -41,7 +41,7 @@ def choose_model(model: str | None, storage: StorageConfig | None = None) -> Mod
         return ModelChoice(model, uri)
     if (DEMO_EXPORT / "model_index.json").is_file():
         return ModelChoice("demo export", str(check_model_dir(DEMO_EXPORT).resolve()))
-    from ambient.models.vae_pretrain import ensure_default_model
+    from ambient.models.base_model import ensure_default_model
 
     return ModelChoice("tiny default", str(ensure_default_model()))
 

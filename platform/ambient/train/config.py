@@ -113,6 +113,22 @@ class ValidationSection(Section):
     rows: int = Field(32, ge=1, description="held-out rows used (the first by id)")
 
 
+class ShowcaseSection(Section):
+    """The before/after picture written at the end of a run (outputs/comparison.png)."""
+
+    enabled: bool = Field(False, description="write comparison.png and its numbers into summary.json")
+    examples: int = Field(6, ge=1, le=32, description="training rows shown (noisy | base | fine-tuned)")
+    adherence_prompts: int = Field(
+        32, ge=0, description="prompts scored for adherence per set (synthetic-world captions only; 0 = none)"
+    )
+    retain_world: Literal["shapes", "base", "heldout", "cross", "star"] | None = Field(
+        "base", description="synthetic world the base already drew: adherence there shows forgetting"
+    )
+    num_steps: int = Field(20, ge=1)
+    guidance_scale: float = Field(3.0, ge=0)
+    seed: int = 0
+
+
 class ScalingSection(Section):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
@@ -135,6 +151,7 @@ class FinetuneConfig(Section):
     deepspeed: DeepSpeedSection = DeepSpeedSection()
     train: TrainSection = TrainSection()
     validation: ValidationSection = ValidationSection()
+    showcase: ShowcaseSection = ShowcaseSection()
     scaling: ScalingSection = ScalingSection()
     run: RunSection = RunSection()
     storage: StorageConfig = StorageConfig()

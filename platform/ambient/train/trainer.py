@@ -38,7 +38,7 @@ def resolve_model(cfg: FinetuneConfig) -> str:
     if cfg.model.path:
         check_model_source(cfg.model.path, cfg.storage.resolved())
         return cfg.model.path
-    from ambient.models.vae_pretrain import ensure_default_model
+    from ambient.models.base_model import ensure_default_model
 
     return str(ensure_default_model())
 
@@ -177,6 +177,11 @@ def run_finetune(cfg: FinetuneConfig, callbacks: list | None = None) -> str:
     _log(f"exported model: {join(plan.outputs_uri, 'model')}")
     _log(f"sample grids:   {join(plan.outputs_uri, 'samples')}")
     _log(f"loss curve:     {join(plan.outputs_uri, 'loss_curve.png')}")
+    if cfg.showcase.enabled:
+        from .showcase_step import write_showcase
+
+        for line in write_showcase(cfg, plan, summary_uri):
+            _log(line)
     _log(f"summary:        {summary_uri}")
     return summary_uri
 

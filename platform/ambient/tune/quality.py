@@ -11,15 +11,28 @@ from __future__ import annotations
 import torch
 
 from ambient.core import sliced_wasserstein
+from ambient.eval.adherence import parse_prompt, prompt_adherence
 from ambient.models.loading import load_components
 from ambient.models.sampling import sample_latents
+from ambient.models.vae import decode_latents
 
 
 @torch.no_grad()
-def noisy_space_distance(
+def trial_quality(
     model_dir: str, holdout: dict, *, mode: str, sampling_sigma_n: float, num_steps: int, seed: int = 0
-) -> float:
+) -> dict[str, float | None]:
+    """{"quality_sw": the noisy-space distance, "adherence": prompt adherence of the same samples where
+    the held-out captions belong to the synthetic shape world, else None}."""
     comps = load_components(model_dir)
+    latents = _samples(comps, holdout, mode, sampling_sigma_n, num_steps, seed)
+    captions = [str(c) for c in holdout["captions"]]
+    adherence = None
+    if all(parse_prompt(c) for c in captions):
+        adherence = prompt_adherence(decode_latents(comps.vae, latents), captions).adherence
+    return {"quality_sw": _distance(latents, holdout, seed), "adherence": adherence}
+
+
+def _samples(comps, holdout: dict, mode: str, sampling_sigma_n: float, num_steps: int, seed: int):
     captions = list(holdout["captions"])
     latents = sample_latents(
         comps,
@@ -30,6 +43,10 @@ def noisy_space_distance(
         guidance_scale=1.0,
         seed=list(range(seed, seed + len(captions))),
     )
+    return latents
+
+
+def _distance(latents, holdout: dict, seed: int) -> float:
     y = holdout["latent"]
     data_sigma = holdout["sigma_n"].reshape(-1, *([1] * (y.ndim - 1)))
     gen = torch.Generator().manual_seed(seed + 1)

@@ -24,6 +24,7 @@ COLUMNS = (
     "step",
     "val_ambient_loss",
     "quality_sw",
+    "adherence",
     "memorization",
     "images_per_second",
 )

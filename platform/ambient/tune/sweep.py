@@ -38,7 +38,7 @@ from ambient.train.trainer import (
 )
 
 from .config import SweepConfig
-from .quality import noisy_space_distance
+from .quality import trial_quality
 from .report import write_reports
 
 NO_MEMORIZATION_NOTE = (
@@ -102,7 +102,7 @@ def run_trial(
     summary_uri = write_summary(cfg, prepared.plan, prepared.data_counts, result, started)
     summary = json.loads(read_text(summary_uri, cfg.storage.resolved()))
     holdout = read_rows(cfg.validation.data_uri, cfg.storage.resolved(), quality["samples"])
-    score = noisy_space_distance(
+    quality_scores = trial_quality(
         summary["exported_model"],
         holdout,
         mode=prepared.plan.sampling_mode,
@@ -117,7 +117,8 @@ def run_trial(
             "val_ambient_loss": val,
             "objective": val + memorization["weight"] * (memorized or 0.0),
             "memorization": memorized,
-            "quality_sw": score,
+            "quality_sw": quality_scores["quality_sw"],
+            "adherence": quality_scores["adherence"],
             "images_per_second": summary["images_per_second"],
             "summary": summary_uri,
             "done": True,

@@ -1,0 +1,31 @@
+"""Package a pre-trained export as the committed default base model (the last step of `make base-model`).
+
+    python jobs/package_base.py [EXPORT_DIR] [--summary SUMMARY_JSON]
+
+Measures the export's prompt adherence, converts its UNet to float16 and writes it with the SHA-256 of
+every file to platform/ambient/models/base_weights/. The last line printed is that folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ambient.eval.base_release import release_base
+from ambient.models.base_model import read_manifest
+
+DEFAULT_RUN = "runs/base/ray/base-pretrain/outputs"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("export_dir", nargs="?", default=f"{DEFAULT_RUN}/model")
+    parser.add_argument("--summary", default=f"{DEFAULT_RUN}/summary.json")
+    args = parser.parse_args()
+    folder = release_base(args.export_dir, args.summary)
+    print(json.dumps(read_manifest(folder)["adherence"], indent=2))
+    print(folder)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Package a pre-trained export as the committed default base model, with its measured adherence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ambient.models.base_model import BASE_DIR, package_base
+from ambient.models.loading import load_components
+
+from .showcase import SamplingSpec, model_adherence
+
+REPRODUCE = "make base-model"
+ADHERENCE_PROMPTS = 64
+
+
+def release_base(
+    export_dir: str | Path, summary_path: str | Path | None = None, out_dir: Path = BASE_DIR
+) -> Path:
+    """Measure the export's prompt adherence (full sampling, 20 steps, guidance 3) on the base world and
+    on the held-out colour pairs, then write it as the committed base with those numbers and the run's
+    training record in BASE.json."""
+    export_dir = Path(export_dir)
+    comps = load_components(export_dir)
+    spec = SamplingSpec(mode="full", sigma_n=0.0, steps=20, guidance=3.0)
+    adherence = {
+        world: model_adherence(comps, world, ADHERENCE_PROMPTS, spec) for world in ("base", "heldout")
+    }
+    training = {}
+    if summary_path is not None:
+        summary = json.loads(Path(summary_path).read_text())
+        keys = ("steps", "images_seen", "first_loss", "final_loss", "images_per_second", "wall_seconds")
+        training = {key: summary.get(key) for key in keys}
+        training["data"] = summary.get("data", {}).get("uri")
+    provenance = {
+        "reproduce": REPRODUCE,
+        "training": training,
+        "adherence": adherence,
+        "adherence_sampling": {"mode": "full", "steps": 20, "guidance": 3.0, "prompts": ADHERENCE_PROMPTS},
+        "unet_dtype": "float16",
+    }
+    return package_base(export_dir, provenance, out_dir)

@@ -1,0 +1,48 @@
+"""After a run: the before/after picture (outputs/comparison.png) and its numbers in summary.json."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from PIL import Image
+
+from ambient.data.holdout import read_rows
+from ambient.data.storage import exists, join, read_bytes, read_text, write_bytes_atomic
+from ambient.eval.showcase import SamplingSpec, adherence_line, png_bytes, showcase
+
+from .config import FinetuneConfig
+from .model_source import load_model_components
+from .plan import RunPlan
+
+COMPARISON_NAME = "comparison.png"
+
+
+def write_showcase(cfg: FinetuneConfig, plan: RunPlan, summary_uri: str) -> list[str]:
+    """Write comparison.png beside the summary, add its numbers to the summary; returns lines to print."""
+    section = cfg.showcase
+    storage = cfg.storage.resolved()
+    base, _ = load_model_components(plan.model_source, storage)
+    finetuned, _ = load_model_components(join(plan.outputs_uri, "model"), storage)
+    rows = read_rows(cfg.data.uri, storage, limit=max(section.examples, section.adherence_prompts))
+    curve_uri = join(plan.outputs_uri, "loss_curve.png")
+    curve = Image.open(io.BytesIO(read_bytes(curve_uri, storage))) if exists(curve_uri, storage) else None
+    common = {"steps": section.num_steps, "guidance": section.guidance_scale, "seed": section.seed}
+    picture, numbers = showcase(
+        base,
+        finetuned,
+        rows,
+        # The base was trained on clean data: sampled to the end. The fine-tune in its own default mode.
+        base_spec=SamplingSpec(mode="full", sigma_n=0.0, **common),
+        finetuned_spec=SamplingSpec(mode=plan.sampling_mode, sigma_n=plan.sigma_n, **common),
+        examples=section.examples,
+        adherence_count=section.adherence_prompts,
+        retain_world=section.retain_world,
+        loss_curve=curve,
+    )
+    picture_uri = join(plan.outputs_uri, COMPARISON_NAME)
+    write_bytes_atomic(picture_uri, png_bytes(picture), storage)
+    summary = json.loads(read_text(summary_uri, storage))
+    summary["showcase"] = {"picture": picture_uri, **numbers}
+    write_bytes_atomic(summary_uri, json.dumps(summary, indent=2, default=str).encode(), storage)
+    return [f"comparison:     {picture_uri}", *adherence_line(numbers)]
