@@ -35,7 +35,7 @@ def test_consistency_is_zero_for_the_exact_denoiser_and_positive_for_a_biased_on
         s = torch.as_tensor(s, dtype=x.dtype)
         return gmm.posterior_mean(x, torch.where(s < sigma_n, 2.5 * s, s))
 
-    settings = core.ConsistencySettings(anchor=anchor, steps=steps)
+    settings = core.ConsistencySettings(anchor=anchor, steps=steps, fraction=1.0, s_min=0.002)
     exact_loss = core.consistency_loss(
         exact, y, sigma_n, settings, generator=torch.Generator().manual_seed(1)
     )
@@ -66,7 +66,7 @@ def test_consistency_knobs_control_rows_calls_and_gradient_path():
 
     calls.clear()
     core.consistency_loss(
-        den, y, sigma_n, core.ConsistencySettings(steps=1, stop_grad_anchor=False), cond={"tag": tag}
+        den, y, sigma_n, core.ConsistencySettings(steps=1, fraction=1.0, stop_grad_anchor=False), cond={"tag": tag}
     )
     assert calls[0] == (8, True, 8)
     assert core.consistency_loss(den, y, torch.zeros(16), settings).item() == 0.0

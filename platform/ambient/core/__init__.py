@@ -9,7 +9,7 @@ from .ambient import (
     sample_training_sigmas,
     sample_training_timesteps,
 )
-from .consistency import ConsistencySettings, consistency_loss
+from .consistency import ConsistencySettings, consistency_loss, setting_problem
 from .conversions import (
     alpha_bar_from_sigma,
     edm_loss_weight,
@@ -63,6 +63,7 @@ __all__ = [
     "sample_training_sigmas",
     "sample_training_timesteps",
     "scale_latents",
+    "setting_problem",
     "sliced_wasserstein",
     "sdxl_alphas_cumprod",
     "sigma_from_alpha_bar",

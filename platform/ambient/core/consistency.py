@@ -9,8 +9,9 @@ exact denoiser (the martingale property of E[x0 | x_sigma]).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -20,10 +21,45 @@ from .ambient import Denoiser, add_ambient_noise
 from .samplers import posterior_step
 
 
+# One rule per knob: (check, what it must be). ConsistencySettings applies them in __post_init__ and
+# the training config's section applies the same rules field by field (so its errors name the field).
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "weight": (lambda v: v >= 0, ">= 0"),
+    "steps": (lambda v: v >= 1, ">= 1"),
+    "fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "every": (lambda v: v >= 1, ">= 1"),
+    "anchor": (lambda v: v in ("data", "above"), "'data' or 'above'"),
+    "above_ratio": (lambda v: v > 1, "> 1"),
+    "s_distribution": (lambda v: v in ("log_uniform", "near"), "'log_uniform' or 'near'"),
+    "s_min": (lambda v: v > 0, "> 0"),
+    "near_ratio": (lambda v: 0 < v < 1, "in (0, 1)"),
+}
+
+
+def setting_problem(name: str, value: Any) -> str | None:
+    """What is wrong with one consistency knob's value ("must be ..."), or None when it is valid."""
+    rule = _RULES.get(name)
+    return None if rule is None or rule[0](value) else f"must be {rule[1]}"
+
+
+def check_setting(name: str, value: Any) -> Any:
+    """Validate one consistency knob; returns ``value`` or raises ValueError naming the knob."""
+    problem = setting_problem(name, value)
+    if problem is not None:
+        raise ValueError(f"consistency {name} {problem}, got {value!r}")
+    return value
+
+
+def _doc(text: str) -> dict[str, str]:
+    return {"doc": text}
+
+
 @dataclass(frozen=True)
 class ConsistencySettings:
     """Knobs of the consistency loss; its cost is ``fraction`` x about (2 steps + 1) forward passes,
-    paid every ``every`` training steps.
+    paid every ``every`` training steps. The defaults are the shipped training defaults (the fine-tuning
+    config's ``consistency`` section is built from this class); the reference trial of DESIGN.md used
+    steps 4, fraction 1, every 1, s_min 0.002.
 
     anchor: "data" anchors at t = sigma_n with x_t = y itself (the stored sample; no extra noise);
       "above" draws t log-uniformly in (sigma_n, above_ratio * sigma_n) and noises y up to it.
@@ -31,36 +67,24 @@ class ConsistencySettings:
       (near_ratio, 1), short gaps that pin the model down just below the anchor.
     """
 
-    weight: float = 1.0
-    steps: int = 4
-    fraction: float = 1.0
-    every: int = 1
-    anchor: Literal["data", "above"] = "data"
-    above_ratio: float = 2.0
-    s_distribution: Literal["log_uniform", "near"] = "log_uniform"
-    s_min: float = 0.002
-    near_ratio: float = 0.5
-    stop_grad_anchor: bool = True
+    weight: float = field(default=1.0, metadata=_doc("lambda; 0 disables the consistency loss"))
+    steps: int = field(default=2, metadata=_doc("posterior sampler steps from t down to s"))
+    fraction: float = field(default=0.25, metadata=_doc("share of the noisy rows used (cost knob)"))
+    every: int = field(default=2, metadata=_doc("run the consistency loss every N optimizer steps (cost knob)"))
+    anchor: Literal["data", "above"] = field(
+        default="data", metadata=_doc("data: t = sigma_n, x_t = y; above: t in (sigma_n, above_ratio sigma_n)")
+    )
+    above_ratio: float = field(default=2.0, metadata=_doc("anchor 'above': t <= above_ratio * sigma_n"))
+    s_distribution: Literal["log_uniform", "near"] = field(
+        default="log_uniform", metadata=_doc("log_uniform: s in (min(s_min, t/2), t); near: s/t in (near_ratio, 1)")
+    )
+    s_min: float = field(default=0.03, metadata=_doc("lower end of the log-uniform s range"))
+    near_ratio: float = field(default=0.5, metadata=_doc("s_distribution 'near': smallest s / t"))
+    stop_grad_anchor: bool = field(default=True, metadata=_doc("no gradient through the anchor"))
 
     def __post_init__(self) -> None:
-        if self.weight < 0:
-            raise ValueError(f"consistency weight must be >= 0, got {self.weight}")
-        if self.steps < 1:
-            raise ValueError(f"consistency steps must be >= 1, got {self.steps}")
-        if not 0 < self.fraction <= 1:
-            raise ValueError(f"consistency fraction must be in (0, 1], got {self.fraction}")
-        if self.every < 1:
-            raise ValueError(f"consistency every must be >= 1, got {self.every}")
-        if self.anchor not in ("data", "above"):
-            raise ValueError(f"consistency anchor must be 'data' or 'above', got {self.anchor!r}")
-        if self.above_ratio <= 1:
-            raise ValueError(f"consistency above_ratio must be > 1, got {self.above_ratio}")
-        if self.s_distribution not in ("log_uniform", "near"):
-            raise ValueError(f"s_distribution must be 'log_uniform' or 'near', got {self.s_distribution!r}")
-        if self.s_min <= 0:
-            raise ValueError(f"consistency s_min must be > 0, got {self.s_min}")
-        if not 0 < self.near_ratio < 1:
-            raise ValueError(f"consistency near_ratio must be in (0, 1), got {self.near_ratio}")
+        for name in _RULES:
+            check_setting(name, getattr(self, name))
 
     def active(self, step: int) -> bool:
         return self.weight > 0 and step % self.every == 0
