@@ -15,6 +15,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ambient.config import redacted
+from ambient.core import default_sampling_mode, resolve_sampling_mode
 from ambient.data.config import DestinationConfig, EncodeConfig, PrepareShardsConfig
 from ambient.data.schema import MANIFEST_NAME
 from ambient.data.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
@@ -111,9 +112,9 @@ def prepare_run(cfg: FinetuneConfig, model_source: str) -> PreparedRun:
         if cfg.loss.sigma_train is None
         else max(cfg.loss.sigma_train, manifest.noise.sigma_n)
     )
-    mode = cfg.validation.mode
-    if mode == "auto":
-        mode = "full" if cfg.consistency.weight > 0 or sigma_n == 0 else "early_stop"
+    mode = resolve_sampling_mode(
+        cfg.validation.mode, sigma_n, default_sampling_mode(sigma_n, cfg.consistency.weight > 0)
+    )
     outputs_uri = join(join(cfg.run.storage_path, cfg.run.name), "outputs")
     plan = RunPlan(
         model_source=model_source,
