@@ -31,6 +31,11 @@ class DataSection(Section):
     skip_bad_shards: bool = False
     shuffle_seed: int = 0
     caption_dropout: float = Field(0.1, ge=0, le=1)
+    allow_vae_mismatch: bool = Field(
+        False,
+        description="train although the shards' manifest records another VAE than the model's (a "
+        "deliberately shared VAE); sigma_n is defined in the encoding VAE's scaled latent space",
+    )
 
 
 class LossSection(Section):
