@@ -72,7 +72,9 @@ class Config:
     # Anchor at t = sigma_n with x_t = y, s log-uniform in (0.002, sigma_n), 4 posterior steps, stop-grad
     # anchor (DESIGN.md section 2); lambda = 10 because the x0-weighted ambient loss is in EDM units, which
     # are larger than the consistency loss's plain x0 units.
-    consistency: ConsistencySettings = field(default_factory=lambda: ConsistencySettings(weight=10.0))
+    consistency: ConsistencySettings = field(
+        default_factory=lambda: ConsistencySettings(weight=10.0, steps=4, fraction=1.0, every=1, s_min=0.002)
+    )
     # Evaluation.
     eval_samples: int = 10_000
     sample_steps: int = 32

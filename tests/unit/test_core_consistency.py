@@ -35,7 +35,7 @@ def test_consistency_is_zero_for_the_exact_denoiser_and_positive_for_a_biased_on
         s = torch.as_tensor(s, dtype=x.dtype)
         return gmm.posterior_mean(x, torch.where(s < sigma_n, 2.5 * s, s))
 
-    settings = core.ConsistencySettings(anchor=anchor, steps=steps)
+    settings = core.ConsistencySettings(anchor=anchor, steps=steps, fraction=1.0, s_min=0.002)
     exact_loss = core.consistency_loss(
         exact, y, sigma_n, settings, generator=torch.Generator().manual_seed(1)
     )
@@ -66,10 +66,13 @@ def test_consistency_knobs_control_rows_calls_and_gradient_path():
 
     calls.clear()
     core.consistency_loss(
-        den, y, sigma_n, core.ConsistencySettings(steps=1, stop_grad_anchor=False), cond={"tag": tag}
+        den,
+        y,
+        sigma_n,
+        core.ConsistencySettings(steps=1, fraction=1.0, stop_grad_anchor=False),
+        cond={"tag": tag},
     )
     assert calls[0] == (8, True, 8)
-    assert core.consistency_loss(den, y, torch.zeros(16), settings).item() == 0.0
 
 
 def test_consistency_settings_validate():
@@ -82,3 +85,46 @@ def test_consistency_settings_validate():
     s = core.ConsistencySettings(every=3)
     assert [s.active(i) for i in range(4)] == [True, False, False, True]
     assert not core.ConsistencySettings(weight=0.0).active(0)
+
+
+@pytest.mark.parametrize("anchor", ["data", "above"])
+def test_every_batch_runs_the_same_forward_passes_clean_or_noisy(anchor):
+    """Ranks of a ZeRO-3 run gather parameters in each forward pass: a batch without a noisy row must
+    run as many passes (weighted 0, gradient path kept) as one with noisy rows."""
+    w = torch.tensor(0.9, requires_grad=True)
+    calls = []
+
+    def den(x, s):
+        calls.append((torch.is_grad_enabled(), float(torch.as_tensor(s).min())))
+        return x * w
+
+    settings = core.ConsistencySettings(steps=3, fraction=1.0, anchor=anchor)
+    y = torch.randn(8, 3)
+    noisy = core.consistency_loss(den, y, torch.full((8,), 0.4), settings, generator=torch.Generator())
+    noisy_calls = [grad for grad, _ in calls]
+    calls.clear()
+    clean = core.consistency_loss(den, y, torch.zeros(8), settings, generator=torch.Generator())
+    assert [grad for grad, _ in calls] == noisy_calls == [False, False, False, True]
+    assert noisy.item() != 0 and clean.item() == 0.0
+    clean.backward()
+    assert w.grad is not None and w.grad.item() == 0.0
+    # Rows at or below the model's smallest level have nothing below them: same passes, weight 0.
+    calls.clear()
+    low = core.consistency_loss(den, y, torch.full((8,), 0.02), settings, sigma_min=0.029)
+    assert len(calls) == 4 and low.item() == 0.0
+
+
+@pytest.mark.parametrize("s_distribution", ["log_uniform", "near"])
+def test_chains_never_go_below_the_models_smallest_level(s_distribution):
+    levels = []
+
+    def den(x, s):
+        levels.append(torch.as_tensor(s).reshape(-1))
+        return x
+
+    sigma_n = torch.tensor([0.0, 0.03, 0.035, 0.05, 0.3, 1.0] * 50)
+    settings = core.ConsistencySettings(steps=2, fraction=1.0, s_min=0.002, s_distribution=s_distribution)
+    core.consistency_loss(
+        den, torch.randn(300, 2), sigma_n, settings, generator=torch.Generator(), sigma_min=0.029
+    )
+    assert torch.cat(levels).min().item() >= 0.029

@@ -60,3 +60,56 @@ def test_posterior_step_is_the_gaussian_bridge():
 def test_early_stop_needs_a_positive_sigma_n():
     with pytest.raises(ValueError, match="sigma_n > 0"):
         core.early_stop_schedule(8, 0.0)
+
+
+# Heun is left out of the spread bound: one trapezoid step across 80 -> 0.5 overshoots whatever the
+# mode (a property of the integrator with so few steps, not of early stop); it is checked analytically below.
+@pytest.mark.parametrize("method", ["euler", "posterior"])
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_early_stop_with_few_steps_never_applies_the_tweedie_step_to_pure_noise(method, steps):
+    """Any step count ends the schedule at sigma_n before the Tweedie step. Started at pure noise
+    (sigma_max = 80), a finish at sigma_n on an unreduced sample would keep a spread of ~40 here."""
+    g, sigma_n, s = gaussian(std=0.5), 0.5, 0.5
+    x = core.generate(
+        g.posterior_mean,
+        (20_000, 2),
+        mode="early_stop",
+        sigma_n=sigma_n,
+        num_steps=steps,
+        method=method,
+        generator=torch.Generator().manual_seed(3),
+        dtype=torch.float64,
+    )
+    assert core.early_stop_schedule(steps, sigma_n)[-1].item() == pytest.approx(sigma_n)
+    assert x.mean(0).tolist() == pytest.approx([0.25, 0.25], abs=0.05)
+    assert (x.std(0) <= s).all(), x.std(0)  # E[x0 | .] of a Gaussian never spreads more than the data
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_one_step_samples_are_the_analytic_posterior_means(method):
+    """Gaussian data: E[x0 | x_sigma] = mu + s^2 / (s^2 + sigma^2) (x - mu) in closed form."""
+    g, s, mu, smax, sigma_n = gaussian(std=0.5), 0.5, 0.25, 80.0, 0.5
+
+    def post(x, sigma):
+        return mu + s**2 / (s**2 + sigma**2) * (x - mu)
+
+    def start(seed):
+        return (
+            torch.randn((1000, 2), generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * smax
+        )
+
+    def run(mode, seed):
+        gen = torch.Generator().manual_seed(seed)
+        kw = {"num_steps": 1, "method": method, "generator": gen, "dtype": torch.float64}
+        return core.generate(g.posterior_mean, (1000, 2), mode=mode, sigma_n=sigma_n, **kw)
+
+    # Full: one step from sigma_max to 0 (Euler, as Heun's last step) is E[x0 | x_max].
+    assert torch.allclose(run("full", 5), post(start(5), smax))
+    # Early stop: one step from sigma_max down to sigma_n, then the Tweedie step at sigma_n.
+    x = start(6)
+    d = (x - post(x, smax)) / smax
+    x_n = x + (sigma_n - smax) * d
+    if method == "heun":
+        d_n = (x_n - post(x_n, sigma_n)) / sigma_n
+        x_n = x + (sigma_n - smax) * 0.5 * (d + d_n)
+    assert torch.allclose(run("early_stop", 6), post(x_n, sigma_n))

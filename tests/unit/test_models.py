@@ -407,3 +407,31 @@ def test_low_precision_models_keep_float32_math(comps):
     latents = encode_images(vae16, pixels)
     assert latents.dtype == torch.float32 and latents.shape == (2, 4, 16, 16)
     assert decode_latents(vae16, latents).dtype == torch.uint8
+
+
+def test_sdxl_denoiser_runs_every_part_at_one_clamped_level():
+    """Below the schedule's smallest sigma the timestep is clamped; the VP scaling and the x0
+    conversion must use that same level, so h(x, sigma) = h(x, sigma_min) there."""
+    from ambient.core import sdxl_alphas_cumprod
+    from ambient.models.denoiser import SDXLDenoiser
+
+    class ConstantEps(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x, t, encoder_hidden_states, added_cond_kwargs, return_dict):
+            return (self.scale * torch.ones_like(x) + t.reshape(-1, 1, 1, 1) * 0,)
+
+    den = SDXLDenoiser(ConstantEps(), sdxl_alphas_cumprod())
+    x = torch.randn(2, 4, 2, 2)
+    kw = {
+        "encoder_hidden_states": torch.zeros(2, 1, 1),
+        "text_embeds": torch.zeros(2, 1),
+        "time_ids": torch.zeros(2, 6),
+    }
+    floor = den.sigma_min
+    below = den(x, torch.tensor([0.01, 0.002]), **kw)
+    at = den(x, torch.tensor([floor, floor]), **kw)
+    assert torch.allclose(below, at, atol=0, rtol=0)
+    assert torch.allclose(den(x, torch.tensor([0.5, 0.5]), **kw), x - 0.5, atol=1e-5)

@@ -83,3 +83,50 @@ def test_training_levels_are_above_each_rows_data_level(sampling):
     sigma_n = torch.tensor([0.0, 0.5, 1.62, 5.0] * 250)
     sigma_t = draw_sigma_t(cfg, sigma_n, table, torch.Generator().manual_seed(0))
     assert (sigma_t > sigma_n).all() and (sigma_t <= table[-1] * (1 + 1e-6)).all()
+    # Never below the model's smallest level either (clean rows included): the UNet has no timestep there.
+    assert (sigma_t >= table[0] * (1 - 1e-6)).all()
+
+
+def test_no_training_pass_runs_below_the_models_smallest_level():
+    from ambient.train.batch import ModelInputs
+    from ambient.train.objective import training_loss
+
+    table = ve_sigmas(sdxl_alphas_cumprod()).float()
+    seen = []
+
+    def den(x, s):
+        seen.append(torch.as_tensor(s).reshape(-1))
+        return x
+
+    cfg = cfg_with("consistency.every=1", "consistency.fraction=1", "loss.sigma_sampling=lognormal")
+    sigma_n = torch.tensor([0.0, 0.035, 0.04, 0.05, 0.2] * 40)
+    inputs = ModelInputs(y=torch.randn(200, 4, 2, 2), sigma_n=sigma_n, cond={})
+    training_loss(den, inputs, cfg, 0, table, torch.Generator().manual_seed(0))
+    assert torch.cat(seen).min().item() >= table[0].item() * (1 - 1e-6)
+
+
+def test_the_consistency_section_is_built_from_the_core_settings():
+    import dataclasses
+
+    from ambient.core import ConsistencySettings
+
+    cfg = cfg_with()
+    # One set of defaults: the section's are the dataclass's (the shipped values).
+    assert cfg.consistency.settings() == ConsistencySettings()
+    assert (ConsistencySettings().steps, ConsistencySettings().fraction) == (2, 0.25)
+    assert (ConsistencySettings().every, ConsistencySettings().s_min) == (2, 0.03)
+    assert set(type(cfg.consistency).model_fields) == {
+        f.name for f in dataclasses.fields(ConsistencySettings)
+    }
+    # Every knob is settable from YAML / --set, above_ratio included.
+    assert (
+        cfg_with("consistency.above_ratio=3", "consistency.anchor=above").consistency.settings().above_ratio
+        == 3
+    )
+    # One validation: the same rule fails in both, the config error names the field.
+    with pytest.raises(ConfigError, match=r"consistency\.above_ratio: Value error, must be > 1"):
+        cfg_with("consistency.above_ratio=0.5")
+    with pytest.raises(ValueError, match="consistency above_ratio must be > 1"):
+        ConsistencySettings(above_ratio=0.5)
+    with pytest.raises(ConfigError, match=r"consistency\.fraction"):
+        cfg_with("consistency.fraction=2")

@@ -9,7 +9,7 @@ from .ambient import (
     sample_training_sigmas,
     sample_training_timesteps,
 )
-from .consistency import ConsistencySettings, consistency_loss
+from .consistency import ConsistencySettings, consistency_loss, setting_problem
 from .conversions import (
     alpha_bar_from_sigma,
     edm_loss_weight,
@@ -34,19 +34,30 @@ from .corruption import corrupt, frozen_noise, raise_noise_level, sample_seed
 from .distances import sliced_wasserstein
 from .gaussian_mixture import GaussianMixture
 from .preconditioning import EDMDenoiser
-from .samplers import early_stop_schedule, full_schedule, generate, posterior_step, sample
+from .samplers import (
+    SamplingMode,
+    default_sampling_mode,
+    early_stop_schedule,
+    full_schedule,
+    generate,
+    posterior_step,
+    resolve_sampling_mode,
+    sample,
+)
 
 __all__ = [
     "ConsistencySettings",
     "Denoiser",
     "EDMDenoiser",
     "GaussianMixture",
+    "SamplingMode",
     "add_ambient_noise",
     "alpha_bar_from_sigma",
     "ambient_loss",
     "ambient_weight",
     "consistency_loss",
     "corrupt",
+    "default_sampling_mode",
     "early_stop_schedule",
     "edm_loss_weight",
     "edm_scalings",
@@ -58,11 +69,13 @@ __all__ = [
     "noisy_prediction",
     "posterior_step",
     "raise_noise_level",
+    "resolve_sampling_mode",
     "sample",
     "sample_seed",
     "sample_training_sigmas",
     "sample_training_timesteps",
     "scale_latents",
+    "setting_problem",
     "sliced_wasserstein",
     "sdxl_alphas_cumprod",
     "sigma_from_alpha_bar",

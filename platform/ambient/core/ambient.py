@@ -118,14 +118,14 @@ def sample_training_sigmas(
 ) -> Tensor:
     """Training noise levels sigma_t > sigma_n (1 + margin), one per sample.
 
-    "lognormal": EDM's log-normal(p_mean, p_std) truncated to (sigma_n (1 + margin), sigma_max), drawn
-    exactly by inverting the CDF (a model has no timestep above its sigma_max). "log_uniform": log-uniform on (max(sigma_min, sigma_n (1 + margin)),
-    sigma_max).
+    Both draw from (max(sigma_min, sigma_n (1 + margin)), sigma_max): a model has no timestep outside
+    its (sigma_min, sigma_max). "lognormal": EDM's log-normal(p_mean, p_std) truncated to that range,
+    drawn exactly by inverting the CDF. "log_uniform": log-uniform on it.
     """
     sn = torch.as_tensor(sigma_n, dtype=torch.float32).reshape(-1)
     if (sn < 0).any() or not torch.isfinite(sn).all():
         raise ValueError("sigma_n must be finite and >= 0")
-    floor = sn * (1 + margin)
+    floor = torch.clamp(sn * (1 + margin), min=sigma_min)
     u = torch.rand(sn.shape, generator=generator, dtype=torch.float64)
     if distribution == "lognormal":
         lo = torch.where(
@@ -141,7 +141,7 @@ def sample_training_sigmas(
         out = (p_mean + p_std * z).exp()
         return torch.maximum(out, floor.double()).clamp(max=sigma_max).float()
     if distribution == "log_uniform":
-        lo = torch.maximum(floor.double(), torch.full_like(u, sigma_min))
+        lo = floor.double()
         if (lo >= sigma_max).any():
             raise ValueError(f"sigma_n (1 + margin) must be < sigma_max={sigma_max}")
         log_lo, log_hi = lo.log(), math.log(sigma_max)

@@ -13,6 +13,24 @@ from .ambient import Denoiser
 from .conversions import karras_sigmas
 
 Method = Literal["euler", "heun", "posterior"]
+SamplingMode = Literal["full", "early_stop"]
+
+
+def default_sampling_mode(sigma_n: float, trained_with_consistency: bool) -> SamplingMode:
+    """The one rule for how a model is sampled by default: "full" (to sigma = 0) when it was trained
+    with the consistency loss or on clean data (sigma_n = 0), else "early_stop" (down to sigma_n and
+    one Tweedie step: a model trained only above sigma_n is not trusted below it)."""
+    return "full" if trained_with_consistency or sigma_n == 0 else "early_stop"
+
+
+def resolve_sampling_mode(requested: str, sigma_n: float, default: SamplingMode) -> SamplingMode:
+    """The mode that runs: ``default`` for "auto", else the requested one; "full" whenever sigma_n = 0
+    (early stop at 0 is full sampling, and callers report what ran)."""
+    if requested not in ("auto", "full", "early_stop"):
+        raise ValueError(f"sampling mode must be auto, full or early_stop, got {requested!r}")
+    if sigma_n == 0:
+        return "full"
+    return default if requested == "auto" else requested  # type: ignore[return-value]
 
 
 def posterior_step(
@@ -86,11 +104,17 @@ def full_schedule(
 def early_stop_schedule(
     num_steps: int, sigma_n: Tensor | float, sigma_max: float = 80.0, rho: float = 7.0
 ) -> Tensor:
-    """Karras schedule ending exactly at sigma_n (per sample if sigma_n is a tensor)."""
+    """Karras schedule from sigma_max ending exactly at sigma_n (per sample if sigma_n is a tensor).
+
+    ``num_steps`` levels, so num_steps - 1 sampler steps, and the Tweedie step at sigma_n makes
+    num_steps denoiser evaluations (Euler). It never has fewer than two levels: with num_steps = 1 a
+    lone sigma_max would leave the Tweedie step at sigma_n applied to pure noise at sigma_max, so one
+    sampler step down to sigma_n is always taken (num_steps 1 and 2 sample alike).
+    """
     sn = torch.as_tensor(sigma_n, dtype=torch.float64)
     if (sn <= 0).any():
         raise ValueError("early stop needs sigma_n > 0; sample clean models with full_schedule")
-    return karras_sigmas(num_steps, sn, sigma_max, rho)
+    return karras_sigmas(max(num_steps, 2), sn, sigma_max, rho)
 
 
 @torch.no_grad()

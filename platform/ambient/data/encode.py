@@ -55,6 +55,28 @@ def vae_identity(model: str, storage: StorageConfig | None = None) -> VaeIdentit
     )
 
 
+def describe_vae(vae: VaeIdentity | None) -> str:
+    """One line naming a VAE by what decides its latent space."""
+    if vae is None:
+        return "no VAE recorded"
+    weights = vae.weights_sha256[:12] if vae.weights_sha256 else "unknown"
+    return (
+        f"{vae.model} ({vae.latent_channels} channels, /{vae.downsample_factor}, scaling {vae.scaling_factor:g}, "
+        f"shift {vae.shift_factor}, config {vae.config_sha256[:12]}, weights {weights})"
+    )
+
+
+def vae_differences(recorded: VaeIdentity | None, loaded: VaeIdentity) -> list[str]:
+    """What differs between the VAE a dataset records and the model's (its folder name never counts:
+    the same VAE may live in several model folders). Weights count when both hashes are known."""
+    if recorded is None:
+        return ["the dataset records no VAE"]
+    fields = ["latent_channels", "downsample_factor", "scaling_factor", "shift_factor", "config_sha256"]
+    if recorded.weights_sha256 and loaded.weights_sha256:
+        fields.append("weights_sha256")
+    return [name for name in fields if getattr(recorded, name) != getattr(loaded, name)]
+
+
 def load_vae(model: str, storage: StorageConfig | None = None, device: str = "cpu"):
     from diffusers import AutoencoderKL
 

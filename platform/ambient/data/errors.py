@@ -21,3 +21,8 @@ class ShardError(DataError):
 
 class NoValidRowsError(DataError):
     """Preparation rejected every input row: nothing to write."""
+
+
+class VaeMismatchError(DataError):
+    """A latent dataset was encoded by another VAE (or scaling) than the model's: its sigma_n is not the
+    noise level the model would train at."""

@@ -16,13 +16,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ambient.core import resolve_sampling_mode
 from ambient.data.storage import StorageConfig
+from ambient.models.export import ExportSampling, read_metadata, sampling_defaults
 from ambient.models.loading import SDXLComponents, load_components
 from ambient.models.vae import decode_latents, encode_images
 
 from .adherence import parse_prompt, prompt_adherence
 from .attack import AttackResult, psnr, reconstruction_attack, to_uint8
-from .config import AuditConfig, ItemsSection, check_paths
+from .config import AuditConfig, GenerationSection, ItemsSection, check_paths
 from .features import FeatureSpace, build_extractor
 from .generation import GenerationResult, generation_similarity
 from .items import AuditItems, from_dataset, load_items
@@ -52,6 +54,7 @@ class ModelAudit:
             "vae_ceiling": self.vae_ceiling,
             "attacks": [a.summary() for a in self.attacks],
             "generation": self.generation.summary() if self.generation else None,
+            "generation_sampling": self.extra.get("generation_sampling"),
             "quality": self.quality,
         }
 
@@ -62,6 +65,23 @@ def resolve_model_path(path: str | None) -> str:
     from ambient.models.base_model import ensure_default_model
 
     return str(ensure_default_model())
+
+
+def generation_sampling(gen: GenerationSection, path: str) -> ExportSampling:
+    """How the generations of the model at ``path`` are sampled: its own default (from its
+    ambient_metadata.json; none = a clean model) unless ``generation.mode`` / ``generation.sigma_n``
+    say otherwise."""
+    try:
+        own = sampling_defaults(read_metadata(path)) if path else sampling_defaults({})
+    except FileNotFoundError:
+        own = sampling_defaults({})
+    sigma_n = own.sigma_n if gen.sigma_n is None else gen.sigma_n
+    mode = resolve_sampling_mode(gen.mode, sigma_n, own.mode)
+    return ExportSampling(
+        sigma_n=sigma_n if mode == "early_stop" else 0.0,
+        trained_with_consistency=own.trained_with_consistency,
+        mode=mode,
+    )
 
 
 def default_resolution(comps: SDXLComponents) -> int:
@@ -146,6 +166,8 @@ def audit_model(
     audit = ModelAudit(label=label, path=path, attacks=attacks, vae_ceiling=ceiling)
     gen = cfg.generation
     if gen.n > 0:
+        sampling = generation_sampling(gen, path)
+        audit.extra["generation_sampling"] = {"mode": sampling.mode, "sigma_n": sampling.sigma_n}
         height, width = originals.shape[-2:]
         audit.generation = generation_similarity(
             comps,
@@ -154,8 +176,8 @@ def audit_model(
             n=gen.n,
             steps=gen.steps,
             guidance=gen.guidance,
-            mode=gen.mode,
-            sigma_n=gen.sigma_n,
+            mode=sampling.mode,
+            sigma_n=sampling.sigma_n,
             seed=cfg.seed,
             height=height,
             width=width,

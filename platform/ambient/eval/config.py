@@ -70,8 +70,14 @@ class GenerationSection(Section):
     n: int = Field(8, ge=0, description="samples (captions cycle over the items); 0 skips the section")
     steps: int = Field(16, ge=1)
     guidance: float = Field(1.0, ge=0)
-    mode: Literal["full", "early_stop"] = "full"
-    sigma_n: float = Field(0.0, ge=0, description="early_stop: the level the model is trusted down to")
+    mode: Literal["auto", "full", "early_stop"] = Field(
+        "auto",
+        description="auto: each model's own default (its ambient_metadata.json: early stop at sigma_n for a "
+        "model trained without consistency, else full); full or early_stop for every model",
+    )
+    sigma_n: float | None = Field(
+        None, ge=0, description="early_stop: the level sampled down to; None = each model's own sigma_n"
+    )
     thresholds: list[float] = Field([0.9, 0.95, 0.99], description="report the fraction above each")
     top_k: int = Field(8, ge=1, description="top matches shown beside their training images")
 

@@ -38,6 +38,12 @@ class SDXLDenoiser:
     def sigma_max(self) -> float:
         return float(self.train_sigmas[-1])
 
+    def model_sigma(self, sigma: Tensor) -> Tensor:
+        """The level the UNet is run at: sigma within the schedule's [sigma_min, sigma_max]. The UNet has
+        no timestep outside it, so the VP input, the timestep and the x0 conversion all use this one
+        clamped value (a timestep clamped while x0 used the true sigma would mix two levels)."""
+        return sigma.clamp(min=self.sigma_min, max=self.sigma_max)
+
     def timesteps(self, sigma: Tensor) -> Tensor:
         """The continuous UNet timestep of each sigma (exact table index for a table sigma)."""
         return sigma_to_timestep(sigma, self.train_sigmas).float()
@@ -51,7 +57,7 @@ class SDXLDenoiser:
         text_embeds: Tensor,
         time_ids: Tensor,
     ) -> Tensor:
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+        sigma = self.model_sigma(torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1))
         if sigma.numel() == 1:
             sigma = sigma.expand(x.shape[0])
         x32 = x.float()

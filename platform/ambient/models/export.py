@@ -7,12 +7,14 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from torch import Tensor
 
+from ..core import SamplingMode, default_sampling_mode
 from .loading import COMPONENTS, check_model_dir
 from .lora import has_lora, lora_state_dict, merge_lora
 
@@ -100,3 +102,26 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise FileNotFoundError(f"{Path(path)} has no {METADATA_FILE} (not an ambient export?)")
     return json.loads(file.read_text())
+
+
+@dataclass(frozen=True)
+class ExportSampling:
+    """How an export is sampled by default, from its metadata."""
+
+    sigma_n: float
+    trained_with_consistency: bool
+    mode: SamplingMode
+
+
+def sampling_defaults(metadata: dict[str, Any]) -> ExportSampling:
+    """The export's recorded ``default_sampling_mode`` when it has one, else the rule applied to its
+    ``sigma_n`` and ``trained_with_consistency``; no metadata at all is a clean model (full sampling)."""
+    sigma_n = float(metadata.get("sigma_n") or 0.0)
+    consistent = bool(metadata.get("trained_with_consistency", False))
+    recorded = metadata.get("default_sampling_mode")
+    if recorded is not None and recorded not in ("full", "early_stop"):
+        raise ValueError(
+            f"{METADATA_FILE}: default_sampling_mode must be full or early_stop, got {recorded!r}"
+        )
+    mode = recorded or default_sampling_mode(sigma_n, consistent)
+    return ExportSampling(sigma_n=sigma_n, trained_with_consistency=consistent, mode=mode)

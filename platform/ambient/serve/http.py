@@ -25,6 +25,8 @@ from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ambient.core import resolve_sampling_mode
+
 from .auth import BearerAuth
 from .config import ServeConfig
 from .metrics import ServeMetrics
@@ -280,9 +282,7 @@ def _job(cfg: ServeConfig, m: LoadedModel, body: GenerateRequestBase) -> Job:
         raise field_error(
             "height", f"height x width = {height * width} pixels exceeds {cfg.limits.max_pixels}"
         )
-    mode = m.default_mode if body.sampling_mode == "auto" else body.sampling_mode
-    if m.sigma_n == 0:
-        mode = "full"  # early stop at sigma_n = 0 is full sampling; report what ran
+    mode = resolve_sampling_mode(body.sampling_mode, m.sigma_n, m.default_mode)
     seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED - body.num_images)
     key = SamplingKey(
         steps=body.steps or cfg.defaults.steps,

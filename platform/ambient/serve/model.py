@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ambient.data.storage import StorageConfig, is_s3
-from ambient.models.export import read_metadata
+from ambient.models.export import read_metadata, sampling_defaults
 from ambient.models.loading import SDXLComponents, check_model_dir, load_components
 
 from .sampler import SamplingKey, generate
@@ -60,16 +60,12 @@ class LoadedModel:
     components: SDXLComponents
     sigma_n: float
     trained_with_consistency: bool
+    default_mode: str  # the export's recorded default_sampling_mode (else the rule)
     has_metadata: bool
     resolution: int
     training_steps: int | None
     dtype: torch.dtype
     device: torch.device
-
-    @property
-    def default_mode(self) -> str:
-        # A model trained without consistency is not trusted below its data's noise level.
-        return "early_stop" if self.sigma_n > 0 and not self.trained_with_consistency else "full"
 
     @property
     def vae_scale_factor(self) -> int:
@@ -97,11 +93,13 @@ def load_model(
             "model %s has no ambient metadata: serving it as a clean model (sigma_n 0)", choice.label
         )
     f = components.vae_scale_factor
+    sampling = sampling_defaults(meta)
     return LoadedModel(
         label=choice.label,
         components=components,
-        sigma_n=float(meta.get("sigma_n") or 0.0),
-        trained_with_consistency=bool(meta.get("trained_with_consistency", False)),
+        sigma_n=sampling.sigma_n,
+        trained_with_consistency=sampling.trained_with_consistency,
+        default_mode=sampling.mode,
         has_metadata=has_meta,
         resolution=int(meta.get("resolution") or components.unet.config.sample_size * f),
         training_steps=meta.get("steps"),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from typing import Any, Literal, get_type_hints
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, create_model, field_validator, model_validator
 
 from ambient.config import Section
-from ambient.core import ConsistencySettings
+from ambient.core import ConsistencySettings, setting_problem
 from ambient.data.storage import StorageConfig
 
 
@@ -30,6 +31,11 @@ class DataSection(Section):
     skip_bad_shards: bool = False
     shuffle_seed: int = 0
     caption_dropout: float = Field(0.1, ge=0, le=1)
+    allow_vae_mismatch: bool = Field(
+        False,
+        description="train although the shards' manifest records another VAE than the model's (a "
+        "deliberately shared VAE); sigma_n is defined in the encoding VAE's scaled latent space",
+    )
 
 
 class LossSection(Section):
@@ -47,19 +53,37 @@ class LossSection(Section):
     noise_seed: int = Field(0, description="seed of the frozen extra noise used with sigma_train")
 
 
-class ConsistencySection(Section):
-    weight: float = Field(1.0, ge=0, description="lambda; 0 disables the consistency loss")
-    steps: int = Field(2, ge=1)
-    fraction: float = Field(0.25, gt=0, le=1)
-    every: int = Field(2, ge=1, description="run the consistency loss every N optimizer steps (cost knob)")
-    anchor: Literal["data", "above"] = "data"
-    s_distribution: Literal["log_uniform", "near"] = "log_uniform"
-    s_min: float = Field(0.03, gt=0)
-    near_ratio: float = Field(0.5, gt=0, lt=1)
-    stop_grad_anchor: bool = True
+class _ConsistencyRules(Section):
+    """The consistency section's behaviour; its fields are ConsistencySettings' (see below)."""
+
+    @field_validator("*")
+    @classmethod
+    def _rule(cls, value: Any, info: ValidationInfo) -> Any:
+        problem = setting_problem(info.field_name, value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     def settings(self) -> ConsistencySettings:
         return ConsistencySettings(**self.model_dump())
+
+
+def _settings_fields(cls: type) -> dict[str, Any]:
+    """pydantic field definitions of a dataclass: its types, defaults and ``doc`` metadata."""
+    hints = get_type_hints(cls)
+    return {
+        f.name: (hints[f.name], Field(f.default, description=f.metadata.get("doc")))
+        for f in dataclasses.fields(cls)
+    }
+
+
+# One set of defaults and one set of rules: the section is generated from ambient.core's dataclass.
+ConsistencySection = create_model(
+    "ConsistencySection",
+    __base__=_ConsistencyRules,
+    __module__=__name__,
+    **_settings_fields(ConsistencySettings),
+)
 
 
 class OptimSection(Section):

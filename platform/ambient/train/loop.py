@@ -146,7 +146,7 @@ class _Worker:
         totals = {"wait": 0.0, "compute": 0.0, "images": 0}
         start, start_step = time.perf_counter(), self.state.step
         while self.state.step < cfg.train.max_steps:
-            amb_sum, cons_vals, images, wait, compute = 0.0, [], 0, 0.0, 0.0
+            total_sum, amb_sum, cons_vals, images, wait, compute = 0.0, 0.0, [], 0, 0.0, 0.0
             for _ in range(accum):
                 t0 = time.perf_counter()
                 try:
@@ -170,12 +170,14 @@ class _Worker:
                 parts = training_loss(
                     self.denoiser, inputs, cfg, self.state.step, self.train_sigmas, self.gen
                 )
-                if not math.isfinite(parts.total.item()):
+                loss_value = parts.total.item()
+                if not math.isfinite(loss_value):
                     raise FloatingPointError(f"non-finite loss at step {self.state.step}: {parts}")
                 self.engine.backward(parts.total)
                 self.engine.step()
                 wait += t1 - t0
                 compute += time.perf_counter() - t1
+                total_sum += loss_value
                 amb_sum += parts.ambient
                 if parts.consistency is not None:
                     cons_vals.append(parts.consistency)
@@ -186,7 +188,7 @@ class _Worker:
                 self.ema.update(self.engine.module)
             ambient = amb_sum / accum
             cons = sum(cons_vals) / len(cons_vals) if cons_vals else None
-            total = ambient + (cfg.consistency.weight * cons if cons is not None else 0.0)
+            total = total_sum / accum  # LossParts.total: the one definition of the weighted sum
             lr = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else cfg.optim.lr
             window.steps += 1
             window.wait += wait

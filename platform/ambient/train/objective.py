@@ -69,6 +69,12 @@ def training_loss(
     if not settings.active(step):
         return LossParts(total=amb, ambient=amb.item(), consistency=None)
     cons = consistency_loss(
-        denoiser, inputs.y, inputs.sigma_n, settings, cond=inputs.cond, generator=generator
+        denoiser,
+        inputs.y,
+        inputs.sigma_n,
+        settings,
+        cond=inputs.cond,
+        generator=generator,
+        sigma_min=float(train_sigmas[0]),  # the model has no level below its table's first
     )
     return LossParts(total=amb + settings.weight * cons, ambient=amb.item(), consistency=cons.item())

@@ -15,7 +15,10 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from ambient.config import redacted
+from ambient.core import default_sampling_mode, resolve_sampling_mode
 from ambient.data.config import DestinationConfig, EncodeConfig, PrepareShardsConfig
+from ambient.data.encode import describe_vae, downsample_factor, vae_config, vae_differences, vae_identity
+from ambient.data.errors import VaeMismatchError
 from ambient.data.schema import MANIFEST_NAME
 from ambient.data.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
 from ambient.data.streaming import DatasetInfo, inspect_dataset, stream_epochs
@@ -64,6 +67,31 @@ def ensure_demo_shards(cfg: FinetuneConfig, model_source: str) -> None:
     )
 
 
+def check_dataset_vae(cfg: FinetuneConfig, model_source: str) -> None:
+    """The shards must have been encoded by the model's VAE: sigma_n is a noise level in that VAE's
+    scaled latent space, so another VAE or scaling factor would train at the wrong level, silently.
+    Runs on the driver before Ray starts; a dataset still to be prepared is encoded by this model."""
+    storage = cfg.storage.resolved()
+    if not exists(join(cfg.data.uri, MANIFEST_NAME), storage):
+        return
+    manifest = load_manifest(cfg.data.uri, storage)
+    if manifest.space != "latent":
+        return  # refused with its own message by streaming_epochs
+    loaded = vae_identity(model_source, storage)
+    differences = vae_differences(manifest.vae, loaded)
+    if not differences:
+        return
+    message = (
+        f"data.uri {cfg.data.uri} was encoded by another VAE than model {model_source}'s "
+        f"({', '.join(differences)} differ): dataset {describe_vae(manifest.vae)}; model {describe_vae(loaded)}. "
+        "sigma_n is defined in the encoding VAE's scaled latent space: prepare the shards with "
+        "encode.model set to this model, or set data.allow_vae_mismatch=true for a deliberately shared VAE"
+    )
+    if not cfg.data.allow_vae_mismatch:
+        raise VaeMismatchError(message)
+    _log(f"warning (data.allow_vae_mismatch): {message}")
+
+
 def _storage_filesystem(cfg: FinetuneConfig):
     if not is_s3(cfg.run.storage_path):
         return None, str(Path(cfg.run.storage_path).absolute())
@@ -80,10 +108,26 @@ class PreparedRun:
     data_counts: dict
 
 
-def streaming_epochs(cfg: FinetuneConfig, storage) -> tuple[ray.data.Dataset, DatasetInfo]:
+def expected_latent_shape(model_source: str, resolution: int, storage) -> tuple[int, int, int]:
+    """(C, H, W) of the latents the model's VAE makes at ``resolution`` pixels."""
+    config = vae_config(model_source, storage)
+    side = resolution // downsample_factor(config)
+    return (int(config["latent_channels"]), side, side)
+
+
+def streaming_epochs(
+    cfg: FinetuneConfig, storage, model_source: str | None = None
+) -> tuple[ray.data.Dataset, DatasetInfo]:
     """One streaming dataset over all planned epochs, each with its own seeded file order (the shards
-    are validated once, here on the driver)."""
-    info = inspect_dataset(cfg.data.uri, storage, skip_bad_shards=cfg.data.skip_bad_shards)
+    are validated once, here on the driver, against the latent shape of ``model_source``'s VAE)."""
+    expected = None
+    if model_source is not None:
+        manifest = load_manifest(cfg.data.uri, storage)
+        if manifest.space == "latent":
+            expected = expected_latent_shape(model_source, manifest.resolution, storage)
+    info = inspect_dataset(
+        cfg.data.uri, storage, skip_bad_shards=cfg.data.skip_bad_shards, expected_latent_shape=expected
+    )
     if info.manifest.tensor_column != "latent":
         raise ValueError(f"data.uri {cfg.data.uri} is a pixel-space dataset; fine-tuning SDXL needs latents")
     workers, batch, accum = cfg.scaling.num_workers, cfg.train.batch_size, cfg.optim.grad_accum
@@ -104,16 +148,16 @@ def prepare_run(cfg: FinetuneConfig, model_source: str) -> PreparedRun:
     ensure_demo_shards(cfg, model_source)
     if cfg.validation.data_uri:
         load_manifest(cfg.validation.data_uri, storage)  # a missing held-out set fails here, not in a worker
-    train_ds, info = streaming_epochs(cfg, storage)
+    train_ds, info = streaming_epochs(cfg, storage, model_source)
     manifest = info.manifest
     sigma_n = (
         manifest.noise.sigma_n
         if cfg.loss.sigma_train is None
         else max(cfg.loss.sigma_train, manifest.noise.sigma_n)
     )
-    mode = cfg.validation.mode
-    if mode == "auto":
-        mode = "full" if cfg.consistency.weight > 0 or sigma_n == 0 else "early_stop"
+    mode = resolve_sampling_mode(
+        cfg.validation.mode, sigma_n, default_sampling_mode(sigma_n, cfg.consistency.weight > 0)
+    )
     outputs_uri = join(join(cfg.run.storage_path, cfg.run.name), "outputs")
     plan = RunPlan(
         model_source=model_source,
@@ -167,6 +211,7 @@ def run_finetune(cfg: FinetuneConfig, callbacks: list | None = None) -> str:
     """
     started = time.time()
     model_source = resolve_model(cfg)  # a missing model fails here, before any cluster work
+    check_dataset_vae(cfg, model_source)  # so do shards encoded by another VAE
     init_ray(cfg.run.ray_address, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
     prepared = prepare_run(cfg, model_source)
     result = build_trainer(cfg, prepared, callbacks).fit()

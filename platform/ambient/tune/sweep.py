@@ -30,6 +30,7 @@ from ambient.data.validate import load_manifest
 from ambient.train.config import FinetuneConfig
 from ambient.train.trainer import (
     build_trainer,
+    check_dataset_vae,
     ensure_demo_shards,
     init_ray,
     prepare_run,
@@ -200,6 +201,7 @@ def run_sweep(cfg: SweepConfig) -> str:
     base = cfg.base
     storage = base.storage.resolved()
     model_source = resolve_model(base)
+    check_dataset_vae(base, model_source)  # before Ray: shards encoded by another VAE fail here
     per_trial = base.scaling.num_workers * base.scaling.cpus_per_worker + cfg.trial_cpus
     init_ray(cfg.ray_address, per_trial * cfg.max_concurrent_trials)
     ensure_demo_shards(base, model_source)
