@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ambient.cli import job_parser, parse_job_config, print_dry_run
+from ambient.cli import job_parser, parse_job_config, print_dry_run, run_job
 from ambient.data import PrepareShardsConfig, prepare_shards
 from ambient.data.report import print_summary
 
@@ -24,9 +24,13 @@ def main() -> None:
     if args.dry_run:
         print_dry_run(config)
         return
+    run_job(prepare_and_report, config)
+
+
+def prepare_and_report(config: PrepareShardsConfig) -> str:
     result = prepare_shards(config)
     print_summary(result.summary)
-    print(result.manifest_uri)
+    return result.manifest_uri
 
 
 if __name__ == "__main__":

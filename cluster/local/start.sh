@@ -80,7 +80,9 @@ agent_grpc=$((RAY_AGENT_PORT + 1))
 runtime_env=$((RAY_AGENT_PORT + 2))
 # Ray's processes inherit the local S3's variables, as KubeRay pods get them from the Secret: train
 # workers and Serve replicas that open s3:// URIs find the endpoint and keys in their environment.
-launch ray "$STATE/logs/ray.log" env AWS_ENDPOINT_URL="http://$HOST:$S3_PORT" AWS_REGION=us-east-1 \
+# The project's interpreter comes first on their PATH: `ray job submit -- python jobs/...` runs the
+# `python` of the Ray processes' PATH, not the caller's (whose venv may not be activated).
+launch ray "$STATE/logs/ray.log" env PATH="$BIN:$PATH" AWS_ENDPOINT_URL="http://$HOST:$S3_PORT" AWS_REGION=us-east-1 \
   "$BIN/ray" start --head --block \
   --port="$RAY_GCS_PORT" --ray-client-server-port="$RAY_CLIENT_PORT" \
   --node-manager-port="$RAY_NODE_MANAGER_PORT" --object-manager-port="$RAY_OBJECT_MANAGER_PORT" \

@@ -1,4 +1,4 @@
-"""The command line every job shares: ``[--config FILE] [--set key.path=value ...] [--dry-run]``."""
+"""The command line every job shares: ``[--config FILE] [--set key.path=value ...] [--dry-run] [--verbose]``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from .config import ConfigError, load_config, redacted
+from .logs import configure_output, finish_ray_output, quiet_imports
+
+quiet_imports()  # before a job imports transformers and DeepSpeed (it imports ambient.cli first)
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -27,11 +30,19 @@ def job_parser(description: str) -> argparse.ArgumentParser:
         help="override one config value (repeatable), e.g. --set train.max_steps=20",
     )
     parser.add_argument("--dry-run", action="store_true", help="validate the config, print it and exit")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show everything Ray prints (its progress blocks and the warnings hidden as harmless)",
+    )
     return parser
 
 
 def parse_job_config(cls: type[T], args: argparse.Namespace, default_path: str | None = None) -> T:
-    """Validate the job's config from its arguments; on error print the message and exit 2."""
+    """Validate the job's config from its arguments; on error print the message and exit 2.
+
+    Also sets up what the job prints (ambient.logs), before any Ray work starts."""
+    configure_output(verbose=getattr(args, "verbose", False))
     try:
         return load_config(cls, args.config or default_path, args.overrides)
     except ConfigError as err:
@@ -49,7 +60,10 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, 
 
 
 def run_job(fn: Callable[[T], object], config: T) -> None:
-    """Run the job and print its result (the last line: a path or URI); user errors exit 2 cleanly."""
+    """Run the job and print its result (the last line: a path or URI); user errors exit 2 cleanly.
+
+    Ray's worker logs arrive asynchronously: they are drained and stopped, and Ray is shut down,
+    before the result is printed, so that nothing follows it."""
     from ambient.data.errors import DataError
 
     try:
@@ -57,4 +71,5 @@ def run_job(fn: Callable[[T], object], config: T) -> None:
     except (*USER_ERRORS, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(result)
+    finish_ray_output()
+    print(result, flush=True)

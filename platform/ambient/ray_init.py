@@ -7,6 +7,8 @@ import os
 
 import ray
 
+from .logs import attach_worker_log_filter
+
 
 def init_ray(address: str | None = None, min_cpus: float = 0, *, log_to_driver: bool = True) -> None:
     """Join ``address`` or RAY_ADDRESS (``ray job submit`` sets it); otherwise start a new local cluster.
@@ -20,10 +22,11 @@ def init_ray(address: str | None = None, min_cpus: float = 0, *, log_to_driver: 
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
-        return
-    ray.init(
-        address="local",
-        num_cpus=max(os.cpu_count() or 1, 2 * math.ceil(min_cpus) + 4),
-        include_dashboard=False,
-        log_to_driver=log_to_driver,
-    )
+    else:
+        ray.init(
+            address="local",
+            num_cpus=max(os.cpu_count() or 1, 2 * math.ceil(min_cpus) + 4),
+            include_dashboard=False,
+            log_to_driver=log_to_driver,
+        )
+    attach_worker_log_filter()  # known-harmless worker lines hidden unless --verbose (ambient.logs)

@@ -1,4 +1,5 @@
-"""cluster/local: start.sh brings up Ray, SeaweedFS and Prometheus; each answers; stop.sh ends them all.
+"""cluster/local: start.sh brings up Ray, SeaweedFS and Prometheus; each answers; a job submitted from
+a shell without the venv on its PATH runs the project's interpreter; stop.sh ends them all.
 
 Everything on free loopback ports, with the Ray session in its own temp dir: a `ray start` in the
 default /tmp/ray would become the machine's default cluster, and every plain `ray.init()` (other test
@@ -46,6 +47,27 @@ def answers_tcp(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def submit_job(env: dict, dashboard_port: int, code: str) -> str:
+    """`ray job submit -- python -c CODE` as a user whose venv is not activated; returns its output."""
+    bin_dir = str(Path(env["PYTHON"]).parent)
+    user_env = {**env, "RAY_AUTH_MODE": "token", "PATH": without_dir(env["PATH"], bin_dir)}
+    user_env.pop("VIRTUAL_ENV", None)
+    command = [f"{bin_dir}/ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}"]
+    for _ in range(20):  # the dashboard answers before its job agent registers ("No available agent")
+        done = subprocess.run(
+            [*command, "--", "python", "-c", code], env=user_env, capture_output=True, text=True, timeout=300
+        )
+        if "No available agent" not in done.stdout + done.stderr:
+            break
+        time.sleep(3)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def without_dir(path: str, directory: str) -> str:
+    return os.pathsep.join(p for p in path.split(os.pathsep) if p and Path(p) != Path(directory))
 
 
 def test_local_stack_starts_answers_and_stops(tmp_path):
@@ -108,6 +130,11 @@ def test_local_stack_starts_answers_and_stops(tmp_path):
             time.sleep(1)
         assert [(t["labels"]["job"], t["health"]) for t in targets] == [("ray-local", "up")]
         assert targets[0]["scrapeUrl"] == f"http://127.0.0.1:{ports['RAY_METRICS_PORT']}/metrics"
+        # A job's `python` is the project's interpreter, from a shell whose PATH lacks the venv.
+        printed = submit_job(
+            env, ports["RAY_DASHBOARD_PORT"], "import ambient, sys; print('AT', sys.executable)"
+        )
+        assert f"AT {Path(env['PYTHON']).parent / 'python'}" in printed, printed
     finally:
         pids = {p.stem: int(p.read_text()) for p in pid_dir.glob("*.pid")}
         stopped = subprocess.run(

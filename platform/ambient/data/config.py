@@ -14,7 +14,7 @@ from .storage import StorageConfig
 class SourceConfig(Section):
     """Where the images and captions come from."""
 
-    kind: Literal["synthetic", "folder", "parquet"] = "synthetic"
+    kind: Literal["synthetic", "folder", "parquet", "webdataset"] = "synthetic"
     # synthetic: the built-in captioned shapes, deterministic by seed
     count: int = Field(default=256, ge=1, description="synthetic: number of images")
     seed: int = Field(default=0, description="synthetic: dataset seed")
@@ -29,14 +29,17 @@ class SourceConfig(Section):
     )
     # folder: images with a `.txt` caption beside each, or a captions.jsonl ({"file": ..., "caption": ...})
     # parquet: a local or s3:// prefix of Parquet files with image bytes and captions
-    path: str | None = Field(default=None, description="folder or parquet: local path or s3:// prefix")
+    # webdataset: a local or s3:// .tar file or prefix of .tar shards (image + .txt/.json caption per key)
+    path: str | None = Field(
+        default=None, description="folder, parquet or webdataset: local path or s3:// prefix"
+    )
     image_column: str = "image"  # binary, or a struct with a `bytes` field (Hugging Face style)
     caption_column: str = "caption"
     id_column: str | None = None  # None = content hash of the image bytes
 
     @model_validator(mode="after")
     def _path_for_kind(self) -> SourceConfig:
-        if self.kind in ("folder", "parquet") and not self.path:
+        if self.kind in ("folder", "parquet", "webdataset") and not self.path:
             raise ValueError(f"source.path is required when source.kind is {self.kind!r}")
         if self.kind == "folder" and self.path and self.path.startswith("s3://"):
             raise ValueError("source.path: a folder source must be local (use kind: parquet for S3)")

@@ -24,6 +24,7 @@ from .preprocess import Preprocess
 from .schema import SCHEMA_VERSION, SUMMARY_NAME, Manifest, NoiseInfo, SigmaStats, VaeIdentity, utc_now
 from .sources import parquet_files, source_dataset
 from .storage import StorageConfig, ensure_dir, join, write_bytes_atomic
+from .webdataset import webdataset_files
 from .writer import ShardWriter, fold_reports, new_run_id, remove_stale_shards, write_manifest
 
 
@@ -86,6 +87,8 @@ def prepare_shards(cfg: PrepareShardsConfig) -> PrepareResult:
     ensure_dir(uri, storage)  # unreachable endpoint / bad credentials fail here, before Ray starts
     if cfg.source.kind == "parquet":
         parquet_files(cfg.source, storage)  # so do an empty source prefix and a wrong column name
+    if cfg.source.kind == "webdataset":
+        webdataset_files(str(cfg.source.path), storage)  # and a prefix without .tar files
     init_ray(cfg.ray_address, cfg.encode.actors, log_to_driver=False)
 
     run_id = new_run_id()

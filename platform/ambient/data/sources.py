@@ -20,6 +20,7 @@ import ray.data
 from .config import SourceConfig
 from .storage import StorageConfig, join, list_files, resolve_filesystem, storage_error
 from .synthetic import render_synthetic
+from .webdataset import webdataset_source
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CAPTIONS_JSONL = "captions.jsonl"
@@ -30,6 +31,8 @@ def source_dataset(cfg: SourceConfig, resolution: int, storage: StorageConfig | 
         return synthetic_source(cfg.count, cfg.seed, cfg.image_size or resolution, cfg.world)
     if cfg.kind == "folder":
         return folder_source(Path(str(cfg.path)))
+    if cfg.kind == "webdataset":
+        return webdataset_source(str(cfg.path), storage)
     return parquet_source(cfg, storage)
 
 

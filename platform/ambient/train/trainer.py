@@ -168,12 +168,47 @@ def prepare_run(cfg: FinetuneConfig, model_source: str) -> PreparedRun:
         resolution=manifest.resolution,
         outputs_uri=outputs_uri if is_s3(outputs_uri) else str(Path(outputs_uri).absolute()),
     )
-    _log(
-        f"run {cfg.run.name}: {cfg.scaling.num_workers} workers x batch {cfg.train.batch_size} x accum "
-        f"{cfg.optim.grad_accum}, {cfg.train.max_steps} steps, {info.rows} rows ({info.rows_skipped} skipped), "
-        f"sigma_n {sigma_n:.3g}, sampling {mode}, ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}"
-    )
+    _log_block(start_banner(cfg, plan, info))
     return PreparedRun(plan=plan, train_ds=train_ds, data_counts=info.counts())
+
+
+def start_banner(cfg: FinetuneConfig, plan: RunPlan, info: DatasetInfo) -> list[str]:
+    """What this run is: printed once, before the workers start."""
+    return [
+        f"---- fine-tune {cfg.run.name} ----",
+        f"workers    {cfg.scaling.num_workers} x batch {cfg.train.batch_size} x accum {cfg.optim.grad_accum}, "
+        f"{cfg.train.max_steps} steps, ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}",
+        f"data       {plan.data_uri}: {info.rows} rows ({info.rows_skipped} skipped)",
+        f"model      {plan.model_source}",
+        f"sigma_n    {plan.sigma_n:.4g}, sampling {plan.sampling_mode}",
+        f"outputs    {plan.outputs_uri}",
+    ]
+
+
+def final_summary(summary: dict, summary_uri: str) -> list[str]:
+    """The closing block of a run, from its summary.json content."""
+
+    def num(value, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    resumed = summary.get("resumed_from_step")
+    return [
+        f"---- done: {summary['run']} ----",
+        f"steps      {summary['steps']}" + (f" (resumed from step {resumed})" if resumed else ""),
+        f"loss       {num(summary.get('first_loss'), '.4g')} -> {num(summary.get('final_loss'), '.4g')} "
+        "(first -> last logged step)",
+        f"speed      {num(summary.get('images_per_second'), '.1f')} img/s, "
+        f"{summary['images_seen']} images in {summary['wall_seconds']} s",
+        f"model      {summary['exported_model']}",
+        f"samples    {summary['sample_grids']}",
+        f"loss curve {summary['loss_curve']}",
+        f"summary    {summary_uri}",
+    ]
+
+
+def _log_block(lines: list[str]) -> None:
+    for line in lines:
+        _log(line)
 
 
 def build_trainer(cfg: FinetuneConfig, prepared: PreparedRun, callbacks: list | None = None) -> TorchTrainer:
@@ -217,17 +252,13 @@ def run_finetune(cfg: FinetuneConfig, callbacks: list | None = None) -> str:
     result = build_trainer(cfg, prepared, callbacks).fit()
     if result.error is not None:
         raise result.error
-    plan = prepared.plan
-    summary_uri = write_summary(cfg, plan, prepared.data_counts, result, started)
-    _log(f"exported model: {join(plan.outputs_uri, 'model')}")
-    _log(f"sample grids:   {join(plan.outputs_uri, 'samples')}")
-    _log(f"loss curve:     {join(plan.outputs_uri, 'loss_curve.png')}")
+    summary = make_summary(cfg, prepared.plan, prepared.data_counts, result, started)
+    summary_uri = save_summary(summary, prepared.plan, cfg.storage.resolved())
     if cfg.showcase.enabled:
         from .showcase_step import write_showcase
 
-        for line in write_showcase(cfg, plan, summary_uri):
-            _log(line)
-    _log(f"summary:        {summary_uri}")
+        _log_block(write_showcase(cfg, prepared.plan, summary_uri))
+    _log_block(final_summary(summary, summary_uri))
     return summary_uri
 
 
@@ -243,12 +274,25 @@ def _read_scheduler_config(model_source: str, storage) -> dict:
 
 
 def write_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result, started: float) -> str:
+    """Write the run's summary.json; returns its path/URI."""
+    summary = make_summary(cfg, plan, data_counts, result, started)
+    return save_summary(summary, plan, cfg.storage.resolved())
+
+
+def save_summary(summary: dict, plan: RunPlan, storage) -> str:
+    uri = join(plan.outputs_uri, SUMMARY_NAME)
+    write_bytes_atomic(uri, json.dumps(summary, indent=2, default=str).encode(), storage)
+    return uri
+
+
+def make_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result, started: float) -> dict:
+    """The content of summary.json: the run's outcome, from the rank-0 worker summary and Train's result."""
     storage = cfg.storage.resolved()
     worker = json.loads(read_text(join(plan.outputs_uri, "worker_summary.json"), storage))
     history = worker.get("history", [])
     last = history[-1] if history else {}
     checkpoints = [c.path for c, _ in (result.best_checkpoints or [])]
-    summary = {
+    return {
         "run": cfg.run.name,
         "status": "completed",
         "steps": worker["steps"],
@@ -279,6 +323,3 @@ def write_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result,
         "history": history,
         "config": redacted(cfg),
     }
-    uri = join(plan.outputs_uri, SUMMARY_NAME)
-    write_bytes_atomic(uri, json.dumps(summary, indent=2, default=str).encode(), storage)
-    return uri

@@ -1,0 +1,52 @@
+"""ambient.logs: which worker lines are hidden as harmless, and that --verbose shows them all."""
+
+from __future__ import annotations
+
+import pytest
+
+from ambient import logs
+
+
+@pytest.fixture
+def quiet():
+    logs._verbose = False
+    yield
+    logs._verbose = False
+
+
+def test_harmless_lines_and_their_continuations_are_dropped(quiet):
+    lines = [
+        "[ambient train] step 2/6  loss 6.3629",
+        "Reporting training result 1: TrainingReport(checkpoint=None, metrics={'step': 2})",
+        "/x/streaming.py:159: UserWarning: The given NumPy array is not writable, and PyTorch ...",
+        '  out["sigma_n"] = torch.from_numpy(np.asarray(batch["sigma_n"]))',
+        "[ambient train] checkpoint at step 3 (0.4 s)",
+        "Checkpoint successfully created at: Checkpoint(filesystem=local, path=/tmp/x)",
+        "RuntimeError: something that matters",
+        "  with its indented detail",
+    ]
+    assert logs.filter_lines(lines) == [lines[0], lines[4], lines[6], lines[7]]
+
+
+def test_placement_group_cleaner_output_is_hidden_unless_verbose(quiet):
+    batch = {"actor_name": "PlacementGroupCleaner", "pid": 7, "lines": ["Traceback (most recent call last):"]}
+    assert logs._filtered(batch) is None
+    logs._verbose = True
+    assert logs._filtered(batch) == batch
+
+
+def test_a_batch_of_only_harmless_lines_prints_nothing(quiet):
+    batch = {"pid": 9, "lines": ["DeepSpeed deepspeed.ops.comm.deepspeed_shm_comm_op built successfully"]}
+    assert logs._filtered(batch) is None
+    kept = logs._filtered({"pid": 9, "lines": ["[ambient train] step 4/6"]})
+    assert kept is not None and kept["lines"] == ["[ambient train] step 4/6"]
+
+
+def test_quiet_imports_respects_verbose(monkeypatch):
+    monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
+    logs.quiet_imports(["finetune.py", "--verbose"])
+    import os
+
+    assert "TRANSFORMERS_VERBOSITY" not in os.environ
+    logs.quiet_imports(["finetune.py"])
+    assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"
