@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
@@ -21,6 +21,20 @@ T = TypeVar("T", bound=BaseModel)
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the field(s) and the reason."""
+
+
+class _LocalPathMarker:
+    """Field metadata: the value is a local path or a URI (``s3://...``)."""
+
+    def __repr__(self) -> str:
+        return "LOCAL_PATH"
+
+
+LOCAL_PATH = _LocalPathMarker()
+# A local path or an s3:// URI. Jobs resolve a relative local path against the caller's directory
+# before any cluster work (resolve_local_paths): Ray Tune trials and Ray workers run elsewhere.
+PathOrUri = Annotated[str, LOCAL_PATH]
+OptionalPathOrUri = Annotated[str | None, LOCAL_PATH]
 
 
 class Section(BaseModel):
@@ -142,6 +156,33 @@ def _deep_merge(into: dict, other: Mapping) -> dict:
         else:
             out[key] = dict(value) if isinstance(value, Mapping) else value
     return out
+
+
+def absolute_path(value: str, base: str | os.PathLike | None = None) -> str:
+    """A local path made absolute against ``base`` (default: the current directory), ``~`` expanded;
+    a URI (``s3://...``, anything with ``://``) is returned unchanged."""
+    if not value or "://" in value:
+        return value
+    return os.path.abspath(os.path.join(base or os.getcwd(), os.path.expanduser(value)))
+
+
+def resolve_local_paths(model: T, base: str | os.PathLike | None = None) -> T:
+    """A copy of ``model`` whose every ``PathOrUri`` field (in nested sections and lists of sections
+    too) holds an absolute local path; URIs and unset fields are left as they are."""
+    updates: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if LOCAL_PATH in field.metadata and isinstance(value, str):
+            new = absolute_path(value, base)
+        elif isinstance(value, BaseModel):
+            new = resolve_local_paths(value, base)
+        elif isinstance(value, list):
+            new = [resolve_local_paths(v, base) if isinstance(v, BaseModel) else v for v in value]
+        else:
+            continue
+        if new != value:
+            updates[name] = new
+    return model.model_copy(update=updates) if updates else model
 
 
 def redacted(model: BaseModel) -> dict:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ambient.config import Section
+from ambient.config import OptionalPathOrUri, PathOrUri, Section
 
 from .storage import StorageConfig
 
@@ -29,7 +29,7 @@ class SourceConfig(Section):
     )
     # folder: images with a `.txt` caption beside each, or a captions.jsonl ({"file": ..., "caption": ...})
     # parquet: a local or s3:// prefix of Parquet files with image bytes and captions
-    path: str | None = Field(default=None, description="folder or parquet: local path or s3:// prefix")
+    path: OptionalPathOrUri = Field(default=None, description="folder or parquet: local path or s3:// prefix")
     image_column: str = "image"  # binary, or a struct with a `bytes` field (Hugging Face style)
     caption_column: str = "caption"
     id_column: str | None = None  # None = content hash of the image bytes
@@ -44,7 +44,7 @@ class SourceConfig(Section):
 
 
 class DestinationConfig(Section):
-    uri: str = Field(default="runs/demo/shards", description="local folder or s3://bucket/prefix")
+    uri: PathOrUri = Field(default="runs/demo/shards", description="local folder or s3://bucket/prefix")
     remove_stale_shards: bool = Field(
         default=True,
         description="after the new manifest is committed, delete the folder's shard files it does not "
@@ -68,7 +68,7 @@ class NoiseConfig(Section):
 
 class EncodeConfig(Section):
     space: Literal["latent", "image"] = "latent"  # image: pixel-space dataset, no VAE
-    model: str | None = Field(
+    model: OptionalPathOrUri = Field(
         default=None, description="diffusers SDXL folder (local or s3://); None = tiny default"
     )
     batch_size: int = Field(default=32, ge=1)

@@ -6,13 +6,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ambient.config import Section
+from ambient.config import OptionalPathOrUri, PathOrUri, Section
 from ambient.core import ConsistencySettings
 from ambient.data.storage import StorageConfig
 
 
 class ModelSection(Section):
-    path: str | None = Field(
+    path: OptionalPathOrUri = Field(
         None, description="diffusers SDXL folder (local path or s3:// prefix); None = the tiny demo model"
     )
     lora_rank: int = Field(
@@ -23,7 +23,7 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
-    uri: str = Field("runs/demo/shards", description="shard dataset (local folder or s3:// prefix)")
+    uri: PathOrUri = Field("runs/demo/shards", description="shard dataset (local folder or s3:// prefix)")
     prepare_if_missing: bool = Field(
         True, description="create the synthetic demo shards at a local uri when it holds no dataset"
     )
@@ -107,7 +107,7 @@ class ValidationSection(Section):
         "auto", description="auto: full sampling with consistency, early stop at sigma_n without"
     )
     seed: int = 0
-    data_uri: str | None = Field(
+    data_uri: OptionalPathOrUri = Field(
         None, description="held-out noisy shards; the validation ambient loss is computed on them"
     )
     rows: int = Field(32, ge=1, description="held-out rows used (the first by id)")
@@ -121,7 +121,9 @@ class ScalingSection(Section):
 
 class RunSection(Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9._-]+$")
-    storage_path: str = Field("runs/ray", description="Ray Train storage (local folder or s3:// prefix)")
+    storage_path: PathOrUri = Field(
+        "runs/ray", description="Ray Train storage (local folder or s3:// prefix)"
+    )
     max_failures: int = Field(1, ge=0)
     ray_address: str | None = Field(None, description="None: RAY_ADDRESS if set, else a local cluster")
 

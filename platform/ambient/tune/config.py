@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ambient.config import Section
+from ambient.config import OptionalPathOrUri, PathOrUri, Section
 from ambient.train.config import FinetuneConfig
 
 
@@ -69,7 +69,7 @@ class MemorizationSection(Section):
     """The audit's memorization score of each finished trial (ambient.eval.memorization_score)."""
 
     enabled: bool = True
-    items_uri: str | None = Field(
+    items_uri: OptionalPathOrUri = Field(
         None,
         description="the training originals the auditor holds (clean-latent shards); None = the training "
         "shards, which works for the synthetic demo (its originals are re-rendered)",
@@ -82,7 +82,7 @@ class MemorizationSection(Section):
 
 class SweepConfig(Section):
     name: str = Field("sweep-demo", pattern=r"^[A-Za-z0-9._-]+$")
-    storage_path: str = "runs/tune"
+    storage_path: PathOrUri = "runs/tune"
     base: FinetuneConfig = FinetuneConfig()
     space: SearchSpace = SearchSpace(sigma_train=[0.5, 1.0], consistency_weight=[0.0, 1.0])
     search: SearchSection = SearchSection()
