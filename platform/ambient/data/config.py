@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ambient.config import OptionalPathOrUri, PathOrUri, Section
+from ambient.schedule import check_trainable_sigma, sdxl_sigma
 
 from .storage import StorageConfig
 
@@ -63,6 +64,12 @@ class NoiseConfig(Section):
     def _exactly_one(self) -> NoiseConfig:
         if (self.sigma_n is None) == (self.t_n is None):
             raise ValueError("give exactly one of noise.sigma_n (VE sigma) or noise.t_n (DDPM timestep)")
+        if self.t_n is not None:
+            check_trainable_sigma(
+                "noise.t_n", sdxl_sigma(self.t_n), f"{self.t_n:g} (sigma {sdxl_sigma(self.t_n):.4g})"
+            )
+        else:
+            check_trainable_sigma("noise.sigma_n", float(self.sigma_n))
         return self
 
 

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from ambient.config import OptionalPathOrUri, PathOrUri, Section
 from ambient.core import ConsistencySettings
 from ambient.data.storage import StorageConfig
+from ambient.schedule import check_trainable_sigma
 
 
 class ModelSection(Section):
@@ -45,6 +46,12 @@ class LossSection(Section):
         None, ge=0, description="train at this VE level (>= each row's sigma_n) with frozen extra noise"
     )
     noise_seed: int = Field(0, description="seed of the frozen extra noise used with sigma_train")
+
+    @model_validator(mode="after")
+    def _sigma_train_in_schedule(self) -> LossSection:
+        if self.sigma_train is not None:
+            check_trainable_sigma("loss.sigma_train", self.sigma_train)
+        return self
 
 
 class ConsistencySection(Section):

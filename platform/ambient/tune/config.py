@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from ambient.config import OptionalPathOrUri, PathOrUri, Section
+from ambient.schedule import check_trainable_sigma
 from ambient.train.config import FinetuneConfig
 
 
@@ -31,6 +32,8 @@ class SearchSpace(Section):
             bad = [v for v in values if v < 0]
             if bad:
                 raise ValueError(f"{info.field_name} values must be >= 0, got {bad}")
+            if info.field_name == "sigma_train":
+                check_trainable_sigma("space.sigma_train", max(values))
         return values
 
     @field_validator("lr", "consistency_steps")
