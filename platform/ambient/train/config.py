@@ -23,10 +23,15 @@ class ModelSection(Section):
     gradient_checkpointing: bool = False
 
 
+DEMO_DATA_URI = "runs/demo/shards"  # the demo's own dataset (relative to the caller's directory)
+
+
 class DataSection(Section):
-    uri: PathOrUri = Field("runs/demo/shards", description="shard dataset (local folder or s3:// prefix)")
+    uri: PathOrUri = Field(DEMO_DATA_URI, description="shard dataset (local folder or s3:// prefix)")
     prepare_if_missing: bool = Field(
-        True, description="create the synthetic demo shards at a local uri when it holds no dataset"
+        True,
+        description=f"create the synthetic demo shards when uri is the demo's own {DEMO_DATA_URI} and holds "
+        "no dataset (any other uri without a dataset is an error)",
     )
     skip_bad_shards: bool = False
     shuffle_seed: int = 0
