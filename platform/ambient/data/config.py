@@ -51,6 +51,17 @@ class DestinationConfig(Section):
         description="after the new manifest is committed, delete the folder's shard files it does not "
         "list (older or crashed runs); off when a reader may still use the previous manifest",
     )
+    overwrite: bool = Field(
+        default=False,
+        description="replace a dataset already at uri (one with a manifest.json); without it such a "
+        "destination is refused (choose a new, versioned uri instead)",
+    )
+    lock_stale_after_s: float = Field(
+        default=24 * 3600,
+        gt=0,
+        description="a destination lock (.prepare.lock) older than this belongs to a crashed run and is "
+        "taken over; a younger one means another preparation is running (refused)",
+    )
 
 
 class NoiseConfig(Section):
