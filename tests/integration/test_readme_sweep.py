@@ -80,7 +80,7 @@ def test_sweep_without_a_completed_trial_exits_nonzero_with_each_error(
         run_job(run_sweep, cfg)
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert "no trial of the sweep completed (2 trials)" in err
+    assert "no trial of the sweep completed (2 trials;" in err
     failed = [line for line in err.splitlines() if line.startswith("  trial ")]
     assert len(failed) == 2, err
     assert all("train.batch_size 1000" in line for line in failed), err
