@@ -4,6 +4,8 @@
     python jobs/prepare_shards.py --set destination.uri=s3://bucket/ds  # endpoint etc. from AWS_*
     python jobs/prepare_shards.py --set noise.sigma_n=null --set noise.t_n=500  # noise as a timestep
 
+An existing dataset at destination.uri is refused unless destination.overwrite is true (the demo
+config sets it); two preparations of one destination never run at once (a lock object beside it).
 The last line printed is the manifest's URI.
 """
 

@@ -1,4 +1,9 @@
-"""The command line every job shares: ``[--config FILE] [--set key.path=value ...] [--dry-run] [--verbose]``."""
+"""The command line every job shares: ``[--config FILE] [--set key.path=value ...] [--dry-run] [--verbose]``.
+
+Every job goes through ``parse_job_config`` (validate; resolve relative local paths against the
+caller's directory) and ``run_job`` (a user error is one line and exit status 2, a failed job one
+message and exit status 1, the result path the last line).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from .config import ConfigError, load_config, redacted
+from .config import ConfigError, load_config, redacted, resolve_local_paths
 from .logs import configure_output, finish_ray_output, quiet_imports
 
 quiet_imports()  # before a job imports transformers and DeepSpeed (it imports ambient.cli first)
@@ -39,12 +44,12 @@ def job_parser(description: str) -> argparse.ArgumentParser:
 
 
 def parse_job_config(cls: type[T], args: argparse.Namespace, default_path: str | None = None) -> T:
-    """Validate the job's config from its arguments; on error print the message and exit 2.
-
-    Also sets up what the job prints (ambient.logs), before any Ray work starts."""
+    """Validate the job's config from its arguments, every relative local path made absolute against
+    the caller's directory (Ray Tune trials and Ray workers run in other directories); on error print
+    the message and exit 2. Also sets up what the job prints (ambient.logs), before any Ray work."""
     configure_output(verbose=getattr(args, "verbose", False))
     try:
-        return load_config(cls, args.config or default_path, args.overrides)
+        return resolve_local_paths(load_config(cls, args.config or default_path, args.overrides))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -55,8 +60,28 @@ def print_dry_run(config: BaseModel) -> None:
     print("config is valid (dry run: nothing was started)")
 
 
+class JobFailed(RuntimeError):
+    """The input was valid but the work failed (say, no trial of a sweep completed); the message says
+    what failed and why. Printed without a traceback, exit status 1."""
+
+
 # Errors a user can fix (bad paths, data, storage, values): printed as one clear line, exit status 2.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ValueError, PermissionError)
+
+
+def error_cause(err: BaseException) -> BaseException:
+    """The user's exception inside Ray's wrappers (a task error carries the original as ``cause``)."""
+    seen = 0
+    while getattr(err, "cause", None) is not None and seen < 10:
+        err, seen = err.cause, seen + 1
+    return err
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's own message (Ray's wrappers prepend a traceback)."""
+    cause = error_cause(err)
+    text = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
 def run_job(fn: Callable[[T], object], config: T) -> None:
@@ -69,7 +94,10 @@ def run_job(fn: Callable[[T], object], config: T) -> None:
     try:
         result = fn(config)
     except (*USER_ERRORS, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {error_cause(err)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except JobFailed as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     finish_ray_output()
     print(result, flush=True)

@@ -8,9 +8,10 @@ the offending field by its dotted path. Each subpackage defines the section it o
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
@@ -22,10 +23,35 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the field(s) and the reason."""
 
 
+class _LocalPathMarker:
+    """Field metadata: the value is a local path or a URI (``s3://...``)."""
+
+    def __repr__(self) -> str:
+        return "LOCAL_PATH"
+
+
+LOCAL_PATH = _LocalPathMarker()
+# A local path or an s3:// URI. Jobs resolve a relative local path against the caller's directory
+# before any cluster work (resolve_local_paths): Ray Tune trials and Ray workers run elsewhere.
+PathOrUri = Annotated[str, LOCAL_PATH]
+OptionalPathOrUri = Annotated[str | None, LOCAL_PATH]
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# A key that names a secret, password, token or credential: its value is never shown in an error.
+SECRET_KEY = re.compile(
+    r"secret|pass(word|wd|phrase)|token|credential|api_?key|access_?key|private_?key|(^|[_-])keys?($|[_-])",
+    re.IGNORECASE,
+)
+
+
+def looks_secret(key: object) -> bool:
+    return isinstance(key, str) and SECRET_KEY.search(key) is not None
 
 
 def _parse_value(text: str) -> Any:
@@ -37,22 +63,39 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_override(data: dict, assignment: str) -> None:
-    """Apply one ``key.path=value`` override to a nested dict, in place."""
+    """Apply one ``key.path=value`` override to a nested dict, in place. A secret-looking key keeps a
+    scalar value verbatim (``0012`` stays a string, not 12); errors name the key, never the value."""
     if "=" not in assignment:
-        raise ConfigError(f"override {assignment!r} must look like key.path=value")
+        key_only = re.split(r"[:\s]", assignment.strip(), maxsplit=1)[0]
+        raise ConfigError(f"override {key_only!r}: must look like key.path=value")
     key, _, raw = assignment.partition("=")
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise ConfigError(f"override {assignment!r} has an empty key")
+        raise ConfigError("override with an empty key: must look like key.path=value")
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"override {assignment!r}: {'.'.join(parts[: i + 1])} is not a section")
+            raise ConfigError(f"override {key.strip()!r}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
-    node[parts[-1]] = _parse_value(raw)
+    value = _parse_value(raw)
+    if looks_secret(parts[-1]) and value is not None and not isinstance(value, str | list | dict):
+        value = raw  # a numeric-looking secret stays the exact text given
+    node[parts[-1]] = value
+
+
+def _shown_input(loc: tuple, error_type: str, value: Any) -> str:
+    """The offending value for an error line, or nothing: never under a secret-looking key, never a
+    mapping (it may hold one), never a list that holds mappings."""
+    hidden = (
+        error_type == "missing"
+        or any(looks_secret(part) for part in loc)
+        or isinstance(value, Mapping)
+        or (isinstance(value, list | tuple) and any(isinstance(v, Mapping | list | tuple) for v in value))
+    )
+    return "" if hidden else f" (got {value!r})"
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
@@ -62,9 +105,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field (check the spelling; see the job's --help or jobs/configs/)"
-        got = e.get("input")
-        shown = "" if isinstance(got, Mapping) or e["type"] == "missing" else f" (got {got!r})"
-        lines.append(f"  {loc}: {msg}{shown}")
+        lines.append(f"  {loc}: {msg}{_shown_input(e['loc'], e['type'], e.get('input'))}")
     return "\n".join(lines)
 
 
@@ -75,10 +116,17 @@ def read_yaml(path: str | os.PathLike) -> dict:
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {p} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"config file {p} is not valid YAML: {_yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What and where, without quoting the file's text (the line may hold a secret)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or "syntax error"
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
 
 
 def load_config(
@@ -108,6 +156,33 @@ def _deep_merge(into: dict, other: Mapping) -> dict:
         else:
             out[key] = dict(value) if isinstance(value, Mapping) else value
     return out
+
+
+def absolute_path(value: str, base: str | os.PathLike | None = None) -> str:
+    """A local path made absolute against ``base`` (default: the current directory), ``~`` expanded;
+    a URI (``s3://...``, anything with ``://``) is returned unchanged."""
+    if not value or "://" in value:
+        return value
+    return os.path.abspath(os.path.join(base or os.getcwd(), os.path.expanduser(value)))
+
+
+def resolve_local_paths(model: T, base: str | os.PathLike | None = None) -> T:
+    """A copy of ``model`` whose every ``PathOrUri`` field (in nested sections and lists of sections
+    too) holds an absolute local path; URIs and unset fields are left as they are."""
+    updates: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        if LOCAL_PATH in field.metadata and isinstance(value, str):
+            new = absolute_path(value, base)
+        elif isinstance(value, BaseModel):
+            new = resolve_local_paths(value, base)
+        elif isinstance(value, list):
+            new = [resolve_local_paths(v, base) if isinstance(v, BaseModel) else v for v in value]
+        else:
+            continue
+        if new != value:
+            updates[name] = new
+    return model.model_copy(update=updates) if updates else model
 
 
 def redacted(model: BaseModel) -> dict:

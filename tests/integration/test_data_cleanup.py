@@ -29,6 +29,7 @@ def config(uri: str, storage, *extra: str) -> PrepareShardsConfig:
         f"source.count={COUNT}",
         "encode.batch_size=4",
         "rows_per_shard=4",
+        "destination.overwrite=true",  # every test here prepares the same destination again
         *extra,
     ]
     cfg = load_config(PrepareShardsConfig, overrides=overrides)

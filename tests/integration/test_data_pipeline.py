@@ -202,7 +202,9 @@ def test_rerun_into_the_same_folder_never_mixes_runs(ray_session, tiny_model, tm
     # (tests/integration/test_data_cleanup.py covers the cleanup and the option that turns it off).
     dest = str(tmp_path / "ds")
     first = prepare_shards(config(dest, tiny_model, "source.count=16"))
-    second = prepare_shards(config(dest, tiny_model, "source.count=8", "source.seed=1"))
+    second = prepare_shards(
+        config(dest, tiny_model, "source.count=8", "source.seed=1", "destination.overwrite=true")
+    )
     assert set(list_files(dest, suffix=".parquet")) == {s.file for s in second.manifest.shards}
     assert second.summary["stale_shards"]["removed_files"] == len(first.manifest.shards) == 2
     ds, info = open_dataset(dest)

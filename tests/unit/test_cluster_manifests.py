@@ -1,7 +1,8 @@
 """cluster/: the KubeRay manifests validate against KubeRay's CRD schemas, the ray up config against
 Ray's own schema, and everything they name (image, entrypoint, configs, import path) exists here.
 
-The CRDs live beside the project in ../shared/kuberay-crds/ (KubeRay's ray-operator/config/crd/bases).
+The CRDs are vendored in cluster/kuberay/crds/ (KubeRay's ray-operator/config/crd/bases; origin,
+version and licence in its README.md).
 Unknown fields are errors here, as with `kubectl apply` (strict field validation), although the CRD
 schemas themselves only prune them.
 """
@@ -20,10 +21,8 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.conftest import require
-
 ROOT = Path(__file__).resolve().parents[2]
-CRDS = Path(__file__).resolve().parents[2].parent / "shared" / "kuberay-crds"
+CRDS = ROOT / "cluster" / "kuberay" / "crds"
 KUBERAY = ROOT / "cluster" / "kuberay"
 DOCKERFILE = ROOT / "cluster" / "docker" / "Dockerfile"
 AWS = ROOT / "cluster" / "aws" / "ambient.yaml"
@@ -67,13 +66,19 @@ def crd_schema(kind: str) -> dict:
 
 @functools.cache
 def _strict_crd_schema(kind: str) -> dict:
-    require(
-        f"KubeRay CRDs in {CRDS}", (CRDS / CRD_FILES[kind]).is_file(), "see ../shared/kuberay-crds/README.md"
-    )
     crd = yaml.safe_load((CRDS / CRD_FILES[kind]).read_text())
     assert crd["spec"]["names"]["kind"] == kind
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     return strict(version["schema"]["openAPIV3Schema"])
+
+
+def test_crds_are_vendored_with_origin_and_licence():
+    """The schemas travel with the project (a clone anywhere validates), their origin noted."""
+    assert CRDS.is_relative_to(ROOT)
+    for name in CRD_FILES.values():
+        assert (CRDS / name).is_file(), f"{name} missing from {CRDS}"
+    readme = (CRDS / "README.md").read_text()
+    assert "ray-project/kuberay" in readme and "feeaf72" in readme and "Apache" in readme
 
 
 @pytest.mark.parametrize("kind", MANIFESTS)

@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ambient.config import Section
+from ambient.config import OptionalPathOrUri, PathOrUri, Section
+from ambient.schedule import check_trainable_sigma, sdxl_sigma
 
 from .storage import StorageConfig
 
@@ -30,7 +31,7 @@ class SourceConfig(Section):
     # folder: images with a `.txt` caption beside each, or a captions.jsonl ({"file": ..., "caption": ...})
     # parquet: a local or s3:// prefix of Parquet files with image bytes and captions
     # webdataset: a local or s3:// .tar file or prefix of .tar shards (image + .txt/.json caption per key)
-    path: str | None = Field(
+    path: OptionalPathOrUri = Field(
         default=None, description="folder, parquet or webdataset: local path or s3:// prefix"
     )
     image_column: str = "image"  # binary, or a struct with a `bytes` field (Hugging Face style)
@@ -47,11 +48,22 @@ class SourceConfig(Section):
 
 
 class DestinationConfig(Section):
-    uri: str = Field(default="runs/demo/shards", description="local folder or s3://bucket/prefix")
+    uri: PathOrUri = Field(default="runs/demo/shards", description="local folder or s3://bucket/prefix")
     remove_stale_shards: bool = Field(
         default=True,
         description="after the new manifest is committed, delete the folder's shard files it does not "
         "list (older or crashed runs); off when a reader may still use the previous manifest",
+    )
+    overwrite: bool = Field(
+        default=False,
+        description="replace a dataset already at uri (one with a manifest.json); without it such a "
+        "destination is refused (choose a new, versioned uri instead)",
+    )
+    lock_stale_after_s: float = Field(
+        default=24 * 3600,
+        gt=0,
+        description="a destination lock (.prepare.lock) older than this belongs to a crashed run and is "
+        "taken over; a younger one means another preparation is running (refused)",
     )
 
 
@@ -66,12 +78,18 @@ class NoiseConfig(Section):
     def _exactly_one(self) -> NoiseConfig:
         if (self.sigma_n is None) == (self.t_n is None):
             raise ValueError("give exactly one of noise.sigma_n (VE sigma) or noise.t_n (DDPM timestep)")
+        if self.t_n is not None:
+            check_trainable_sigma(
+                "noise.t_n", sdxl_sigma(self.t_n), f"{self.t_n:g} (sigma {sdxl_sigma(self.t_n):.4g})"
+            )
+        else:
+            check_trainable_sigma("noise.sigma_n", float(self.sigma_n))
         return self
 
 
 class EncodeConfig(Section):
     space: Literal["latent", "image"] = "latent"  # image: pixel-space dataset, no VAE
-    model: str | None = Field(
+    model: OptionalPathOrUri = Field(
         default=None, description="diffusers SDXL folder (local or s3://); None = tiny default"
     )
     batch_size: int = Field(default=32, ge=1)

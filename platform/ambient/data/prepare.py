@@ -1,7 +1,8 @@
 """prepare_shards: images + captions -> noisy-latent Parquet shards, as one Ray Data pipeline.
 
-source -> decode/resize/crop (tasks) -> VAE encode + frozen noise (actor pool) -> write shards (tasks)
--> summary.json -> manifest.json (last)
+checks (before Ray: source, model, destination, lock, no dataset there unless destination.overwrite)
+-> source -> decode/resize/crop (tasks) -> VAE encode + frozen noise (actor pool) -> write shards (tasks)
+-> manifest.json (the commit) -> stale shard cleanup -> summary.json
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import ray
 import ray.data
@@ -19,11 +21,21 @@ from ambient.ray_init import init_ray
 
 from .config import NoiseConfig, PrepareShardsConfig
 from .encode import NoisyEncoder, vae_identity
-from .errors import NoValidRowsError
+from .errors import DataError, NoValidRowsError
+from .lock import destination_lock
 from .preprocess import Preprocess
-from .schema import SCHEMA_VERSION, SUMMARY_NAME, Manifest, NoiseInfo, SigmaStats, VaeIdentity, utc_now
-from .sources import parquet_files, source_dataset
-from .storage import StorageConfig, ensure_dir, join, write_bytes_atomic
+from .schema import (
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    SUMMARY_NAME,
+    Manifest,
+    NoiseInfo,
+    SigmaStats,
+    VaeIdentity,
+    utc_now,
+)
+from .sources import folder_items, parquet_files, source_dataset
+from .storage import StorageConfig, ensure_dir, exists, join, write_bytes_atomic
 from .webdataset import webdataset_files
 from .writer import ShardWriter, fold_reports, new_run_id, remove_stale_shards, write_manifest
 
@@ -79,16 +91,47 @@ def _encoder_gpus(requested: float | None) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
+class DestinationExistsError(DataError):
+    """The destination already holds a dataset and destination.overwrite is off."""
+
+
+def check_source(cfg: PrepareShardsConfig, storage: StorageConfig) -> None:
+    """A missing folder, an empty prefix or a wrong column fails here, before Ray starts."""
+    if cfg.source.kind == "folder":
+        folder_items(Path(str(cfg.source.path)))
+    elif cfg.source.kind == "parquet":
+        parquet_files(cfg.source, storage)
+    elif cfg.source.kind == "webdataset":
+        webdataset_files(str(cfg.source.path), storage)  # a prefix without .tar files
+
+
+def check_destination(cfg: PrepareShardsConfig, storage: StorageConfig) -> None:
+    """Refuse to replace an existing dataset unless destination.overwrite is set (call under the lock)."""
+    uri = cfg.destination.uri
+    if not cfg.destination.overwrite and exists(join(uri, MANIFEST_NAME), storage):
+        raise DestinationExistsError(
+            f"destination.uri {uri} already holds a dataset ({MANIFEST_NAME}): choose a new uri (say, a "
+            "versioned prefix), or set destination.overwrite: true to replace it"
+        )
+
+
 def prepare_shards(cfg: PrepareShardsConfig) -> PrepareResult:
+    """Prepare the dataset at destination.uri; every input is checked before Ray starts, and one
+    preparation at a time holds the destination (its lock object)."""
     storage = cfg.storage.resolved()
+    shape, vae = plan_tensor(cfg, storage)  # a missing model fails here, naming encode.model
+    ensure_dir(cfg.destination.uri, storage)  # unreachable endpoint / bad credentials fail here
+    check_source(cfg, storage)
+    with destination_lock(cfg.destination.uri, storage, cfg.destination.lock_stale_after_s):
+        check_destination(cfg, storage)
+        return _prepare(cfg, storage, shape, vae)
+
+
+def _prepare(
+    cfg: PrepareShardsConfig, storage: StorageConfig, shape: tuple[int, int, int], vae: VaeIdentity | None
+) -> PrepareResult:
     uri = cfg.destination.uri
     sigma_n = noise_sigma(cfg.noise)
-    shape, vae = plan_tensor(cfg, storage)
-    ensure_dir(uri, storage)  # unreachable endpoint / bad credentials fail here, before Ray starts
-    if cfg.source.kind == "parquet":
-        parquet_files(cfg.source, storage)  # so do an empty source prefix and a wrong column name
-    if cfg.source.kind == "webdataset":
-        webdataset_files(str(cfg.source.path), storage)  # and a prefix without .tar files
     init_ray(cfg.ray_address, cfg.encode.actors, log_to_driver=False)
 
     run_id = new_run_id()
@@ -128,7 +171,7 @@ def prepare_shards(cfg: PrepareShardsConfig) -> PrepareResult:
         "seconds": round(elapsed, 3),
         "rows_per_s": round(report.rows / elapsed, 2) if elapsed > 0 else None,
         "sigma_n": sigma_n,
-        "stale_shards": None,  # filled in by the cleanup after the manifest is committed
+        "stale_shards": None,  # the cleanup after the manifest is committed (None when it is off)
         "config": redacted(cfg),
     }
     if report.rows == 0:
@@ -153,12 +196,11 @@ def prepare_shards(cfg: PrepareShardsConfig) -> PrepareResult:
         vae=vae,
         source=redacted(cfg.source),
     )
-    write_summary(uri, summary, storage)
     manifest_uri = write_manifest(uri, manifest, storage)  # the commit: the new dataset is complete
     if cfg.destination.remove_stale_shards:
         keep = {s.file for s in manifest.shards}
         summary["stale_shards"] = asdict(remove_stale_shards(uri, keep, storage))
-        write_summary(uri, summary, storage)
+    write_summary(uri, summary, storage)  # after the commit: a summary always describes a manifest
     return PrepareResult(manifest_uri=manifest_uri, manifest=manifest, summary=summary)
 
 

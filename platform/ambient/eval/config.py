@@ -12,11 +12,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ambient.config import Section
+from ambient.config import OptionalPathOrUri, PathOrUri, Section
 
 
 class ModelEntry(Section):
-    path: str | None = Field(None, description="local diffusers SDXL folder; None = the tiny demo model")
+    path: OptionalPathOrUri = Field(
+        None, description="local diffusers SDXL folder; None = the tiny demo model"
+    )
     label: str | None = Field(None, description="name in the report (default: the folder's name)")
 
 
@@ -30,7 +32,7 @@ class ItemsSection(Section):
     # dataset: a shard dataset; synthetic-sourced shards are re-rendered from their manifest's seed and
     # row ids, clean (sigma_n = 0) latent shards are used as they are; other noisy shards are refused
     # folder: original images with a .txt caption beside each (or captions.jsonl), as prepare_shards reads
-    path: str | None = Field(None, description="dataset: local shard folder; folder: image folder")
+    path: OptionalPathOrUri = Field(None, description="dataset: local shard folder; folder: image folder")
     count: int = Field(8, ge=1, description="number of training items audited")
     resolution: int | None = Field(None, ge=8, description="pixels (None = the model's default size)")
 
@@ -84,7 +86,9 @@ class GenerationSection(Section):
 
 class FeaturesSection(Section):
     kind: Literal["builtin", "dinov2"] = "builtin"
-    weights: str | None = Field(None, description="dinov2: local folder of a transformers DINOv2 model")
+    weights: OptionalPathOrUri = Field(
+        None, description="dinov2: local folder of a transformers DINOv2 model"
+    )
 
     @model_validator(mode="after")
     def _weights_for_dinov2(self) -> FeaturesSection:
@@ -98,8 +102,12 @@ class QualitySection(Section):
     without them only the built-in Fréchet distance (not FID) is reported."""
 
     enabled: bool = True
-    inception: str | None = Field(None, description="TorchScript Inception (clean-fid/NVlabs .pt), local")
-    reference_stats: str | None = Field(None, description=".npz with mu and sigma of Inception pool features")
+    inception: OptionalPathOrUri = Field(
+        None, description="TorchScript Inception (clean-fid/NVlabs .pt), local"
+    )
+    reference_stats: OptionalPathOrUri = Field(
+        None, description=".npz with mu and sigma of Inception pool features"
+    )
 
     @model_validator(mode="after")
     def _stats_need_inception(self) -> QualitySection:
@@ -122,7 +130,7 @@ class AuditConfig(Section):
         description="memorization score: mean attack similarity (one Tweedie step or the sampler) at the "
         "first timestep, or the fraction of generations above 0.95",
     )
-    output_dir: str = "runs/audit"
+    output_dir: PathOrUri = "runs/audit"
     seed: int = 0
     batch_size: int = Field(8, ge=1)
     threads: int | None = Field(None, ge=1, description="torch threads (None = 1 on a busy machine, else 2)")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ambient.config import Section
+from ambient.config import OptionalPathOrUri, Section
 from ambient.data.storage import StorageConfig
 
 
@@ -103,7 +103,7 @@ class ReplicaSection(Section):
 
 
 class ServeConfig(Section):
-    model: str | None = Field(
+    model: OptionalPathOrUri = Field(
         None,
         description="exported diffusers folder (local path or s3:// prefix); None = the newest demo "
         "export if present, else the tiny default model",

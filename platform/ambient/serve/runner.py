@@ -63,6 +63,7 @@ def run_service(cfg: ServeConfig, ready_timeout_s: float = 900.0) -> str:
     def _stop(signum, _frame):
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
+    choice = _chosen_model(cfg)  # a missing or malformed model fails here, before Ray starts
     started_ray = not ray.is_initialized()
     if started_ray:
         # RAY_ADDRESS joins a cluster; otherwise a fresh local one ("local": never attach to some other
@@ -75,7 +76,6 @@ def run_service(cfg: ServeConfig, ready_timeout_s: float = 900.0) -> str:
     signal.signal(signal.SIGINT, _stop)
     started_serve = False
     try:
-        choice = choose_model(cfg.model, cfg.storage.resolved())
         print(f"model: {choice.label} ({choice.uri})", file=sys.stderr, flush=True)
         app = build_application(cfg, choice)
         if _serve_running():
@@ -104,6 +104,14 @@ def run_service(cfg: ServeConfig, ready_timeout_s: float = 900.0) -> str:
             if started_ray:
                 ray.shutdown()
     return base_url(cfg)
+
+
+def _chosen_model(cfg: ServeConfig):
+    try:
+        return choose_model(cfg.model, cfg.storage.resolved())
+    except (FileNotFoundError, ValueError) as err:
+        message = str(err)
+        raise type(err)(message if message.startswith("model") else f"model: {message}") from None
 
 
 def _print_model(url: str, cfg: ServeConfig) -> None:

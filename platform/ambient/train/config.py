@@ -7,13 +7,14 @@ from typing import Any, Literal, get_type_hints
 
 from pydantic import Field, ValidationInfo, create_model, field_validator, model_validator
 
-from ambient.config import Section
+from ambient.config import OptionalPathOrUri, PathOrUri, Section
 from ambient.core import ConsistencySettings, setting_problem
 from ambient.data.storage import StorageConfig
+from ambient.schedule import check_trainable_sigma
 
 
 class ModelSection(Section):
-    path: str | None = Field(
+    path: OptionalPathOrUri = Field(
         None, description="diffusers SDXL folder (local path or s3:// prefix); None = the tiny demo model"
     )
     lora_rank: int = Field(
@@ -23,10 +24,15 @@ class ModelSection(Section):
     gradient_checkpointing: bool = False
 
 
+DEMO_DATA_URI = "runs/demo/shards"  # the demo's own dataset (relative to the caller's directory)
+
+
 class DataSection(Section):
-    uri: str = Field("runs/demo/shards", description="shard dataset (local folder or s3:// prefix)")
+    uri: PathOrUri = Field(DEMO_DATA_URI, description="shard dataset (local folder or s3:// prefix)")
     prepare_if_missing: bool = Field(
-        True, description="create the synthetic demo shards at a local uri when it holds no dataset"
+        True,
+        description=f"create the synthetic demo shards when uri is the demo's own {DEMO_DATA_URI} and holds "
+        "no dataset (any other uri without a dataset is an error)",
     )
     skip_bad_shards: bool = False
     shuffle_seed: int = 0
@@ -51,6 +57,12 @@ class LossSection(Section):
         None, ge=0, description="train at this VE level (>= each row's sigma_n) with frozen extra noise"
     )
     noise_seed: int = Field(0, description="seed of the frozen extra noise used with sigma_train")
+
+    @model_validator(mode="after")
+    def _sigma_train_in_schedule(self) -> LossSection:
+        if self.sigma_train is not None:
+            check_trainable_sigma("loss.sigma_train", self.sigma_train)
+        return self
 
 
 class _ConsistencyRules(Section):
@@ -131,7 +143,7 @@ class ValidationSection(Section):
         "auto", description="auto: full sampling with consistency, early stop at sigma_n without"
     )
     seed: int = 0
-    data_uri: str | None = Field(
+    data_uri: OptionalPathOrUri = Field(
         None, description="held-out noisy shards; the validation ambient loss is computed on them"
     )
     rows: int = Field(32, ge=1, description="held-out rows used (the first by id)")
@@ -161,7 +173,9 @@ class ScalingSection(Section):
 
 class RunSection(Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9._-]+$")
-    storage_path: str = Field("runs/ray", description="Ray Train storage (local folder or s3:// prefix)")
+    storage_path: PathOrUri = Field(
+        "runs/ray", description="Ray Train storage (local folder or s3:// prefix)"
+    )
     max_failures: int = Field(1, ge=0)
     ray_address: str | None = Field(None, description="None: RAY_ADDRESS if set, else a local cluster")
 

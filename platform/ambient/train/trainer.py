@@ -14,18 +14,18 @@ import ray.train
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from ambient.config import redacted
+from ambient.config import absolute_path, redacted
 from ambient.core import default_sampling_mode, resolve_sampling_mode
 from ambient.data.config import DestinationConfig, EncodeConfig, PrepareShardsConfig
 from ambient.data.encode import describe_vae, downsample_factor, vae_config, vae_differences, vae_identity
-from ambient.data.errors import VaeMismatchError
+from ambient.data.errors import ManifestError, VaeMismatchError
 from ambient.data.schema import MANIFEST_NAME
 from ambient.data.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
 from ambient.data.streaming import DatasetInfo, inspect_dataset, stream_epochs
 from ambient.data.validate import load_manifest
 from ambient.ray_init import init_ray
 
-from .config import FinetuneConfig
+from .config import DEMO_DATA_URI, FinetuneConfig
 from .loop import train_loop_per_worker
 from .model_source import check_model_source
 from .plan import RunPlan
@@ -46,15 +46,42 @@ def resolve_model(cfg: FinetuneConfig) -> str:
     return str(ensure_default_model())
 
 
+def is_demo_data_uri(uri: str) -> bool:
+    """Whether ``uri`` is the demo's own dataset path, runs/demo/shards under the caller's directory."""
+    return not is_s3(uri) and absolute_path(uri) == absolute_path(DEMO_DATA_URI)
+
+
+def check_training_data(cfg: FinetuneConfig) -> bool:
+    """Before any cluster work: True when data.uri is the demo's own path without a dataset yet (to be
+    prepared); raises naming data.uri when any other location holds no dataset."""
+    if exists(join(cfg.data.uri, MANIFEST_NAME), cfg.storage.resolved()):
+        return False
+    if cfg.data.prepare_if_missing and is_demo_data_uri(cfg.data.uri):
+        return True
+    demo = (
+        f"; only the demo's own {DEMO_DATA_URI} is prepared automatically"
+        if cfg.data.prepare_if_missing
+        else ""
+    )
+    raise FileNotFoundError(
+        f"data.uri {cfg.data.uri} holds no dataset ({MANIFEST_NAME} missing): check the path, or run "
+        f"jobs/prepare_shards.py with destination.uri={cfg.data.uri} first{demo}"
+    )
+
+
+def check_validation_data(cfg: FinetuneConfig, field: str = "validation.data_uri") -> None:
+    """Before any cluster work: the held-out set, when given, is a dataset (error names the field)."""
+    if cfg.validation.data_uri:
+        try:
+            load_manifest(cfg.validation.data_uri, cfg.storage.resolved())
+        except ManifestError as err:
+            raise ManifestError(f"{field}: {err}") from None
+
+
 def ensure_demo_shards(cfg: FinetuneConfig, model_source: str) -> None:
-    """Create the synthetic demo shards at a local data.uri that has no dataset yet."""
-    storage = cfg.storage.resolved()
-    if exists(join(cfg.data.uri, MANIFEST_NAME), storage):
+    """Create the synthetic demo shards at the demo's own data.uri when it holds no dataset yet."""
+    if not check_training_data(cfg):
         return
-    if not cfg.data.prepare_if_missing or is_s3(cfg.data.uri):
-        raise FileNotFoundError(
-            f"data.uri {cfg.data.uri} holds no dataset ({MANIFEST_NAME} missing); run jobs/prepare_shards.py first"
-        )
     from ambient.data.prepare import prepare_shards
 
     _log(f"no dataset at {cfg.data.uri}: preparing the synthetic demo shards")
@@ -145,9 +172,7 @@ def streaming_epochs(
 def prepare_run(cfg: FinetuneConfig, model_source: str) -> PreparedRun:
     """Validate the data and plan the run (Ray must be initialised; ``model_source`` from resolve_model)."""
     storage = cfg.storage.resolved()
-    ensure_demo_shards(cfg, model_source)
-    if cfg.validation.data_uri:
-        load_manifest(cfg.validation.data_uri, storage)  # a missing held-out set fails here, not in a worker
+    check_validation_data(cfg)  # a missing held-out set fails here, not in a worker
     train_ds, info = streaming_epochs(cfg, storage, model_source)
     manifest = info.manifest
     sigma_n = (
@@ -247,7 +272,10 @@ def run_finetune(cfg: FinetuneConfig, callbacks: list | None = None) -> str:
     started = time.time()
     model_source = resolve_model(cfg)  # a missing model fails here, before any cluster work
     check_dataset_vae(cfg, model_source)  # so do shards encoded by another VAE
+    check_training_data(cfg)  # and a data.uri without a dataset, and a missing held-out set
+    check_validation_data(cfg)
     init_ray(cfg.run.ray_address, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
+    ensure_demo_shards(cfg, model_source)
     prepared = prepare_run(cfg, model_source)
     result = build_trainer(cfg, prepared, callbacks).fit()
     if result.error is not None:

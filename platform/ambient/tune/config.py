@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ambient.config import Section
+from ambient.config import OptionalPathOrUri, PathOrUri, Section
+from ambient.schedule import check_trainable_sigma
 from ambient.train.config import FinetuneConfig
 
 
@@ -31,6 +32,8 @@ class SearchSpace(Section):
             bad = [v for v in values if v < 0]
             if bad:
                 raise ValueError(f"{info.field_name} values must be >= 0, got {bad}")
+            if info.field_name == "sigma_train":
+                check_trainable_sigma("space.sigma_train", max(values))
         return values
 
     @field_validator("lr", "consistency_steps")
@@ -69,7 +72,7 @@ class MemorizationSection(Section):
     """The audit's memorization score of each finished trial (ambient.eval.memorization_score)."""
 
     enabled: bool = True
-    items_uri: str | None = Field(
+    items_uri: OptionalPathOrUri = Field(
         None,
         description="the training originals the auditor holds (clean-latent shards); None = the training "
         "shards, which works for the synthetic demo (its originals are re-rendered)",
@@ -82,7 +85,7 @@ class MemorizationSection(Section):
 
 class SweepConfig(Section):
     name: str = Field("sweep-demo", pattern=r"^[A-Za-z0-9._-]+$")
-    storage_path: str = "runs/tune"
+    storage_path: PathOrUri = "runs/tune"
     base: FinetuneConfig = FinetuneConfig()
     space: SearchSpace = SearchSpace(sigma_train=[0.5, 1.0], consistency_weight=[0.0, 1.0])
     search: SearchSection = SearchSection()

@@ -16,6 +16,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from ambient.cli import JobFailed, first_line
 from ambient.data.config import (
     DestinationConfig,
     EncodeConfig,
@@ -31,6 +32,8 @@ from ambient.train.config import FinetuneConfig
 from ambient.train.trainer import (
     build_trainer,
     check_dataset_vae,
+    check_training_data,
+    check_validation_data,
     ensure_demo_shards,
     init_ray,
     prepare_run,
@@ -127,30 +130,32 @@ def run_trial(
     )
 
 
-def ensure_holdout(cfg: SweepConfig, model_source: str, data_sigma_n: float) -> str:
-    """The held-out noisy set every trial validates on; the demo prepares one (other images, other noise)."""
+def plan_holdout(cfg: SweepConfig) -> tuple[str, bool]:
+    """Before any cluster work: the held-out set every trial validates on, and whether the demo's must
+    be prepared (beside a local data.uri; other images, other noise). A given one must exist."""
     base = cfg.base
-    storage = base.storage.resolved()
     if base.validation.data_uri:
-        load_manifest(base.validation.data_uri, storage)
-        return base.validation.data_uri
+        check_validation_data(base, "base.validation.data_uri")
+        return base.validation.data_uri, False
     if is_s3(base.data.uri):
         raise ValueError("base.validation.data_uri: set a held-out shard set for a sweep on S3 data")
     uri = str(Path(base.data.uri).parent / "holdout")
-    if not exists(join(uri, MANIFEST_NAME), storage):
-        from ambient.data.prepare import prepare_shards
+    return uri, not exists(join(uri, MANIFEST_NAME), base.storage.resolved())
 
-        _log(f"preparing {cfg.holdout_rows} held-out synthetic rows at {uri}")
-        prepare_shards(
-            PrepareShardsConfig(
-                source=SourceConfig(count=cfg.holdout_rows, seed=1),  # images the training set does not hold
-                destination=DestinationConfig(uri=uri),
-                encode=EncodeConfig(model=model_source),
-                noise=NoiseConfig(sigma_n=data_sigma_n, seed=1),
-                storage=base.storage,
-            )
+
+def prepare_holdout(cfg: SweepConfig, uri: str, model_source: str, data_sigma_n: float) -> None:
+    from ambient.data.prepare import prepare_shards
+
+    _log(f"preparing {cfg.holdout_rows} held-out synthetic rows at {uri}")
+    prepare_shards(
+        PrepareShardsConfig(
+            source=SourceConfig(count=cfg.holdout_rows, seed=1),  # images the training set does not hold
+            destination=DestinationConfig(uri=uri),
+            encode=EncodeConfig(model=model_source),
+            noise=NoiseConfig(sigma_n=data_sigma_n, seed=1),
+            storage=cfg.base.storage,
         )
-    return uri
+    )
 
 
 def check_space(cfg: SweepConfig, data_max_sigma_n: float) -> None:
@@ -200,14 +205,19 @@ def run_sweep(cfg: SweepConfig) -> str:
     """Run (or resume) the sweep; returns the path of its results table (results.md)."""
     base = cfg.base
     storage = base.storage.resolved()
+    # Every input is checked before Ray starts: the model, the data, the search space, the held-out set.
     model_source = resolve_model(base)
+    if not check_training_data(base):
+        check_space(cfg, load_manifest(base.data.uri, storage).sigma_n.max)
     check_dataset_vae(base, model_source)  # before Ray: shards encoded by another VAE fail here
+    holdout_uri, holdout_missing = plan_holdout(cfg)
     per_trial = base.scaling.num_workers * base.scaling.cpus_per_worker + cfg.trial_cpus
     init_ray(cfg.ray_address, per_trial * cfg.max_concurrent_trials)
     ensure_demo_shards(base, model_source)
     manifest = load_manifest(base.data.uri, storage)
     check_space(cfg, manifest.sigma_n.max)
-    holdout_uri = ensure_holdout(cfg, model_source, manifest.noise.sigma_n)
+    if holdout_missing:
+        prepare_holdout(cfg, holdout_uri, model_source, manifest.noise.sigma_n)
     base_dump = base.model_dump()
     base_dump["validation"]["data_uri"] = holdout_uri
 
@@ -260,6 +270,7 @@ def run_sweep(cfg: SweepConfig) -> str:
                 "objective": metrics.get("objective"),
                 "images_per_second": metrics.get("images_per_second"),
                 "summary": metrics.get("summary"),
+                "error": first_line(result.error) if result.error else None,
             }
         )
     grids = sweep_dir / "grids"
@@ -270,5 +281,18 @@ def run_sweep(cfg: SweepConfig) -> str:
             if samples:
                 shutil.copyfile(samples[-1], grids / f"{row['trial']}.png")
                 row["sample_grid"] = str(grids / f"{row['trial']}.png")
-    table = write_reports(rows, sweep_dir, cfg, base_dump, note)
+    table = write_reports(
+        [{k: v for k, v in r.items() if k != "error"} for r in rows], sweep_dir, cfg, base_dump, note
+    )
+    check_completed(rows, sweep_dir)
     return table
+
+
+def check_completed(rows: list[dict], sweep_dir: Path) -> None:
+    """A sweep in which no trial completed failed: JobFailed with each trial's first error line."""
+    if any(r["status"] == "completed" for r in rows):
+        return
+    lines = [f"  trial {r['trial']}: {r['error'] or r['status']}" for r in rows]
+    raise JobFailed(
+        f"no trial of the sweep completed ({len(rows)} trials; results in {sweep_dir}):\n" + "\n".join(lines)
+    )
