@@ -52,6 +52,8 @@ def test_deepspeed_config_follows_the_job_config():
         (("deepspeed.zero_stage=4",), "deepspeed.zero_stage"),
         (("loss.weighting=l1",), "loss.weighting"),
         (("run.name=has space",), "run.name"),
+        (("loss.data_noise=ignored", "loss.sigma_train=1.0"), "cannot take loss.sigma_train"),
+        (("loss.data_noise=unknown",), "loss.data_noise"),
     ],
 )
 def test_invalid_combinations_are_rejected_with_the_field_named(overrides, message):
@@ -83,3 +85,12 @@ def test_training_levels_are_above_each_rows_data_level(sampling):
     sigma_n = torch.tensor([0.0, 0.5, 1.62, 5.0] * 250)
     sigma_t = draw_sigma_t(cfg, sigma_n, table, torch.Generator().manual_seed(0))
     assert (sigma_t > sigma_n).all() and (sigma_t <= table[-1] * (1 + 1e-6)).all()
+
+
+def test_the_naive_baseline_trains_and_samples_as_if_the_data_were_clean():
+    from ambient.train.trainer import training_sigma_n
+
+    assert training_sigma_n(cfg_with(), 0.5) == 0.5
+    assert training_sigma_n(cfg_with("loss.sigma_train=1.0"), 0.5) == 1.0
+    assert training_sigma_n(cfg_with("loss.sigma_train=0.2"), 0.5) == 0.5
+    assert training_sigma_n(cfg_with("loss.data_noise=ignored"), 0.5) == 0.0
