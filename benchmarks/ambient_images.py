@@ -175,22 +175,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_ray(metrics_port: int | None) -> None:
+def start_ray(metrics_port: int | None, attempts: int = 5) -> None:
     """A local Ray cluster for the whole study (prepare_shards and run_finetune join it), unless one is
-    already running in this process (the integration test's)."""
+    already running in this process (the integration test's). Ray's raylet gives its Python agents 15 s
+    to report their ports, which a low-priority process on a loaded 2-core machine can miss: retried."""
     import ray
 
-    if ray.is_initialized():
-        return
-    ray.init(
-        address="local",  # never join a cluster some `ray start` left on the machine
-        num_cpus=8,  # logical: the train worker, Ray Data read tasks and the encoder actor fit together
-        object_store_memory=1 << 30,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        _metrics_export_port=metrics_port or free_port(),
-    )
+    for attempt in range(1, attempts + 1):
+        if ray.is_initialized():
+            return
+        try:
+            ray.init(
+                address="local",  # never join a cluster some `ray start` left on the machine
+                num_cpus=8,  # logical: the train worker, Ray Data tasks and the encoder actor fit together
+                object_store_memory=1 << 30,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                _metrics_export_port=metrics_port or free_port(),
+            )
+        except Exception as err:  # Ray raises a bare Exception when its node misses the start-up window
+            ray.shutdown()
+            if attempt == attempts:
+                raise
+            log(f"Ray did not start ({err}); retrying ({attempt}/{attempts})")
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -717,6 +725,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--docs", type=Path, default=None, help="Markdown file whose generated block is replaced")
     p.add_argument("--no-docs", action="store_true", help="do not touch any docs file")
     p.add_argument("--metrics-port", type=int, default=None, help="Ray's Prometheus export port")
+    p.add_argument("--ray-start-attempts", type=int, default=5, help="tries to start the local Ray cluster")
     p.add_argument(
         "--set",
         action="append",
@@ -772,7 +781,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     base_model = resolve_base_model(args.base_model)
     meta = {"mode": mode, "base_model": base_model, "settings": asdict(settings)}
     report(results, None, meta)  # --report works from here on, even if the study is interrupted
-    start_ray(args.metrics_port)
+    start_ray(args.metrics_port, args.ray_start_attempts)
     started = time.perf_counter()
     run_study(settings, studies, base_model, work.resolve(), results.resolve())
     log(f"study finished in {(time.perf_counter() - started) / 60:.1f} min")
