@@ -84,7 +84,7 @@ class Settings:
     error_items: int = 64
     error_points: int = 4
     workers: int = 1
-    threads: int = 2
+    threads: int = 0  # torch threads of the train worker and the evaluation; 0 = ambient.eval's default
     seed: int = 0
 
 
@@ -141,6 +141,14 @@ def cell_key(cell: Cell, settings: Settings, base_model: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+def threads(settings: Settings) -> int:
+    """Two on an idle machine, one on a busy one (OpenMP threads spinning against other processes'
+    are slower than one thread), as the audit decides."""
+    from ambient.eval.api import default_threads
+
+    return settings.threads or default_threads()
+
+
 def sampling_mode(cell: Cell) -> str:
     return "early_stop" if cell.variant == "early_stop" else "full"
 
@@ -175,6 +183,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def stop_new_children(before: set[int], timeout: float = 15) -> None:
+    """Stop the processes a failed ``ray.init`` of this process left behind (its GCS, monitor, log
+    monitor: children that were not there before the attempt), by PID."""
+    import psutil
+
+    procs = []
+    for pid in child_pids() - before:
+        try:
+            proc = psutil.Process(pid)
+            proc.terminate()
+            procs.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        proc.kill()
+
+
 def start_ray(metrics_port: int | None, attempts: int = 5) -> None:
     """A local Ray cluster for the whole study (prepare_shards and run_finetune join it), unless one is
     already running in this process (the integration test's). Ray's raylet gives its Python agents 15 s
@@ -184,6 +216,7 @@ def start_ray(metrics_port: int | None, attempts: int = 5) -> None:
     for attempt in range(1, attempts + 1):
         if ray.is_initialized():
             return
+        before = child_pids()
         try:
             ray.init(
                 address="local",  # never join a cluster some `ray start` left on the machine
@@ -196,6 +229,7 @@ def start_ray(metrics_port: int | None, attempts: int = 5) -> None:
             )
         except Exception as err:  # Ray raises a bare Exception when its node misses the start-up window
             ray.shutdown()
+            stop_new_children(before)
             if attempt == attempts:
                 raise
             log(f"Ray did not start ({err}); retrying ({attempt}/{attempts})")
@@ -266,7 +300,7 @@ def finetune_overrides(cell: Cell, settings: Settings, shards: str, run_name: st
         "train.checkpoint_every": max(1, steps // 3),
         "train.keep_checkpoints": 1,
         "train.seed": settings.seed,
-        "train.threads_per_worker": settings.threads,
+        "train.threads_per_worker": threads(settings),
         "validation.every_steps": steps,
         "validation.num_steps": settings.sample_steps,
         "validation.prompts": list(VALIDATION_PROMPTS),
@@ -444,7 +478,7 @@ def run_cell(cell: Cell, settings: Settings, base_model: str, work: Path, result
     summary = finetune(cell, settings, shards, base_model, run_name, work)
     trained = time.perf_counter()
     previous = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
+    torch.set_num_threads(threads(settings))
     try:
         metrics = evaluate(
             cell, settings, summary["exported_model"], shards, heldout, work / "audits" / cell.name
@@ -502,7 +536,7 @@ def collect(results: Path, settings: Settings, base_model: str) -> list[dict]:
 def _fmt(value: float | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
-    if value != 0 and abs(value) < 10 ** -(digits - 1):
+    if value != 0 and abs(value) < 10**-digits:
         return f"{value:.2e}"
     return f"{value:.{digits}f}"
 
