@@ -88,6 +88,11 @@ class Settings:
     seed: int = 0
 
 
+# Settings a cell's result does not depend on (the cell names its own sigma_n and variant; threads
+# change speed, not results), and those of the other study: changing them keeps the cell.
+NOT_IN_KEY = frozenset({"sigma_ns", "memo_variants", "threads"})
+QUALITY_ONLY = frozenset({"train_count", "quality_steps", "quality_generations", "attack_items"})
+MEMO_ONLY = frozenset({"memo_count", "memo_steps", "memo_generations"})
 FULL = Settings()
 QUICK = Settings(
     sigma_ns=(0.5,),
@@ -136,7 +141,8 @@ def study_cells(settings: Settings, studies: Sequence[str]) -> list[Cell]:
 def cell_key(cell: Cell, settings: Settings, base_model: str) -> str:
     """A hash of what the cell's result depends on (its run name carries it, so changed settings never
     resume an old checkpoint)."""
-    shared = {k: v for k, v in asdict(settings).items() if k != "sigma_ns"}
+    other = QUALITY_ONLY if cell.study == "memorization" else MEMO_ONLY
+    shared = {k: v for k, v in asdict(settings).items() if k not in other | NOT_IN_KEY}
     text = json.dumps({"cell": asdict(cell), "settings": shared, "base": base_model}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
@@ -664,7 +670,7 @@ def plot_quality(cells: list[dict], path: Path) -> None:
             if variant == "clean":
                 clean = next((c for c in rows if c["variant"] == "clean"), None)
                 if clean is not None:
-                    ax.plot(sigma_ns, [value(clean, s) for s in sigma_ns], "k--", label="clean")
+                    ax.plot(sigma_ns, [value(clean, s) for s in sigma_ns], "ks--", label="clean")
                 continue
             pts = sorted((c["sigma_n"], value(c, c["sigma_n"])) for c in rows if c["variant"] == variant)
             if pts:

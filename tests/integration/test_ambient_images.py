@@ -72,7 +72,9 @@ def _tables(markdown: str) -> list[list[list[str]]]:
 
 
 @pytest.fixture(scope="module")
-def study(ray_session, tmp_path_factory) -> dict:
+def study(tmp_path_factory) -> dict:
+    # No ray_session: the benchmark joins the session's cluster when one is up, and otherwise starts its
+    # own with retries (Ray's 15 s agent start-up window is missed on a loaded machine).
     from ambient.models.vae_pretrain import ensure_untrained_model
 
     bench = _load_benchmark()
@@ -85,6 +87,7 @@ def study(ray_session, tmp_path_factory) -> dict:
         "--results", str(root / "results"),
         "--work", str(root / "work"),
         "--docs", str(docs),
+        "--ray-start-attempts", "10",
         *[f"--set={k}={v}" for k, v in TINY.items()],
     ]  # fmt: skip
     started = time.perf_counter()
