@@ -52,6 +52,8 @@ def test_deepspeed_config_follows_the_job_config():
         (("deepspeed.zero_stage=4",), "deepspeed.zero_stage"),
         (("loss.weighting=l1",), "loss.weighting"),
         (("run.name=has space",), "run.name"),
+        (("loss.data_noise=ignored", "loss.sigma_train=1.0"), "cannot take loss.sigma_train"),
+        (("loss.data_noise=unknown",), "loss.data_noise"),
     ],
 )
 def test_invalid_combinations_are_rejected_with_the_field_named(overrides, message):
@@ -130,3 +132,12 @@ def test_the_consistency_section_is_built_from_the_core_settings():
         ConsistencySettings(above_ratio=0.5)
     with pytest.raises(ConfigError, match=r"consistency\.fraction"):
         cfg_with("consistency.fraction=2")
+
+
+def test_the_naive_baseline_trains_and_samples_as_if_the_data_were_clean():
+    from ambient.train.trainer import training_sigma_n
+
+    assert training_sigma_n(cfg_with(), 0.5) == 0.5
+    assert training_sigma_n(cfg_with("loss.sigma_train=1.0"), 0.5) == 1.0
+    assert training_sigma_n(cfg_with("loss.sigma_train=0.2"), 0.5) == 0.5
+    assert training_sigma_n(cfg_with("loss.data_noise=ignored"), 0.5) == 0.0

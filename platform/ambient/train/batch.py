@@ -47,11 +47,14 @@ def model_inputs(
     sigma_train: float | None,
     noise_seed: int,
     vae_scale_factor: int,
+    ignore_data_noise: bool = False,
     generator: torch.Generator,
     device: torch.device,
 ) -> ModelInputs:
     y = batch["latent"].to(device)
     sigma_n = batch["sigma_n"].to(device)
+    if ignore_data_noise:  # the naive baseline: noisy rows trained as if they were clean
+        sigma_n = torch.zeros_like(sigma_n)
     if sigma_train is not None:
         # Training above the data's level: frozen extra noise from (row id, seed), never redrawn per epoch.
         y, sigma_n = raise_noise_level(y, sigma_n, sigma_train, batch["ids"], noise_seed)

@@ -57,6 +57,11 @@ class LossSection(Section):
         None, ge=0, description="train at this VE level (>= each row's sigma_n) with frozen extra noise"
     )
     noise_seed: int = Field(0, description="seed of the frozen extra noise used with sigma_train")
+    data_noise: Literal["known", "ignored"] = Field(
+        "known",
+        description="ignored: a baseline, not a method: train on the rows as if they were clean (their "
+        "sigma_n taken as 0, sampled to the end); what the ambient losses are compared against",
+    )
 
     @model_validator(mode="after")
     def _sigma_train_in_schedule(self) -> LossSection:
@@ -206,4 +211,6 @@ class FinetuneConfig(Section):
             raise ValueError(
                 "train.ema_decay is not supported with deepspeed.zero_stage = 3 (partitioned weights)"
             )
+        if self.loss.data_noise == "ignored" and self.loss.sigma_train is not None:
+            raise ValueError("loss.data_noise 'ignored' (the naive baseline) cannot take loss.sigma_train")
         return self

@@ -164,6 +164,7 @@ class _Worker:
                     sigma_train=cfg.loss.sigma_train,
                     noise_seed=cfg.loss.noise_seed,
                     vae_scale_factor=self.comps.vae_scale_factor,
+                    ignore_data_noise=cfg.loss.data_noise == "ignored",
                     generator=self.gen,
                     device=self.device,
                 )

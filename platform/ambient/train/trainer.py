@@ -169,17 +169,23 @@ def streaming_epochs(
     return ds, info
 
 
+def training_sigma_n(cfg: FinetuneConfig, data_sigma_n: float) -> float:
+    """The level the model is trained at: the data's, raised to loss.sigma_train, or 0 for the naive
+    baseline (loss.data_noise 'ignored')."""
+    if cfg.loss.data_noise == "ignored":
+        return 0.0
+    if cfg.loss.sigma_train is None:
+        return data_sigma_n
+    return max(cfg.loss.sigma_train, data_sigma_n)
+
+
 def prepare_run(cfg: FinetuneConfig, model_source: str) -> PreparedRun:
     """Validate the data and plan the run (Ray must be initialised; ``model_source`` from resolve_model)."""
     storage = cfg.storage.resolved()
     check_validation_data(cfg)  # a missing held-out set fails here, not in a worker
     train_ds, info = streaming_epochs(cfg, storage, model_source)
     manifest = info.manifest
-    sigma_n = (
-        manifest.noise.sigma_n
-        if cfg.loss.sigma_train is None
-        else max(cfg.loss.sigma_train, manifest.noise.sigma_n)
-    )
+    sigma_n = training_sigma_n(cfg, manifest.noise.sigma_n)
     mode = resolve_sampling_mode(
         cfg.validation.mode, sigma_n, default_sampling_mode(sigma_n, cfg.consistency.weight > 0)
     )

@@ -1,0 +1,83 @@
+"""The image study's bookkeeping (benchmarks/ambient_images.py) without Ray: cell keys, the ordering
+check, the docs block. The end-to-end run is tests/integration/test_ambient_images.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ambient_images.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("ambient_images_units", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _bench()
+
+
+def test_cells_cover_both_studies_and_every_variant():
+    names = [c.name for c in bench.study_cells(bench.FULL, bench.STUDIES)]
+    assert len(names) == 14 and len(set(names)) == 14
+    assert names[:4] == [
+        "quality-clean",
+        "quality-naive-s0.25",
+        "quality-early_stop-s0.25",
+        "quality-consistency-s0.25",
+    ]
+    assert names[-4:] == [
+        "memorization-clean",
+        "memorization-consistency-s0.25",
+        "memorization-consistency-s0.5",
+        "memorization-consistency-s1",
+    ]
+
+
+def test_a_cell_key_changes_only_with_what_the_cell_depends_on():
+    quality, memo = bench.Cell("quality", "naive", 0.5), bench.Cell("memorization", "clean", 0.0)
+    base = bench.FULL
+
+    def keys(settings, model="m"):
+        return bench.cell_key(quality, settings, model), bench.cell_key(memo, settings, model)
+
+    q, m = keys(base)
+    assert keys(replace(base, memo_steps=1500)) == (q, keys(replace(base, memo_steps=1500))[1])
+    assert keys(replace(base, memo_steps=1500))[1] != m
+    assert keys(replace(base, quality_steps=10))[1] == m and keys(replace(base, quality_steps=10))[0] != q
+    assert keys(replace(base, threads=1, sigma_ns=(0.5,))) == (q, m)
+    lr_q, lr_m = keys(replace(base, lr=1e-3))
+    assert lr_q != q and lr_m != m
+    assert keys(base, model="other")[0] != q
+
+
+def test_ordering_line_says_whether_the_papers_order_holds():
+    holds = bench.ordering_line(
+        [("clean", 1.0), ("naive", 4.0), ("early_stop", 3.0), ("consistency", 2.0)], "FD"
+    )
+    assert holds.endswith("**holds**") and "clean 1.000 <= consistency 2.000" in holds
+    broken = bench.ordering_line([("clean", 1.0), ("naive", 2.0), ("early_stop", 3.0)], "FD")
+    assert broken.endswith("**does not hold**")
+    higher = bench.ordering_line([("clean", 0.9), ("naive", 0.5)], "adherence", lower_is_better=False)
+    assert higher.endswith("**holds**") and ">=" in higher
+
+
+def test_the_docs_block_is_replaced_in_place(tmp_path):
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(f"# B\n\nbefore\n\n{bench.DOCS_BEGIN}\nold\n{bench.DOCS_END}\n\nafter\n")
+    bench.replace_docs_block(docs, "new table")
+    assert docs.read_text() == f"# B\n\nbefore\n\n{bench.DOCS_BEGIN}\nnew table\n{bench.DOCS_END}\n\nafter\n"
+    plain = tmp_path / "plain.md"
+    plain.write_text("# P\n")
+    bench.replace_docs_block(plain, "t")
+    assert plain.read_text() == f"# P\n\n{bench.DOCS_BEGIN}\nt\n{bench.DOCS_END}\n"
+
+
+def test_settings_overrides_parse_lists_and_numbers():
+    s = bench.apply_settings(bench.FULL, ["sigma_ns=0.5,1", "memo_steps=9", "memo_variants=", "lr=0.001"])
+    assert s.sigma_ns == (0.5, 1.0) and s.memo_steps == 9 and s.memo_variants == () and s.lr == 1e-3
