@@ -16,7 +16,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from ambient.config import absolute_path, redacted
 from ambient.core import default_sampling_mode, resolve_sampling_mode
-from ambient.data.config import DestinationConfig, EncodeConfig, PrepareShardsConfig
+from ambient.data.config import DestinationConfig, EncodeConfig, PrepareShardsConfig, SourceConfig
 from ambient.data.encode import describe_vae, downsample_factor, vae_config, vae_differences, vae_identity
 from ambient.data.errors import ManifestError, VaeMismatchError
 from ambient.data.schema import MANIFEST_NAME
@@ -84,9 +84,12 @@ def ensure_demo_shards(cfg: FinetuneConfig, model_source: str) -> None:
         return
     from ambient.data.prepare import prepare_shards
 
-    _log(f"no dataset at {cfg.data.uri}: preparing the synthetic demo shards")
+    _log(f"no dataset at {cfg.data.uri}: preparing the synthetic demo shards (noisy crosses)")
     prepare_shards(
         PrepareShardsConfig(
+            # What jobs/configs/prepare_demo.yaml writes: a shape the default base model never drew.
+            source=SourceConfig(kind="synthetic", world="cross", count=512),
+            rows_per_shard=64,
             destination=DestinationConfig(uri=cfg.data.uri),
             encode=EncodeConfig(model=model_source),
             storage=cfg.storage,
