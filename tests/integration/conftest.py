@@ -29,3 +29,12 @@ def demo_shards(tiny_model, ray_session, tmp_path_factory) -> str:
         )
     )
     return uri
+
+
+@pytest.fixture(scope="session")
+def untrained_model() -> str:
+    """The tiny architecture with only its VAE trained (the UNet random): what the audit tests compare
+    a deliberately over-fit model against (cached under ~/.cache/ambient)."""
+    from ambient.models.vae_pretrain import ensure_untrained_model
+
+    return str(ensure_untrained_model())

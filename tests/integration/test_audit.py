@@ -1,6 +1,6 @@
 """The memorization audit end to end on the tiny model: a deliberately over-fit UNet against the untrained one.
 
-The over-fit model is the tiny default model whose UNet was trained with a plain PyTorch loop on the
+The over-fit model is the untrained tiny model (VAE trained, UNet random) whose UNet was trained with a plain PyTorch loop on the
 clean latents of 4 synthetic images (ambient.eval.overfit), at the attack's noise levels. The attack
 must tell it from the untrained UNet, and the compare report must hold both, side by side.
 """
@@ -33,10 +33,10 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def overfit(tiny_model, tmp_path_factory) -> str:
+def overfit(untrained_model, tmp_path_factory) -> str:
     items = synthetic(ITEMS, seed=0, resolution=64)
     out, report = overfit_model(
-        tiny_model,
+        untrained_model,
         items,
         tmp_path_factory.mktemp("overfit") / "model",
         steps=OVERFIT_STEPS,
@@ -47,11 +47,11 @@ def overfit(tiny_model, tmp_path_factory) -> str:
     return str(out)
 
 
-def _config(tmp_path, tiny_model: str, overfit: str) -> AuditConfig:
+def _config(tmp_path, untrained_model: str, overfit: str) -> AuditConfig:
     return load_config(
         AuditConfig,
         overrides=[
-            f"models=[{{path: {tiny_model}, label: untrained}}, {{path: {overfit}, label: overfit}}]",
+            f"models=[{{path: {untrained_model}, label: untrained}}, {{path: {overfit}, label: overfit}}]",
             f"items.count={ITEMS}",
             "attack.steps=6",
             "generation.n=4",
@@ -62,17 +62,17 @@ def _config(tmp_path, tiny_model: str, overfit: str) -> AuditConfig:
     )
 
 
-def test_attack_scores_the_overfit_model_higher(tiny_model, overfit):
+def test_attack_scores_the_overfit_model_higher(untrained_model, overfit):
     items = synthetic(ITEMS, seed=0, resolution=64)
-    untrained = memorization_score(tiny_model, items)
+    untrained = memorization_score(untrained_model, items)
     memorized = memorization_score(overfit, items)
     print(f"memorization score (Tweedie at t=900): untrained {untrained:.3f}, overfit {memorized:.3f}")
     assert -1 <= untrained <= 1 and -1 <= memorized <= 1
     assert memorized > untrained + 0.1  # measured: 0.11 vs 0.31 (120 steps), 0.65 (300 steps)
 
 
-def test_compare_report_side_by_side(tmp_path, tiny_model, overfit):
-    cfg = _config(tmp_path, tiny_model, overfit)
+def test_compare_report_side_by_side(tmp_path, untrained_model, overfit):
+    cfg = _config(tmp_path, untrained_model, overfit)
     md = run_audit(cfg)
     out = md.parent
     text = md.read_text()
@@ -113,13 +113,13 @@ def test_compare_report_side_by_side(tmp_path, tiny_model, overfit):
         assert im.size == (4 * 64, ITEMS * 64)
 
 
-def test_items_from_training_shards(demo_shards, tiny_model):
+def test_items_from_training_shards(demo_shards, untrained_model):
     """The sweep's path: the synthetic demo's noisy shards are re-rendered into their originals."""
     items = from_dataset(demo_shards, 3, None)
     expected = synthetic(3, seed=0, resolution=64)
     assert items.ids == expected.ids and items.captions == expected.captions
     assert torch.equal(items.pixels, expected.pixels)
-    score = memorization_score(tiny_model, demo_shards, config=AuditConfig(items={"count": 3}))
+    score = memorization_score(untrained_model, demo_shards, config=AuditConfig(items={"count": 3}))
     assert -1 <= score <= 1
 
 
@@ -131,7 +131,7 @@ def test_unreadable_dataset_is_a_clear_error(tmp_path):
         from_dataset(str(tmp_path / "shards"), 4, None)
 
 
-def test_masked_attack_still_separates_the_models(tiny_model, overfit):
+def test_masked_attack_still_separates_the_models(untrained_model, overfit):
     from ambient.eval.attack import reconstruction_attack, to_uint8
     from ambient.eval.features import BuiltinFeatures, FeatureSpace
     from ambient.models.loading import load_components
@@ -139,7 +139,7 @@ def test_masked_attack_still_separates_the_models(tiny_model, overfit):
     items = synthetic(ITEMS, seed=0, resolution=64)
     space = FeatureSpace(BuiltinFeatures(), to_uint8(items.pixels))
     scores, corrupted = {}, {}
-    for name, path in (("untrained", tiny_model), ("overfit", overfit)):
+    for name, path in (("untrained", untrained_model), ("overfit", overfit)):
         comps = load_components(path)
         for mask in ("none", "center"):
             result = reconstruction_attack(
@@ -154,7 +154,7 @@ def test_masked_attack_still_separates_the_models(tiny_model, overfit):
     assert scores["overfit", "center"] > scores["untrained", "center"] + 0.05
 
 
-def test_job_prints_the_report_path_last(tmp_path, tiny_model):
+def test_job_prints_the_report_path_last(tmp_path, untrained_model):
     import subprocess
     import sys
     from pathlib import Path
@@ -167,7 +167,7 @@ def test_job_prints_the_report_path_last(tmp_path, tiny_model):
             str(root / "jobs" / "audit.py"),
             *(
                 "--set",
-                f"models=[{{path: {tiny_model}}}]",
+                f"models=[{{path: {untrained_model}}}]",
                 "--set",
                 "items.count=2",
                 "--set",
