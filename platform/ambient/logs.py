@@ -143,7 +143,8 @@ def _filtered(batch: dict) -> dict | None:
         return batch
     if any(a in str(batch.get("actor_name") or "") for a in HARMLESS_ACTORS):
         return None
-    lines = filter_lines(batch.get("lines", []))
+    # Blank worker lines carry nothing but the "(Worker pid=...)" prefix Ray puts before them.
+    lines = [line for line in filter_lines(batch.get("lines", [])) if line.strip()]
     return {**batch, "lines": lines} if lines else None
 
 
