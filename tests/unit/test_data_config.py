@@ -35,7 +35,8 @@ def test_demo_config_is_valid():
         (["noise.sigma_n=-1"], "noise.sigma_n"),
         (["noise.sigma_n=null", "noise.t_n=1000"], "noise.t_n"),
         (["source.kind=folder"], "source"),
-        (["source.kind=webdataset"], "source.kind"),
+        (["source.kind=tarball"], "source.kind"),
+        (["source.kind=webdataset"], "source"),  # a webdataset needs source.path
         (["resolution=abc"], "resolution"),
         (["encode.actors=0"], "encode.actors"),
         (["rows_per_shard=0"], "rows_per_shard"),
