@@ -60,9 +60,11 @@ def _cfg(model: Path, data: str, tmp_path: Path, *extra: str) -> FinetuneConfig:
     return load_config(FinetuneConfig, None, values)
 
 
-def test_shards_of_another_vae_fail_naming_both_before_ray_starts(models, tmp_path):
-    import ray
+def test_shards_of_another_vae_fail_naming_both_before_ray_starts(models, tmp_path, monkeypatch):
+    import ambient.train.trainer as trainer
 
+    cluster_calls: list[tuple] = []  # observed, not replaced: Ray may already run for other tests
+    monkeypatch.setattr(trainer, "init_ray", lambda *args, **kwargs: cluster_calls.append(args))
     data = _dataset(tmp_path / "shards", models["base"])
     cfg = _cfg(models["rescaled"], data, tmp_path)
     with pytest.raises(VaeMismatchError) as err:
@@ -71,7 +73,7 @@ def test_shards_of_another_vae_fail_naming_both_before_ray_starts(models, tmp_pa
     assert "scaling_factor" in message and "config_sha256" in message
     assert str(models["base"]) in message and str(models["rescaled"]) in message
     assert "data.allow_vae_mismatch" in message
-    assert not ray.is_initialized()  # failed before any cluster work
+    assert cluster_calls == []  # failed before any cluster work
 
 
 def test_the_same_vae_in_another_folder_passes_and_the_override_allows_a_shared_vae(models, tmp_path):
