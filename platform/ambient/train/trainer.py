@@ -16,6 +16,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from ambient.config import redacted
 from ambient.data.config import DestinationConfig, EncodeConfig, PrepareShardsConfig
+from ambient.data.row_stream import StreamPlan
 from ambient.data.schema import MANIFEST_NAME
 from ambient.data.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
 from ambient.data.streaming import DatasetInfo, inspect_dataset, stream_epochs
@@ -76,26 +77,37 @@ class PreparedRun:
     """Everything resolved on the driver before the workers start."""
 
     plan: RunPlan
-    train_ds: ray.data.Dataset
+    train_ds: ray.data.Dataset | None  # data.split ray_split: the dataset Ray Train splits
+    stream: StreamPlan | None  # data.split exact: each worker streams its own share of this plan
     data_counts: dict
 
 
-def streaming_epochs(cfg: FinetuneConfig, storage) -> tuple[ray.data.Dataset, DatasetInfo]:
-    """One streaming dataset over all planned epochs, each with its own seeded file order (the shards
-    are validated once, here on the driver)."""
+def checked_dataset(cfg: FinetuneConfig, storage) -> DatasetInfo:
+    """Validate the shards once, here on the driver, and check there are enough rows for a step."""
     info = inspect_dataset(cfg.data.uri, storage, skip_bad_shards=cfg.data.skip_bad_shards)
     if info.manifest.tensor_column != "latent":
         raise ValueError(f"data.uri {cfg.data.uri} is a pixel-space dataset; fine-tuning SDXL needs latents")
-    workers, batch, accum = cfg.scaling.num_workers, cfg.train.batch_size, cfg.optim.grad_accum
-    per_worker_rows = info.rows // workers
-    if per_worker_rows < batch:
+    workers, batch = cfg.scaling.num_workers, cfg.train.batch_size
+    if info.rows // workers < batch:
         raise ValueError(
             f"data.uri {cfg.data.uri} has {info.rows} usable rows: too few for {workers} workers x "
             f"train.batch_size {batch}"
         )
+    return info
+
+
+def streaming_epochs(cfg: FinetuneConfig, storage, info: DatasetInfo) -> ray.data.Dataset:
+    """data.split ray_split: one streaming dataset over all planned epochs, for Ray Train to split."""
+    workers, batch, accum = cfg.scaling.num_workers, cfg.train.batch_size, cfg.optim.grad_accum
+    per_worker_rows = info.rows // workers
     epochs = math.ceil(cfg.train.max_steps * accum / (per_worker_rows // batch)) + 1
-    ds = stream_epochs(info, storage, epochs=range(epochs), shuffle_seed=cfg.data.shuffle_seed)
-    return ds, info
+    return stream_epochs(
+        info,
+        storage,
+        epochs=range(epochs),
+        shuffle_seed=cfg.data.shuffle_seed,
+        window_rows=cfg.data.shuffle_window_rows,
+    )
 
 
 def prepare_run(cfg: FinetuneConfig, model_source: str) -> PreparedRun:
@@ -104,7 +116,12 @@ def prepare_run(cfg: FinetuneConfig, model_source: str) -> PreparedRun:
     ensure_demo_shards(cfg, model_source)
     if cfg.validation.data_uri:
         load_manifest(cfg.validation.data_uri, storage)  # a missing held-out set fails here, not in a worker
-    train_ds, info = streaming_epochs(cfg, storage)
+    info = checked_dataset(cfg, storage)
+    exact = cfg.data.split == "exact"
+    train_ds = None if exact else streaming_epochs(cfg, storage, info)
+    stream = (
+        StreamPlan.from_info(info, cfg.data.shuffle_seed, cfg.data.shuffle_window_rows) if exact else None
+    )
     manifest = info.manifest
     sigma_n = (
         manifest.noise.sigma_n
@@ -123,13 +140,14 @@ def prepare_run(cfg: FinetuneConfig, model_source: str) -> PreparedRun:
         sampling_mode=mode,
         resolution=manifest.resolution,
         outputs_uri=outputs_uri if is_s3(outputs_uri) else str(Path(outputs_uri).absolute()),
+        data_split=cfg.data.split,
     )
     _log(
         f"run {cfg.run.name}: {cfg.scaling.num_workers} workers x batch {cfg.train.batch_size} x accum "
         f"{cfg.optim.grad_accum}, {cfg.train.max_steps} steps, {info.rows} rows ({info.rows_skipped} skipped), "
         f"sigma_n {sigma_n:.3g}, sampling {mode}, ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}"
     )
-    return PreparedRun(plan=plan, train_ds=train_ds, data_counts=info.counts())
+    return PreparedRun(plan=plan, train_ds=train_ds, stream=stream, data_counts=info.counts())
 
 
 def build_trainer(cfg: FinetuneConfig, prepared: PreparedRun, callbacks: list | None = None) -> TorchTrainer:
@@ -141,11 +159,17 @@ def build_trainer(cfg: FinetuneConfig, prepared: PreparedRun, callbacks: list | 
         train_loop_config={
             "finetune": cfg.model_copy(update={"storage": cfg.storage.resolved()}).model_dump(),
             "plan": prepared.plan.__dict__,
+            "stream": prepared.stream,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **gpu},
+            resources_per_worker={
+                "CPU": cfg.scaling.cpus_per_worker,
+                **gpu,
+                **cfg.scaling.resources_per_worker,
+            },
+            placement_strategy=cfg.scaling.placement_strategy,
         ),
         run_config=RunConfig(
             name=cfg.run.name,
@@ -156,7 +180,7 @@ def build_trainer(cfg: FinetuneConfig, prepared: PreparedRun, callbacks: list | 
             callbacks=callbacks or None,
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-        datasets={"train": prepared.train_ds},
+        datasets={"train": prepared.train_ds} if prepared.train_ds is not None else None,
     )
 
 
@@ -203,6 +227,10 @@ def write_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result,
         "status": "completed",
         "steps": worker["steps"],
         "resumed_from_step": worker.get("resumed_from_step"),
+        "restarts": len(worker.get("resumes", [])),
+        "resumed_from_steps": worker.get("resumes", []),
+        "data_split": plan.data_split,
+        "data_position": worker.get("data_position"),
         "images_seen": worker["images_seen"],
         "final_loss": last.get("loss"),
         "final_ambient_loss": last.get("ambient"),
