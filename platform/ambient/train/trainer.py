@@ -216,12 +216,18 @@ def _read_scheduler_config(model_source: str, storage) -> dict:
     return json.loads(text)
 
 
+def checkpoint_uri(cfg: FinetuneConfig, path: str) -> str:
+    """Ray reports checkpoint paths inside the storage filesystem ("bucket/prefix/..." on S3): give
+    them back their scheme so a later job can open them."""
+    return f"s3://{path.lstrip('/')}" if is_s3(cfg.run.storage_path) and not is_s3(path) else path
+
+
 def write_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result, started: float) -> str:
     storage = cfg.storage.resolved()
     worker = json.loads(read_text(join(plan.outputs_uri, "worker_summary.json"), storage))
     history = worker.get("history", [])
     last = history[-1] if history else {}
-    checkpoints = [c.path for c, _ in (result.best_checkpoints or [])]
+    checkpoints = [checkpoint_uri(cfg, c.path) for c, _ in (result.best_checkpoints or [])]
     summary = {
         "run": cfg.run.name,
         "status": "completed",
@@ -251,7 +257,7 @@ def write_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result,
         "exported_model": join(plan.outputs_uri, "model"),
         "loss_curve": join(plan.outputs_uri, "loss_curve.png"),
         "sample_grids": join(plan.outputs_uri, "samples"),
-        "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "latest_checkpoint": checkpoint_uri(cfg, result.checkpoint.path) if result.checkpoint else None,
         "checkpoints": checkpoints,
         "wall_seconds": round(time.time() - started, 1),
         "history": history,
