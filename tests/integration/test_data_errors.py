@@ -112,7 +112,7 @@ def test_a_shard_lost_after_validation_fails_the_stream_naming_it(ray_session, d
 
 def test_several_epochs_stream_every_row_once_per_epoch_in_each_epochs_order(ray_session, dataset):
     info = inspect_dataset(dataset)
-    ds = stream_epochs(info, epochs=[0, 1, 2], shuffle_seed=5, min_task_bytes=1)
+    ds = stream_epochs(info, epochs=[0, 1, 2], shuffle_seed=5, min_task_bytes=1, window_rows=0)
     ds.context.execution_options.preserve_order = True
     ids = [r["id"] for r in ds.iter_rows()]
     expected = [
@@ -123,7 +123,7 @@ def test_several_epochs_stream_every_row_once_per_epoch_in_each_epochs_order(ray
     ]
     assert ids == expected and len(ids) == 3 * 3 * ROWS
     # Grouped read tasks (every file in one task per epoch) keep the order too, and never span epochs.
-    grouped = stream_epochs(info, epochs=[0, 1, 2], shuffle_seed=5)
+    grouped = stream_epochs(info, epochs=[0, 1, 2], shuffle_seed=5, window_rows=0)
     grouped.context.execution_options.preserve_order = True
     assert [r["id"] for r in grouped.iter_rows()] == expected
 

@@ -108,6 +108,10 @@ def inspect_dataset(
     )
 
 
+# Rows are shuffled inside windows of consecutive shards of at least this many rows (per epoch).
+DEFAULT_WINDOW_ROWS = 1024
+
+
 def stream_epochs(
     info: DatasetInfo,
     storage: StorageConfig | None = None,
@@ -115,13 +119,28 @@ def stream_epochs(
     epochs: Sequence[int] = (0,),
     shuffle_seed: int = 0,
     min_task_bytes: int = DEFAULT_MIN_TASK_BYTES,
+    window_rows: int = DEFAULT_WINDOW_ROWS,
 ) -> ray.data.Dataset:
     """One streaming Ray Dataset over the validated shards of ``info``, epoch after epoch, each epoch in
-    its own seeded file order (read tasks never span two epochs)."""
+    its own seeded file order (read tasks never span two epochs).
+
+    ``window_rows > 0`` (the default) also permutes the rows inside windows of consecutive shards of at
+    least that many rows, differently every epoch (``ambient.data.row_stream``; ``epochs`` must then be
+    consecutive). ``window_rows = 0`` keeps each file's row order and groups files into read tasks of
+    ``min_task_bytes``."""
     storage = (storage or StorageConfig()).resolved()
+    epochs = list(epochs)
+    if window_rows > 0 and epochs:
+        from .row_stream import RankSlice, StreamPlan, rank_stream
+
+        if epochs != list(range(epochs[0], epochs[0] + len(epochs))):
+            raise ValueError(f"epochs {epochs[:5]}...: window shuffling streams consecutive epochs only")
+        plan = StreamPlan.from_info(info, shuffle_seed, window_rows)
+        n = plan.epoch_rows
+        return rank_stream(plan, RankSlice(start=epochs[0] * n, stop=(epochs[-1] + 1) * n), storage)
     fs, root = resolve_filesystem(info.uri, storage)
     shards = {s.file: (s.rows, s.bytes) for s in info.manifest.shards}
-    passes = epoch_orders(info.files, shuffle_seed, list(epochs))
+    passes = epoch_orders(info.files, shuffle_seed, epochs)
     schema = arrow_schema(info.manifest.space, tuple(info.manifest.tensor_shape))
     return ray.data.read_datasource(
         ShardDatasource(fs, root, passes, shards, schema, min_task_bytes=min_task_bytes)

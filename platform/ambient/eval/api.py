@@ -59,9 +59,13 @@ class ModelAudit:
         }
 
 
-def resolve_model_path(path: str | None) -> str:
+def resolve_model_path(path: str | None, storage: StorageConfig | None = None) -> str:
+    """A local model folder: ``path`` itself, the cached download of an s3:// export, or (None) the
+    default tiny model."""
     if path is not None:
-        return str(path)
+        from ambient.train.model_source import resolve_model_dir
+
+        return str(resolve_model_dir(str(path), storage))
     from ambient.models.base_model import ensure_default_model
 
     return str(ensure_default_model())
@@ -202,7 +206,7 @@ def audit_model(
 def _labels(cfg: AuditConfig, paths: list[str]) -> list[str]:
     labels: list[str] = []
     for i, (entry, path) in enumerate(zip(cfg.models, paths, strict=True)):
-        label = entry.label or Path(path).name or f"model{i}"
+        label = entry.label or Path(path.rstrip("/")).name or f"model{i}"
         label = re.sub(r"[^A-Za-z0-9._-]+", "-", label)
         labels.append(label if label not in labels else f"{label}-{i}")
     return labels
@@ -214,12 +218,15 @@ def run_audit(cfg: AuditConfig) -> Path:
 
     check_paths(cfg)
     with _threads(cfg.threads):
-        paths = [resolve_model_path(m.path) for m in cfg.models]
+        local = [resolve_model_path(m.path, cfg.storage.resolved()) for m in cfg.models]
+        paths = [
+            m.path or folder for m, folder in zip(cfg.models, local, strict=True)
+        ]  # as the user named them
         labels = _labels(cfg, paths)
         audits: list[ModelAudit] = []
         items = originals = space = None
-        for label, path in zip(labels, paths, strict=True):
-            comps = load_components(path)
+        for label, path, folder in zip(labels, paths, local, strict=True):
+            comps = load_components(folder)
             if items is None:
                 items = load_items(cfg.items, default_resolution(comps))
                 originals = originals_of(items, comps)
@@ -262,7 +269,7 @@ def memorization_score(
     if cfg.score != "generation":
         cfg.generation.n = 0
     cfg.quality.enabled = False
-    path = resolve_model_path(model_dir)
+    path = resolve_model_path(model_dir, storage)
     with _threads(cfg.threads):
         comps = load_components(path)
         if isinstance(items, str):

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ambient.config import OptionalPathOrUri, PathOrUri, Section
+from ambient.data.storage import StorageConfig, is_s3
 
 
 class ModelEntry(Section):
@@ -134,6 +135,7 @@ class AuditConfig(Section):
     seed: int = 0
     batch_size: int = Field(8, ge=1)
     threads: int | None = Field(None, ge=1, description="torch threads (None = 1 on a busy machine, else 2)")
+    storage: StorageConfig = StorageConfig()  # reaches s3:// models and items (else the AWS_* variables)
 
     @field_validator("models")
     @classmethod
@@ -174,7 +176,14 @@ def check_paths(cfg: AuditConfig) -> None:
     from ambient.models.loading import check_model_dir
 
     for i, model in enumerate(cfg.models):
-        if model.path is not None:
+        if model.path is not None and is_s3(model.path):
+            from ambient.train.model_source import check_model_source
+
+            try:
+                check_model_source(model.path, cfg.storage.resolved())
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"models[{i}].path: {err}") from None
+        elif model.path is not None:
             check_dir(f"models[{i}].path", model.path)
             try:
                 check_model_dir(model.path)

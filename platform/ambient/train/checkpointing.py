@@ -25,6 +25,8 @@ class LoopState:
     images_seen: int = 0
     history: list[dict] = field(default_factory=list)  # per logged step: step, loss, ambient, consistency, lr
     resumed_from_step: int | None = None
+    resumes: list[int] = field(default_factory=list)  # the step of every checkpoint restore, in order
+    data_position: int = 0  # rows of the run's row stream consumed by all ranks (exact split)
 
 
 def save(engine, directory: Path, state: LoopState, ema: dict[str, torch.Tensor] | None, rank: int) -> None:

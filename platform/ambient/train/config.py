@@ -36,6 +36,23 @@ class DataSection(Section):
     )
     skip_bad_shards: bool = False
     shuffle_seed: int = 0
+    shuffle_window_rows: int = Field(
+        1024,
+        ge=0,
+        description="rows are shuffled every epoch inside windows of consecutive shards holding at least "
+        "this many rows (bounds a read task's memory); 0 keeps each shard's row order",
+    )
+    split: Literal["exact", "ray_split"] = Field(
+        "exact",
+        description="exact: each rank streams its own micro-batches of the run's deterministic row order and "
+        "a checkpoint records the stream position (resume repeats and skips no row); ray_split: Ray Train's "
+        "streaming_split of one dataset (dynamic balancing; a resume skips step x accum batches per rank, "
+        "which repeats and skips rows)",
+    )
+    record_rows: bool = Field(
+        False,
+        description="debug: each rank writes the row ids of every step under outputs/rows/ (for resume audits)",
+    )
     caption_dropout: float = Field(0.1, ge=0, le=1)
     allow_vae_mismatch: bool = Field(
         False,
@@ -130,6 +147,9 @@ class TrainSection(Section):
     ema_decay: float | None = Field(None, gt=0, lt=1)
     seed: int = 0
     threads_per_worker: int = Field(1, ge=1)
+    debug_step_sleep_s: float = Field(
+        0.0, ge=0, description="debug: sleep this long after each step (failure-injection tests)"
+    )
 
 
 class ValidationSection(Section):
@@ -174,6 +194,14 @@ class ScalingSection(Section):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict,
+        description="extra (custom) Ray resources each train worker needs, e.g. {trainer: 1} to keep "
+        "workers on the nodes that offer that resource",
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement of the workers: SPREAD puts them on different nodes where it can"
+    )
 
 
 class RunSection(Section):

@@ -19,6 +19,7 @@ import ray.train.torch
 import torch
 
 from ambient.data.holdout import read_rows
+from ambient.data.row_stream import RankSlice, StreamPlan, rank_stream
 from ambient.data.storage import join, upload_directory, write_bytes_atomic
 from ambient.data.streaming import iter_training_batches
 from ambient.models.denoiser import SDXLDenoiser
@@ -70,8 +71,8 @@ class _Window:
 
 
 class _Worker:
-    def __init__(self, cfg: FinetuneConfig, plan: RunPlan) -> None:
-        self.cfg, self.plan = cfg, plan
+    def __init__(self, cfg: FinetuneConfig, plan: RunPlan, stream: StreamPlan | None) -> None:
+        self.cfg, self.plan, self.stream = cfg, plan, stream
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         torch.set_num_threads(cfg.train.threads_per_worker)
@@ -112,6 +113,7 @@ class _Worker:
             with checkpoint.as_directory() as folder:
                 self.state, ema_state = checkpointing.load(self.engine, Path(folder))
             self.state.resumed_from_step = self.state.step
+            self.state.resumes.append(self.state.step)
             self._log(f"resumed from checkpoint at step {self.state.step}")
         self.ema = EMA(self.engine.module, cfg.train.ema_decay, ema_state) if cfg.train.ema_decay else None
         # A generator per rank and resume point: the run's randomness is reproducible and never repeats.
@@ -122,7 +124,13 @@ class _Worker:
     def _register(self) -> None:
         """Leave ``outputs/workers/rank-N.json`` (pid, host, start time) so an operator can find each
         rank's process; rewritten by a restarted worker group."""
-        record = {"rank": self.rank, "pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        record = {
+            "rank": self.rank,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "started": time.time(),
+        }
         uri = join(self.plan.outputs_uri, "workers", f"rank-{self.rank}.json")
         write_bytes_atomic(uri, json.dumps(record).encode(), self.storage)
 
@@ -134,19 +142,47 @@ class _Worker:
 
     # ---- the loop ----------------------------------------------------------------------------------
 
+    def _batches(self):
+        """This rank's micro-batches from the checkpointed position on.
+
+        exact: the rank streams its own share of the run's row order from ``state.data_position``
+        (what every rank consumed before the checkpoint), so nothing is skipped or repeated.
+        ray_split: Ray Train's streaming split assigns blocks dynamically; a resume can only skip as
+        many batches as this rank had taken, which are not the same rows."""
+        cfg = self.cfg
+        batch, accum = cfg.train.batch_size, cfg.optim.grad_accum
+        if self.stream is None:
+            batches = iter_training_batches(ray.train.get_dataset_shard("train"), batch, drop_last=True)
+            for _ in range(self.state.step * accum):
+                next(batches)
+            return batches
+        start = self.state.data_position
+        stop = start + (cfg.train.max_steps - self.state.step) * accum * self.world * batch
+        part = RankSlice(start, stop, rank=self.rank, world=self.world, batch=batch)
+        return iter_training_batches(rank_stream(self.stream, part, self.storage), batch, drop_last=True)
+
+    def _record_rows(self, ids: list[str]) -> None:
+        """data.record_rows: the ids this rank trained on at this step, under the attempt's resume step."""
+        start = self.state.resumed_from_step or 0
+        uri = join(
+            self.plan.outputs_uri,
+            "rows",
+            f"from-{start:06d}",
+            f"rank-{self.rank}",
+            f"step-{self.state.step:06d}.json",
+        )
+        write_bytes_atomic(uri, json.dumps({"ids": ids, "world": self.world}).encode(), self.storage)
+
     def run(self) -> None:
         cfg = self.cfg
         accum = cfg.optim.grad_accum
-        batches = iter_training_batches(
-            ray.train.get_dataset_shard("train"), cfg.train.batch_size, drop_last=True
-        )
-        for _ in range(self.state.step * accum):  # resume: skip what the checkpointed steps consumed
-            next(batches)
+        batches = self._batches()
         window = _Window()
         totals = {"wait": 0.0, "compute": 0.0, "images": 0}
         start, start_step = time.perf_counter(), self.state.step
         while self.state.step < cfg.train.max_steps:
             total_sum, amb_sum, cons_vals, images, wait, compute = 0.0, 0.0, [], 0, 0.0, 0.0
+            step_ids: list[str] = []
             for _ in range(accum):
                 t0 = time.perf_counter()
                 try:
@@ -157,6 +193,7 @@ class _Worker:
                         "(the planned epochs were too few; this is a bug)"
                     ) from None
                 t1 = time.perf_counter()
+                step_ids += batch["ids"]
                 inputs = model_inputs(
                     batch,
                     self.comps,
@@ -185,6 +222,11 @@ class _Worker:
                 images += inputs.y.shape[0]
             self.state.step += 1
             self.state.images_seen += images * self.world
+            self.state.data_position += accum * self.world * cfg.train.batch_size
+            if cfg.data.record_rows:
+                self._record_rows(step_ids)
+            if cfg.train.debug_step_sleep_s:
+                time.sleep(cfg.train.debug_step_sleep_s)
             if self.ema is not None:
                 self.ema.update(self.engine.module)
             ambient = amb_sum / accum
@@ -358,6 +400,8 @@ class _Worker:
                     "steps": self.state.step,
                     "images_seen": self.state.images_seen,
                     "resumed_from_step": self.state.resumed_from_step,
+                    "resumes": self.state.resumes,
+                    "data_position": self.state.data_position,
                     "history": self.state.history,
                     "images_per_second": totals["images"] * self.world / busy if busy else None,
                     "data_wait_fraction": totals["wait"] / busy if busy else None,
@@ -371,4 +415,4 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; ``config`` holds the validated job config and the driver's run plan."""
     cfg = FinetuneConfig.model_validate(config["finetune"])
     plan = RunPlan(**config["plan"])
-    _Worker(cfg, plan).run()
+    _Worker(cfg, plan, config.get("stream")).run()

@@ -14,3 +14,4 @@ class RunPlan:
     sampling_mode: str  # "full" or "early_stop"
     resolution: int
     outputs_uri: str  # where samples, the loss curve, the export and the summary go
+    data_split: str = "exact"  # data.split: "exact" (the worker streams its share) or "ray_split"

@@ -19,6 +19,7 @@ from ambient.core import default_sampling_mode, resolve_sampling_mode
 from ambient.data.config import DestinationConfig, EncodeConfig, PrepareShardsConfig, SourceConfig
 from ambient.data.encode import describe_vae, downsample_factor, vae_config, vae_differences, vae_identity
 from ambient.data.errors import ManifestError, VaeMismatchError
+from ambient.data.row_stream import StreamPlan
 from ambient.data.schema import MANIFEST_NAME
 from ambient.data.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
 from ambient.data.streaming import DatasetInfo, inspect_dataset, stream_epochs
@@ -134,7 +135,8 @@ class PreparedRun:
     """Everything resolved on the driver before the workers start."""
 
     plan: RunPlan
-    train_ds: ray.data.Dataset
+    train_ds: ray.data.Dataset | None  # data.split ray_split: the dataset Ray Train splits
+    stream: StreamPlan | None  # data.split exact: each worker streams its own share of this plan
     data_counts: dict
 
 
@@ -145,11 +147,9 @@ def expected_latent_shape(model_source: str, resolution: int, storage) -> tuple[
     return (int(config["latent_channels"]), side, side)
 
 
-def streaming_epochs(
-    cfg: FinetuneConfig, storage, model_source: str | None = None
-) -> tuple[ray.data.Dataset, DatasetInfo]:
-    """One streaming dataset over all planned epochs, each with its own seeded file order (the shards
-    are validated once, here on the driver, against the latent shape of ``model_source``'s VAE)."""
+def checked_dataset(cfg: FinetuneConfig, storage, model_source: str | None = None) -> DatasetInfo:
+    """Validate the shards once, here on the driver (against the latent shape of ``model_source``'s VAE),
+    and check there are enough rows for a step."""
     expected = None
     if model_source is not None:
         manifest = load_manifest(cfg.data.uri, storage)
@@ -160,16 +160,27 @@ def streaming_epochs(
     )
     if info.manifest.tensor_column != "latent":
         raise ValueError(f"data.uri {cfg.data.uri} is a pixel-space dataset; fine-tuning SDXL needs latents")
-    workers, batch, accum = cfg.scaling.num_workers, cfg.train.batch_size, cfg.optim.grad_accum
-    per_worker_rows = info.rows // workers
-    if per_worker_rows < batch:
+    workers, batch = cfg.scaling.num_workers, cfg.train.batch_size
+    if info.rows // workers < batch:
         raise ValueError(
             f"data.uri {cfg.data.uri} has {info.rows} usable rows: too few for {workers} workers x "
             f"train.batch_size {batch}"
         )
+    return info
+
+
+def streaming_epochs(cfg: FinetuneConfig, storage, info: DatasetInfo) -> ray.data.Dataset:
+    """data.split ray_split: one streaming dataset over all planned epochs, for Ray Train to split."""
+    workers, batch, accum = cfg.scaling.num_workers, cfg.train.batch_size, cfg.optim.grad_accum
+    per_worker_rows = info.rows // workers
     epochs = math.ceil(cfg.train.max_steps * accum / (per_worker_rows // batch)) + 1
-    ds = stream_epochs(info, storage, epochs=range(epochs), shuffle_seed=cfg.data.shuffle_seed)
-    return ds, info
+    return stream_epochs(
+        info,
+        storage,
+        epochs=range(epochs),
+        shuffle_seed=cfg.data.shuffle_seed,
+        window_rows=cfg.data.shuffle_window_rows,
+    )
 
 
 def training_sigma_n(cfg: FinetuneConfig, data_sigma_n: float) -> float:
@@ -186,7 +197,12 @@ def prepare_run(cfg: FinetuneConfig, model_source: str) -> PreparedRun:
     """Validate the data and plan the run (Ray must be initialised; ``model_source`` from resolve_model)."""
     storage = cfg.storage.resolved()
     check_validation_data(cfg)  # a missing held-out set fails here, not in a worker
-    train_ds, info = streaming_epochs(cfg, storage, model_source)
+    info = checked_dataset(cfg, storage, model_source)
+    exact = cfg.data.split == "exact"
+    train_ds = None if exact else streaming_epochs(cfg, storage, info)
+    stream = (
+        StreamPlan.from_info(info, cfg.data.shuffle_seed, cfg.data.shuffle_window_rows) if exact else None
+    )
     manifest = info.manifest
     sigma_n = training_sigma_n(cfg, manifest.noise.sigma_n)
     mode = resolve_sampling_mode(
@@ -201,9 +217,10 @@ def prepare_run(cfg: FinetuneConfig, model_source: str) -> PreparedRun:
         sampling_mode=mode,
         resolution=manifest.resolution,
         outputs_uri=outputs_uri if is_s3(outputs_uri) else str(Path(outputs_uri).absolute()),
+        data_split=cfg.data.split,
     )
     _log_block(start_banner(cfg, plan, info))
-    return PreparedRun(plan=plan, train_ds=train_ds, data_counts=info.counts())
+    return PreparedRun(plan=plan, train_ds=train_ds, stream=stream, data_counts=info.counts())
 
 
 def start_banner(cfg: FinetuneConfig, plan: RunPlan, info: DatasetInfo) -> list[str]:
@@ -254,11 +271,17 @@ def build_trainer(cfg: FinetuneConfig, prepared: PreparedRun, callbacks: list | 
         train_loop_config={
             "finetune": cfg.model_copy(update={"storage": cfg.storage.resolved()}).model_dump(),
             "plan": prepared.plan.__dict__,
+            "stream": prepared.stream,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **gpu},
+            resources_per_worker={
+                "CPU": cfg.scaling.cpus_per_worker,
+                **gpu,
+                **cfg.scaling.resources_per_worker,
+            },
+            placement_strategy=cfg.scaling.placement_strategy,
         ),
         run_config=RunConfig(
             name=cfg.run.name,
@@ -269,7 +292,7 @@ def build_trainer(cfg: FinetuneConfig, prepared: PreparedRun, callbacks: list | 
             callbacks=callbacks or None,
         ),
         torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
-        datasets={"train": prepared.train_ds},
+        datasets={"train": prepared.train_ds} if prepared.train_ds is not None else None,
     )
 
 
@@ -310,6 +333,12 @@ def _read_scheduler_config(model_source: str, storage) -> dict:
     return json.loads(text)
 
 
+def checkpoint_uri(cfg: FinetuneConfig, path: str) -> str:
+    """Ray reports checkpoint paths inside the storage filesystem ("bucket/prefix/..." on S3): give
+    them back their scheme so a later job can open them."""
+    return f"s3://{path.lstrip('/')}" if is_s3(cfg.run.storage_path) and not is_s3(path) else path
+
+
 def write_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result, started: float) -> str:
     """Write the run's summary.json; returns its path/URI."""
     summary = make_summary(cfg, plan, data_counts, result, started)
@@ -328,12 +357,16 @@ def make_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result, 
     worker = json.loads(read_text(join(plan.outputs_uri, "worker_summary.json"), storage))
     history = worker.get("history", [])
     last = history[-1] if history else {}
-    checkpoints = [c.path for c, _ in (result.best_checkpoints or [])]
+    checkpoints = [checkpoint_uri(cfg, c.path) for c, _ in (result.best_checkpoints or [])]
     return {
         "run": cfg.run.name,
         "status": "completed",
         "steps": worker["steps"],
         "resumed_from_step": worker.get("resumed_from_step"),
+        "restarts": len(worker.get("resumes", [])),
+        "resumed_from_steps": worker.get("resumes", []),
+        "data_split": plan.data_split,
+        "data_position": worker.get("data_position"),
         "images_seen": worker["images_seen"],
         "final_loss": last.get("loss"),
         "final_ambient_loss": last.get("ambient"),
@@ -354,7 +387,7 @@ def make_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result, 
         "exported_model": join(plan.outputs_uri, "model"),
         "loss_curve": join(plan.outputs_uri, "loss_curve.png"),
         "sample_grids": join(plan.outputs_uri, "samples"),
-        "latest_checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "latest_checkpoint": checkpoint_uri(cfg, result.checkpoint.path) if result.checkpoint else None,
         "checkpoints": checkpoints,
         "wall_seconds": round(time.time() - started, 1),
         "history": history,

@@ -8,7 +8,7 @@ is reported), then scores the exported model and reports the final metrics.
 from __future__ import annotations
 
 import json
-import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,9 +26,19 @@ from ambient.data.config import (
 )
 from ambient.data.holdout import read_rows
 from ambient.data.schema import MANIFEST_NAME
-from ambient.data.storage import exists, is_s3, join, read_text
+from ambient.data.storage import (
+    exists,
+    file_infos,
+    is_s3,
+    join,
+    read_bytes,
+    read_text,
+    resolve_filesystem,
+    upload_directory,
+)
 from ambient.data.validate import load_manifest
 from ambient.train.config import FinetuneConfig
+from ambient.train.model_source import resolve_model_dir
 from ambient.train.trainer import (
     build_trainer,
     check_dataset_vae,
@@ -107,7 +117,7 @@ def run_trial(
     summary = json.loads(read_text(summary_uri, cfg.storage.resolved()))
     holdout = read_rows(cfg.validation.data_uri, cfg.storage.resolved(), quality["samples"])
     quality_scores = trial_quality(
-        summary["exported_model"],
+        str(resolve_model_dir(summary["exported_model"], cfg.storage.resolved())),
         holdout,
         mode=prepared.plan.sampling_mode,
         sampling_sigma_n=prepared.plan.sigma_n,
@@ -221,13 +231,14 @@ def run_sweep(cfg: SweepConfig) -> str:
     base_dump = base.model_dump()
     base_dump["validation"]["data_uri"] = holdout_uri
 
-    sweep_dir = Path(cfg.storage_path).absolute() / cfg.name
+    sweep_uri = sweep_location(cfg)
+    fs, tune_dir = (None, sweep_uri) if not is_s3(sweep_uri) else resolve_filesystem(sweep_uri, storage)
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial,
             base=base_dump,
             model_source=model_source,
-            trials_uri=str(sweep_dir / "trials"),
+            trials_uri=join(sweep_uri, "trials"),
             quality={"samples": cfg.quality_samples, "steps": cfg.quality_steps},
             memorization=cfg.memorization.model_dump(),
         ),
@@ -242,15 +253,17 @@ def run_sweep(cfg: SweepConfig) -> str:
         )
     )
     _log(note)
-    if tune.Tuner.can_restore(str(sweep_dir)):
-        _log(f"resuming the interrupted sweep at {sweep_dir} (finished trials are kept)")
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
+    if tune.Tuner.can_restore(tune_dir, storage_filesystem=fs):
+        _log(f"resuming the interrupted sweep at {sweep_uri} (finished trials are kept)")
+        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_errored=True, storage_filesystem=fs)
     else:
         tuner = tune.Tuner(
             trainable,
             param_space=_param_space(cfg),
             tune_config=_tune_config(cfg),
-            run_config=tune.RunConfig(name=cfg.name, storage_path=str(sweep_dir.parent)),
+            run_config=tune.RunConfig(
+                name=cfg.name, storage_path=tune_dir.rsplit("/", 1)[0], storage_filesystem=fs
+            ),
         )
     grid = tuner.fit()
     rows = []
@@ -266,6 +279,7 @@ def run_sweep(cfg: SweepConfig) -> str:
                 "step": metrics.get("step"),
                 "val_ambient_loss": metrics.get("val_ambient_loss"),
                 "quality_sw": metrics.get("quality_sw"),
+                "adherence": metrics.get("adherence"),
                 "memorization": metrics.get("memorization"),
                 "objective": metrics.get("objective"),
                 "images_per_second": metrics.get("images_per_second"),
@@ -273,26 +287,50 @@ def run_sweep(cfg: SweepConfig) -> str:
                 "error": first_line(result.error) if result.error else None,
             }
         )
-    grids = sweep_dir / "grids"
-    grids.mkdir(parents=True, exist_ok=True)
+    return write_sweep_outputs(rows, sweep_uri, cfg, base_dump, note)
+
+
+def sweep_location(cfg: SweepConfig) -> str:
+    """The sweep's folder: ``storage_path/name``, an s3:// URI or an absolute local path (resolved here on
+    the driver: Tune runs trials in their own working directories)."""
+    if is_s3(cfg.storage_path):
+        return join(cfg.storage_path, cfg.name)
+    return str(Path(cfg.storage_path).absolute() / cfg.name)
+
+
+def write_sweep_outputs(
+    rows: list[dict], sweep_uri: str, cfg: SweepConfig, base_dump: dict, note: str
+) -> str:
+    """Each trial's last sample grid (grids/), the results table, best config and Pareto plot, written
+    beside the trials (uploaded when the sweep lives on S3); returns the results table's path or URI."""
+    storage = cfg.base.storage.resolved()
+    local = Path(sweep_uri) if not is_s3(sweep_uri) else Path(tempfile.mkdtemp(prefix="ambient-sweep-"))
+    (local / "grids").mkdir(parents=True, exist_ok=True)
     for row in rows:
-        if row["summary"]:
-            samples = sorted(Path(row["summary"]).parent.glob("samples/*.png"))
-            if samples:
-                shutil.copyfile(samples[-1], grids / f"{row['trial']}.png")
-                row["sample_grid"] = str(grids / f"{row['trial']}.png")
+        if not row["summary"]:
+            continue
+        samples_uri = join(row["summary"].rsplit("/", 1)[0], "samples")
+        samples = sorted(name for name in file_infos(samples_uri, storage) if name.endswith(".png"))
+        if samples:
+            (local / "grids" / f"{row['trial']}.png").write_bytes(
+                read_bytes(join(samples_uri, samples[-1]), storage)
+            )
+            row["sample_grid"] = join(sweep_uri, "grids", f"{row['trial']}.png")
     table = write_reports(
-        [{k: v for k, v in r.items() if k != "error"} for r in rows], sweep_dir, cfg, base_dump, note
+        [{k: v for k, v in r.items() if k != "error"} for r in rows], local, cfg, base_dump, note
     )
-    check_completed(rows, sweep_dir)
+    if is_s3(sweep_uri):
+        upload_directory(local, sweep_uri, storage)
+        table = join(sweep_uri, "results.md")
+    check_completed(rows, sweep_uri)
     return table
 
 
-def check_completed(rows: list[dict], sweep_dir: Path) -> None:
+def check_completed(rows: list[dict], sweep_uri: str) -> None:
     """A sweep in which no trial completed failed: JobFailed with each trial's first error line."""
     if any(r["status"] == "completed" for r in rows):
         return
     lines = [f"  trial {r['trial']}: {r['error'] or r['status']}" for r in rows]
     raise JobFailed(
-        f"no trial of the sweep completed ({len(rows)} trials; results in {sweep_dir}):\n" + "\n".join(lines)
+        f"no trial of the sweep completed ({len(rows)} trials; results in {sweep_uri}):\n" + "\n".join(lines)
     )
