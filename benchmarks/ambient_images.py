@@ -21,7 +21,7 @@ result is written as JSON as soon as it is complete and a rerun skips finished c
 fine-tune resumes from its last checkpoint. ``--report`` rebuilds the tables, plots and the docs block
 from the JSON alone.
 
-    python benchmarks/ambient_images.py                # the full study (about 90 min on 2 cores)
+    python benchmarks/ambient_images.py                # the full study (about 75 min on 2 cores)
     python benchmarks/ambient_images.py --quick        # plumbing check (at most 10 min)
     python benchmarks/ambient_images.py --report       # tables, plots and docs/benchmarks.md from the JSON
 """
@@ -70,9 +70,9 @@ class Settings:
     world: str = "star"
     train_count: int = 2000
     heldout_count: int = 128
-    quality_steps: int = 300
+    quality_steps: int = 200
     memo_count: int = 32
-    memo_steps: int = 600
+    memo_steps: int = 400
     memo_variants: tuple[str, ...] = ("consistency",)
     batch_size: int = 16
     lr: float = 3e-4

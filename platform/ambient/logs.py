@@ -52,6 +52,9 @@ HARMLESS = tuple(
         r"`ExecutionOptions\.exclude_resources` is deprecated",
         r"The argument ``concurrency`` is deprecated",
         r"Token authentication is enabled for this Ray cluster",
+        # Ray Train's controller, when the PlacementGroupCleaner (below) does not stop in time; the
+        # traceback that follows is dropped with it.
+        r"Failed to stop PlacementGroupCleaner gracefully",
     )
 )
 # Actors whose output is all harmless: Ray Train's PlacementGroupCleaner polls the state API, which
@@ -60,22 +63,43 @@ HARMLESS_ACTORS = ("PlacementGroupCleaner",)
 
 _verbose = False
 _last_arrival = 0.0
+_drop_state: dict[int, dict] = {}  # per worker pid: a harmless block cut across batches
 
 
 def is_harmless(line: str) -> bool:
-    return any(p.search(line) for p in HARMLESS)
+    """A progress bar redrawn in place is one line of ``\\r``-separated frames: harmless when every
+    frame is."""
+    frames = [f for f in line.split("\r") if f.strip()]
+    return bool(frames) and all(any(p.search(f) for p in HARMLESS) for f in frames)
 
 
-def filter_lines(lines: Iterable[str]) -> list[str]:
-    """Drop harmless lines and the indented lines that continue them (a warning's source line)."""
-    kept, dropping = [], False
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def filter_lines(lines: Iterable[str], state: dict | None = None) -> list[str]:
+    """Drop harmless lines and what continues them: indented lines (a warning's source line) and a
+    traceback that follows (its frames and the exception line that ends it).
+
+    ``state`` carries an unfinished drop over to the next batch of the same process (Ray cuts a
+    process's output into batches wherever its log file was read)."""
+    state = {} if state is None else state
+    kept = []
     for line in lines:
         if is_harmless(line):
-            dropping = True
+            state["mode"] = "after"
             continue
-        if dropping and (line.startswith((" ", "\t")) or not line.strip()):
+        mode = state.get("mode")
+        indented = line.startswith((" ", "\t")) or not line.strip()
+        if mode == "after" and line.startswith(_TRACEBACK):
+            state["mode"] = "traceback"
             continue
-        dropping = False
+        if mode == "traceback":
+            if not indented:
+                state["mode"] = None  # the exception line ends the traceback
+            continue
+        if mode == "after" and indented:
+            continue
+        state["mode"] = None
         kept.append(line)
     return kept
 
@@ -109,6 +133,7 @@ def configure_output(verbose: bool = False) -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if not verbose:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # processes Ray starts from here
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
     import ray.data
 
     if not sys.stdout.isatty():
@@ -144,7 +169,8 @@ def _filtered(batch: dict) -> dict | None:
     if any(a in str(batch.get("actor_name") or "") for a in HARMLESS_ACTORS):
         return None
     # Blank worker lines carry nothing but the "(Worker pid=...)" prefix Ray puts before them.
-    lines = [line for line in filter_lines(batch.get("lines", [])) if line.strip()]
+    state = _drop_state.setdefault(int(batch.get("pid") or 0), {})
+    lines = [line for line in filter_lines(batch.get("lines", []), state) if line.strip()]
     return {**batch, "lines": lines} if lines else None
 
 

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,30 @@ def test_the_last_line_is_the_summary_path(finetune_log):
     assert done.returncode == 0, done.stdout[-4000:]
     assert done.stdout.rstrip("\n").splitlines()[-1] == str(summary), done.stdout[-2000:]
     assert summary.is_file()
+
+
+def test_each_line_once_and_no_traceback(finetune_log):
+    done, _ = finetune_log
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    repeated = {line: n for line, n in Counter(lines).items() if n > 1}
+    assert not repeated, repeated
+    assert "Traceback" not in done.stdout, done.stdout[-4000:]
+    assert "PlacementGroupCleaner" not in done.stdout
+    assert "Loading weights" not in done.stdout  # transformers' progress bars, from every worker
+
+
+def test_a_few_lines_per_logged_step_and_one_per_dataset_stage(finetune_log):
+    done, _ = finetune_log
+    lines = done.stdout.splitlines()
+    steps = [i for i, line in enumerate(lines) if "[ambient train] step " in line]
+    assert len(steps) == STEPS // LOG_EVERY, done.stdout[-4000:]
+    # Between the first and the last step line: the step lines, a checkpoint line, little else.
+    assert steps[-1] - steps[0] + 1 <= 3 * len(steps), "\n".join(lines[steps[0] : steps[-1] + 1])
+    assert len(lines) <= 60, done.stdout  # banner, steps, final block, a line per dataset, a few more
+    # Ray Data: no progress blocks when stdout is no terminal; at most one line per dataset it ran.
+    assert not re.search(r"Total Progress|Running Dataset|logging_progress", done.stdout)
+    finished = [line for line in lines if re.search(r"Dataset \S+ execution finished", line)]
+    assert len(finished) <= 2, finished  # the demo shards' encoding, the training stream
 
 
 def test_start_banner_and_final_block(finetune_log):

@@ -50,3 +50,35 @@ def test_quiet_imports_respects_verbose(monkeypatch):
     assert "TRANSFORMERS_VERBOSITY" not in os.environ
     logs.quiet_imports(["finetune.py"])
     assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"
+
+
+def test_a_harmless_line_takes_its_traceback_with_it_even_across_batches(quiet):
+    first = {
+        "pid": 11,
+        "actor_name": "TrainController",
+        "lines": [
+            "Failed to stop PlacementGroupCleaner gracefully.",
+            "Traceback (most recent call last):",
+            '  File "placement_group_callback.py", line 126, in _stop_cleaner',
+        ],
+    }
+    second = {
+        "pid": 11,
+        "actor_name": "TrainController",
+        "lines": [
+            "    ray.get(self._cleaner.stop.remote(), timeout=self._stop_timeout)",
+            "ray.exceptions.GetTimeoutError: Get timed out: some object(s) not ready.",
+            "[ambient train] a line that matters",
+        ],
+    }
+    assert logs._filtered(first) is None
+    assert logs._filtered(second)["lines"] == ["[ambient train] a line that matters"]
+    # A traceback that follows no harmless line is kept whole.
+    other = ["Traceback (most recent call last):", '  File "x.py", line 1', "ValueError: real"]
+    assert logs.filter_lines(other) == other
+
+
+def test_a_progress_bar_redrawn_in_place_is_harmless_only_if_every_frame_is(quiet):
+    bar = "\rLoading weights:   0%|          | 0/52\rLoading weights: 100%|##########| 52/52"
+    assert logs.is_harmless(bar)
+    assert not logs.is_harmless(bar + "\rRuntimeError: out of memory")

@@ -296,12 +296,14 @@ class _Worker:
                     **({"val_ambient": report["val_ambient_loss"]} if "val_ambient_loss" in report else {}),
                 }
             )
-            self._log(
-                f"step {self.state.step}/{cfg.train.max_steps}  loss {loss_mean:.4f}  ambient {ambient_mean:.4f}  "
-                f"consistency {'-' if cons_mean is None else f'{cons_mean:.4f}'}  lr {lr:.2e}  "
-                f"{report['images_per_second']:.1f} img/s  data wait {report['data_wait_fraction']:.0%}  "
-                f"eta {_format_eta(eta)}"
-            )
+            if due_log or self.state.step == cfg.train.max_steps:  # one line per log step
+                self._log(
+                    f"step {self.state.step}/{cfg.train.max_steps}  loss {loss_mean:.4f}  "
+                    f"ambient {ambient_mean:.4f}  "
+                    f"consistency {'-' if cons_mean is None else f'{cons_mean:.4f}'}  lr {lr:.2e}  "
+                    f"{report['images_per_second']:.1f} img/s  data wait {report['data_wait_fraction']:.0%}  "
+                    f"eta {_format_eta(eta)}"
+                )
             if due_val:
                 self._sample_grid(f"step_{self.state.step:06d}")
             report["throughput_totals"] = dict(totals)
