@@ -55,6 +55,8 @@ HARMLESS = tuple(
         # Ray Train's controller, when the PlacementGroupCleaner (below) does not stop in time; the
         # traceback that follows is dropped with it.
         r"Failed to stop PlacementGroupCleaner gracefully",
+        # Ray Train's controller on an overloaded machine ("safe to ignore", Ray says), and its traceback.
+        r"Failed to send resource request for train-",
     )
 )
 # Actors whose output is all harmless: Ray Train's PlacementGroupCleaner polls the state API, which
@@ -63,7 +65,7 @@ HARMLESS_ACTORS = ("PlacementGroupCleaner",)
 
 _verbose = False
 _last_arrival = 0.0
-_drop_state: dict[int, dict] = {}  # per worker pid: a harmless block cut across batches
+_drop_state: dict[str, dict] = {}  # per worker pid ("autoscaler" for some): a harmless block cut across batches
 
 
 def is_harmless(line: str) -> bool:
@@ -169,7 +171,7 @@ def _filtered(batch: dict) -> dict | None:
     if any(a in str(batch.get("actor_name") or "") for a in HARMLESS_ACTORS):
         return None
     # Blank worker lines carry nothing but the "(Worker pid=...)" prefix Ray puts before them.
-    state = _drop_state.setdefault(int(batch.get("pid") or 0), {})
+    state = _drop_state.setdefault(str(batch.get("pid")), {})
     lines = [line for line in filter_lines(batch.get("lines", []), state) if line.strip()]
     return {**batch, "lines": lines} if lines else None
 
@@ -189,7 +191,10 @@ def attach_worker_log_filter() -> None:
     def handle(batch: dict) -> None:
         global _last_arrival
         _last_arrival = time.monotonic()
-        kept = _filtered(batch)
+        try:
+            kept = _filtered(batch)
+        except Exception:  # a filter bug must never stop the log stream: print the batch as it came
+            kept = batch
         if kept is not None:
             ray_worker.print_to_stdstream(kept, ignore_prefix=ignore_prefix)
 

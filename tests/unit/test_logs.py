@@ -71,6 +71,7 @@ def test_a_harmless_line_takes_its_traceback_with_it_even_across_batches(quiet):
             "[ambient train] a line that matters",
         ],
     }
+    assert logs._filtered({"pid": "autoscaler", "lines": ["Resized to 2 CPUs."]}) is not None
     assert logs._filtered(first) is None
     assert logs._filtered(second)["lines"] == ["[ambient train] a line that matters"]
     # A traceback that follows no harmless line is kept whole.
