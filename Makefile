@@ -45,7 +45,7 @@ base-model: setup
 	$(PY) jobs/package_base.py
 
 test: setup system-deps
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=25
 
 # The unit tests (a few need SeaweedFS and Prometheus binaries: system-deps brings Prometheus).
 test-fast: setup system-deps
