@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 def test_s3_model_is_cached_by_content_and_pickles_are_never_fetched(
     seaweedfs, tiny_model, tmp_path, monkeypatch
 ):
-    from ambient.data.storage import upload_directory, write_bytes_atomic
+    from ambient.storage import upload_directory, write_bytes_atomic
     from ambient.train.model_source import cached_model_dir, resolve_model_dir
 
     monkeypatch.setenv("AMBIENT_CACHE_DIR", str(tmp_path / "cache"))

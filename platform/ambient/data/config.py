@@ -8,8 +8,7 @@ from pydantic import Field, model_validator
 
 from ambient.config import OptionalPathOrUri, PathOrUri, Section
 from ambient.schedule import check_trainable_sigma, sdxl_sigma
-
-from .storage import StorageConfig
+from ambient.storage import StorageConfig
 
 
 class SourceConfig(Section):

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from ambient.core import corrupt, scale_latents
+from ambient.storage import StorageConfig, download_prefix, is_s3, join, read_bytes, read_text
 
 from .schema import VaeIdentity
-from .storage import StorageConfig, download_prefix, is_s3, join, read_bytes, read_text
 
 
 def vae_config(model: str, storage: StorageConfig | None = None) -> dict:

@@ -18,6 +18,7 @@ import ray.data
 from ambient.config import redacted
 from ambient.core import sdxl_alphas_cumprod, timestep_to_sigma, ve_sigmas
 from ambient.ray_init import init_ray
+from ambient.storage import StorageConfig, ensure_dir, exists, join, write_bytes_atomic
 
 from .config import NoiseConfig, PrepareShardsConfig
 from .encode import NoisyEncoder, vae_identity
@@ -35,7 +36,6 @@ from .schema import (
     utc_now,
 )
 from .sources import folder_items, parquet_files, source_dataset
-from .storage import StorageConfig, ensure_dir, exists, join, write_bytes_atomic
 from .webdataset import webdataset_files
 from .writer import ShardWriter, fold_reports, new_run_id, remove_stale_shards, write_manifest
 

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 
 from ambient.core import resolve_sampling_mode
-from ambient.data.storage import StorageConfig
 from ambient.models.export import ExportSampling, read_metadata, sampling_defaults
 from ambient.models.loading import SDXLComponents, load_components
 from ambient.models.vae import decode_latents, encode_images
+from ambient.storage import StorageConfig
 
 from .adherence import parse_prompt, prompt_adherence
 from .attack import AttackResult, psnr, reconstruction_attack, to_uint8

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ambient.config import OptionalPathOrUri, PathOrUri, Section
-from ambient.data.storage import StorageConfig, is_s3
+from ambient.storage import StorageConfig, is_s3
 
 
 class ModelEntry(Section):

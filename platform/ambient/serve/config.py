@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ambient.config import OptionalPathOrUri, Section
-from ambient.data.storage import StorageConfig
+from ambient.storage import StorageConfig
 
 
 class HttpSection(Section):

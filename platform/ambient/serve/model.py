@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from ambient.data.storage import StorageConfig, is_s3
 from ambient.models.export import read_metadata, sampling_defaults
 from ambient.models.loading import SDXLComponents, check_model_dir, load_components
+from ambient.storage import StorageConfig, is_s3
 
 from .sampler import SamplingKey, generate
 

@@ -20,12 +20,12 @@ import torch
 
 from ambient.data.holdout import read_rows
 from ambient.data.row_stream import RankSlice, StreamPlan, rank_stream
-from ambient.data.storage import join, upload_directory, write_bytes_atomic
 from ambient.data.streaming import iter_training_batches
 from ambient.models.denoiser import SDXLDenoiser
 from ambient.models.export import export_pipeline
 from ambient.models.lora import add_lora, lora_state_dict
 from ambient.models.sampling import image_grid, sample_images
+from ambient.storage import join, upload_directory, write_bytes_atomic
 
 from . import checkpointing
 from .batch import model_inputs

@@ -14,7 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ambient.data.storage import (
+from ambient.models.loading import SDXLComponents, check_model_dir, load_components
+from ambient.storage import (
     StorageConfig,
     download_prefix,
     exists,
@@ -22,7 +23,6 @@ from ambient.data.storage import (
     is_s3,
     join,
 )
-from ambient.models.loading import SDXLComponents, check_model_dir, load_components
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 

@@ -21,10 +21,10 @@ from ambient.data.encode import describe_vae, downsample_factor, vae_config, vae
 from ambient.data.errors import ManifestError, VaeMismatchError
 from ambient.data.row_stream import StreamPlan
 from ambient.data.schema import MANIFEST_NAME
-from ambient.data.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
 from ambient.data.streaming import DatasetInfo, inspect_dataset, stream_epochs
 from ambient.data.validate import load_manifest
 from ambient.ray_init import init_ray
+from ambient.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
 
 from .config import DEMO_DATA_URI, FinetuneConfig
 from .loop import train_loop_per_worker

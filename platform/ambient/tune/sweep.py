@@ -26,7 +26,8 @@ from ambient.data.config import (
 )
 from ambient.data.holdout import read_rows
 from ambient.data.schema import MANIFEST_NAME
-from ambient.data.storage import (
+from ambient.data.validate import load_manifest
+from ambient.storage import (
     exists,
     file_infos,
     is_s3,
@@ -36,7 +37,6 @@ from ambient.data.storage import (
     resolve_filesystem,
     upload_directory,
 )
-from ambient.data.validate import load_manifest
 from ambient.train.config import FinetuneConfig
 from ambient.train.model_source import resolve_model_dir
 from ambient.train.trainer import (
