@@ -21,8 +21,8 @@ from ambient.data import (
     prepare_shards,
 )
 from ambient.data.preprocess import resize_and_crop
-from ambient.data.synthetic import render_synthetic
 from ambient.storage import list_files, resolve_filesystem
+from ambient.synthetic import render_synthetic
 
 pytestmark = pytest.mark.integration
 

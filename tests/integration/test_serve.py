@@ -387,9 +387,9 @@ def test_model_from_s3_is_served_with_the_drivers_credentials(
     from ray import serve
 
     from ambient.models import export_pipeline, load_components
+    from ambient.models.source import cached_model_dir
     from ambient.serve.app import build_application, load_serve_config
     from ambient.storage import upload_directory
-    from ambient.train.model_source import cached_model_dir
 
     export = export_pipeline(
         Path(tiny_model),

@@ -12,7 +12,6 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from ambient.core import sdxl_alphas_cumprod
-from ambient.data.synthetic import COLORS, SHAPES, synthetic_items
 from ambient.models import (
     SDXLComponents,
     SDXLDenoiser,
@@ -40,6 +39,7 @@ from ambient.models import (
     tensor_to_pil,
 )
 from ambient.models.vae_pretrain import _default_threads
+from ambient.synthetic import COLORS, SHAPES, synthetic_items
 
 
 @pytest.fixture(scope="module", autouse=True)

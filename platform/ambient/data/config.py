@@ -20,7 +20,7 @@ class SourceConfig(Section):
     seed: int = Field(default=0, description="synthetic: dataset seed")
     world: Literal["shapes", "base", "heldout", "cross", "star"] = Field(
         default="shapes",
-        description="synthetic: which part of the shape world (ambient.data.synthetic: shapes = all base "
+        description="synthetic: which part of the shape world (ambient.synthetic: shapes = all base "
         "shapes and colour pairs; base = without the held-out colour pairs; heldout = only those; "
         "cross / star = a shape the base model never saw)",
     )

@@ -19,6 +19,7 @@ from torch import Tensor
 from ambient.core import resolve_sampling_mode
 from ambient.models.export import ExportSampling, read_metadata, sampling_defaults
 from ambient.models.loading import SDXLComponents, load_components
+from ambient.models.source import resolve_model
 from ambient.models.vae import decode_latents, encode_images
 from ambient.storage import StorageConfig
 
@@ -62,13 +63,7 @@ class ModelAudit:
 def resolve_model_path(path: str | None, storage: StorageConfig | None = None) -> str:
     """A local model folder: ``path`` itself, the cached download of an s3:// export, or (None) the
     default tiny model."""
-    if path is not None:
-        from ambient.train.model_source import resolve_model_dir
-
-        return str(resolve_model_dir(str(path), storage))
-    from ambient.models.base_model import ensure_default_model
-
-    return str(ensure_default_model())
+    return str(resolve_model(None if path is None else str(path), storage))
 
 
 def generation_sampling(gen: GenerationSection, path: str) -> ExportSampling:

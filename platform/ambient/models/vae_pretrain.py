@@ -24,7 +24,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor
 
-from ..data.synthetic import synthetic_items
+from ..synthetic import synthetic_items
 from .tiny import build_tiny_pipeline
 from .vae import pil_to_tensor
 

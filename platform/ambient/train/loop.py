@@ -25,6 +25,7 @@ from ambient.models.denoiser import SDXLDenoiser
 from ambient.models.export import export_pipeline
 from ambient.models.lora import add_lora, lora_state_dict
 from ambient.models.sampling import image_grid, sample_images
+from ambient.models.source import load_model_components
 from ambient.storage import join, upload_directory, write_bytes_atomic
 
 from . import checkpointing
@@ -33,7 +34,6 @@ from .config import FinetuneConfig
 from .deepspeed_config import build_deepspeed_config
 from .ema import EMA
 from .metrics import TrainMetrics
-from .model_source import load_model_components
 from .objective import training_loss
 from .outputs import plot_loss_curve, write_json_atomic
 from .plan import RunPlan
