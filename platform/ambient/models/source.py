@@ -26,12 +26,9 @@ from ambient.storage import StorageConfig, download_prefix, exists, file_infos, 
 
 from .base_model import ensure_default_model
 from .loading import SDXLComponents, check_model_dir, load_components
+from .vae_pretrain import default_cache_dir
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("AMBIENT_CACHE_DIR", Path.home() / ".cache" / "ambient"))
 
 
 @contextmanager
@@ -99,7 +96,7 @@ def _cache_dir(source: str, storage: StorageConfig | None, files: dict[str, tupl
     endpoint = (storage or StorageConfig()).resolved().endpoint_url or "aws"
     where = hashlib.sha256(f"{endpoint}\n{source.rstrip('/')}".encode()).hexdigest()[:16]
     content = hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:12]
-    return cache_root() / "s3-models" / f"{where}-{content}"
+    return default_cache_dir() / "s3-models" / f"{where}-{content}"
 
 
 def _download(source: str, storage: StorageConfig | None, files: dict[str, tuple[int, int]]) -> Path:
