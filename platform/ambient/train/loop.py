@@ -35,7 +35,7 @@ from .deepspeed_config import build_deepspeed_config
 from .ema import EMA
 from .metrics import TrainMetrics
 from .objective import training_loss
-from .outputs import plot_loss_curve, write_json_atomic
+from .outputs import plot_loss_curve
 from .plan import RunPlan
 from .validation import validation_ambient_loss
 
@@ -394,18 +394,18 @@ class _Worker:
         if self.rank == 0:
             plot_loss_curve(self.state.history, self.out_dir / "loss_curve.png", f"run {self.cfg.run.name}")
             busy = totals["wait"] + totals["compute"]
-            write_json_atomic(
-                self.out_dir / "worker_summary.json",
-                {
-                    "steps": self.state.step,
-                    "images_seen": self.state.images_seen,
-                    "resumed_from_step": self.state.resumed_from_step,
-                    "resumes": self.state.resumes,
-                    "data_position": self.state.data_position,
-                    "history": self.state.history,
-                    "images_per_second": totals["images"] * self.world / busy if busy else None,
-                    "data_wait_fraction": totals["wait"] / busy if busy else None,
-                },
+            summary = {
+                "steps": self.state.step,
+                "images_seen": self.state.images_seen,
+                "resumed_from_step": self.state.resumed_from_step,
+                "resumes": self.state.resumes,
+                "data_position": self.state.data_position,
+                "history": self.state.history,
+                "images_per_second": totals["images"] * self.world / busy if busy else None,
+                "data_wait_fraction": totals["wait"] / busy if busy else None,
+            }
+            write_bytes_atomic(
+                str(self.out_dir / "worker_summary.json"), json.dumps(summary, indent=2, default=str).encode()
             )
             upload_directory(self.out_dir, self.plan.outputs_uri, self.storage)
             self._log(f"outputs uploaded to {self.plan.outputs_uri}")
