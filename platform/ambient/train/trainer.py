@@ -20,7 +20,7 @@ from ambient.data.config import DestinationConfig, EncodeConfig, PrepareShardsCo
 from ambient.data.encode import describe_vae, downsample_factor, vae_config, vae_differences, vae_identity
 from ambient.data.errors import ManifestError, VaeMismatchError
 from ambient.data.row_stream import StreamPlan
-from ambient.data.schema import MANIFEST_NAME
+from ambient.data.schema import MANIFEST_NAME, SUMMARY_NAME
 from ambient.data.streaming import DatasetInfo, inspect_dataset, stream_epochs
 from ambient.data.validate import load_manifest
 from ambient.models.source import check_model
@@ -30,8 +30,6 @@ from ambient.storage import exists, is_s3, join, read_text, resolve_filesystem, 
 from .config import DEMO_DATA_URI, FinetuneConfig
 from .loop import train_loop_per_worker
 from .plan import RunPlan
-
-SUMMARY_NAME = "summary.json"
 
 
 def _log(message: str) -> None:
