@@ -150,7 +150,7 @@ def cell_key(cell: Cell, settings: Settings, base_model: str) -> str:
 def threads(settings: Settings) -> int:
     """Two on an idle machine, one on a busy one (OpenMP threads spinning against other processes'
     are slower than one thread), as the audit decides."""
-    from ambient.eval.api import default_threads
+    from ambient.threads import default_threads
 
     return settings.threads or default_threads()
 

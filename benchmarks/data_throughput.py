@@ -39,9 +39,9 @@ from ambient.data import (
 )
 from ambient.data.local_s3 import start_local_s3
 from ambient.data.schema import ShardEntry
-from ambient.data.storage import resolve_filesystem
 from ambient.data.validate import load_manifest
 from ambient.data.writer import write_manifest
+from ambient.storage import resolve_filesystem
 
 
 def build_model_folder(root: Path) -> Path:

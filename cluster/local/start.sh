@@ -124,7 +124,7 @@ dashboard_up() {
 create_bucket() {
   "$PYTHON" - "$S3_PORT" "$S3_BUCKET" <<'EOF'
 import sys
-from ambient.data.storage import StorageConfig, s3_filesystem
+from ambient.storage import StorageConfig, s3_filesystem
 
 port, bucket = sys.argv[1:]
 cfg = StorageConfig(endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1", connect_timeout_s=1.0,

@@ -90,10 +90,11 @@ def run_job(fn: Callable[[T], object], config: T) -> None:
     Ray's worker logs arrive asynchronously: they are drained and stopped, and Ray is shut down,
     before the result is printed, so that nothing follows it."""
     from ambient.data.errors import DataError
+    from ambient.storage import StorageError
 
     try:
         result = fn(config)
-    except (*USER_ERRORS, DataError) as err:
+    except (*USER_ERRORS, DataError, StorageError) as err:
         print(f"error: {error_cause(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     except JobFailed as err:

@@ -136,9 +136,9 @@ def load_config(
     base: Mapping | None = None,
 ) -> T:
     """Build ``cls`` from ``base``, then the YAML file at ``path``, then the overrides, and validate."""
-    data: dict = _deep_merge({}, dict(base or {}))
+    data: dict = deep_merge({}, dict(base or {}))
     if path is not None:
-        data = _deep_merge(data, read_yaml(path))
+        data = deep_merge(data, read_yaml(path))
     for assignment in overrides:
         apply_override(data, assignment)
     source = str(path) if path else "defaults"
@@ -148,11 +148,12 @@ def load_config(
         raise ConfigError(format_validation_error(err, source)) from None
 
 
-def _deep_merge(into: dict, other: Mapping) -> dict:
+def deep_merge(into: Mapping, other: Mapping) -> dict:
+    """``into`` updated by ``other``, nested mappings merged key by key (neither input is modified)."""
     out = dict(into)
     for key, value in other.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = dict(value) if isinstance(value, Mapping) else value
     return out

@@ -13,8 +13,8 @@ import pytest
 from ambient.config import load_config
 from ambient.data import NoValidRowsError, PrepareShardsConfig, open_dataset, prepare_shards
 from ambient.data.report import print_summary
-from ambient.data.storage import join, list_files, read_bytes, read_text, write_bytes_atomic
 from ambient.data.writer import SHARD_PATTERN, new_run_id, shard_name
+from ambient.storage import join, list_files, read_bytes, read_text, write_bytes_atomic
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,6 @@ from ambient.data import (
     ManifestError,
     PrepareShardsConfig,
     ShardError,
-    StorageError,
     inspect_dataset,
     open_dataset,
     prepare_shards,
@@ -31,9 +30,9 @@ from ambient.data.schema import (
     make_table,
     utc_now,
 )
-from ambient.data.storage import read_text, resolve_filesystem, write_bytes_atomic
 from ambient.data.streaming import epoch_order
 from ambient.data.writer import write_manifest
+from ambient.storage import StorageError, read_text, resolve_filesystem, write_bytes_atomic
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,8 @@ from ambient.data import (
     prepare_shards,
 )
 from ambient.data.preprocess import resize_and_crop
-from ambient.data.storage import list_files, resolve_filesystem
-from ambient.data.synthetic import render_synthetic
+from ambient.storage import list_files, resolve_filesystem
+from ambient.synthetic import render_synthetic
 
 pytestmark = pytest.mark.integration
 
@@ -168,7 +168,7 @@ def test_manifest_and_summary(prepared):
 
 def test_s3_secrets_are_never_written(prepared, seaweedfs):
     uri, _, storage = prepared["s3"]
-    from ambient.data.storage import read_text
+    from ambient.storage import read_text
 
     for name in ("manifest.json", "summary.json"):
         text = read_text(f"{uri}/{name}", storage)
@@ -414,7 +414,7 @@ def test_parquet_struct_column_and_content_hash_ids(parquet_runs):
 
 
 def test_parquet_source_problems_fail_before_any_work(seaweedfs, tmp_path):
-    from ambient.data import StorageError
+    from ambient.storage import StorageError
 
     src = tmp_path / "src"
     src.mkdir()

@@ -9,7 +9,7 @@ import pytest
 
 from ambient.config import load_config
 from ambient.data import PrepareShardsConfig, prepare_shards
-from ambient.data.storage import resolve_filesystem
+from ambient.storage import resolve_filesystem
 from tests.webdataset_tars import shard_good, shard_truncated, shard_with_bad_keys, tar_bytes
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ambient.data.storage import file_infos, join, read_text
+from ambient.storage import file_infos, join, read_text
 from ambient.train import run_finetune
 from tests.integration.test_finetune import make_config
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from ambient.data.storage import exists, file_infos, join, read_text, upload_directory
+from ambient.storage import exists, file_infos, join, read_text, upload_directory
 from tests.conftest import free_port, free_port_block
 from tests.integration.test_exact_resume import coverage, recorded_rows
 

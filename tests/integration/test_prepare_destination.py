@@ -13,7 +13,7 @@ from ambient.config import load_config
 from ambient.data import PrepareShardsConfig, prepare_shards
 from ambient.data.lock import LOCK_NAME, DestinationLockedError, acquire, release
 from ambient.data.prepare import DestinationExistsError
-from ambient.data.storage import StorageError, exists, join, list_files, read_text, write_bytes_atomic
+from ambient.storage import StorageError, exists, join, list_files, read_text, write_bytes_atomic
 
 pytestmark = pytest.mark.integration
 

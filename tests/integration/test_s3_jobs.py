@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from ambient.config import load_config
-from ambient.data.storage import file_infos, join, read_text, upload_directory
 from ambient.eval import AuditConfig, run_audit
+from ambient.storage import file_infos, join, read_text, upload_directory
 from ambient.train import FinetuneConfig
 from ambient.tune import SweepConfig, run_sweep
 

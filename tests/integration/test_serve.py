@@ -386,10 +386,10 @@ def test_model_from_s3_is_served_with_the_drivers_credentials(
     import ray._private.worker as ray_worker
     from ray import serve
 
-    from ambient.data.storage import upload_directory
     from ambient.models import export_pipeline, load_components
+    from ambient.models.source import cached_model_dir
     from ambient.serve.app import build_application, load_serve_config
-    from ambient.train.model_source import cached_model_dir
+    from ambient.storage import upload_directory
 
     export = export_pipeline(
         Path(tiny_model),

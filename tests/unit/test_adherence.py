@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ambient.data.synthetic import synthetic_items
 from ambient.eval.adherence import parse_prompt, prompt_adherence, read_image
+from ambient.synthetic import synthetic_items
 
 
 @pytest.mark.parametrize("world", ["shapes", "heldout", "cross", "star"])

@@ -12,8 +12,9 @@ from pydantic import SecretStr
 
 from ambient.config import ConfigError, load_config, redacted
 from ambient.core import sdxl_alphas_cumprod, timestep_to_sigma, ve_sigmas
-from ambient.data import PrepareShardsConfig, StorageConfig
+from ambient.data import PrepareShardsConfig
 from ambient.data.prepare import noise_sigma
+from ambient.storage import StorageConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "jobs" / "configs" / "prepare_demo.yaml"

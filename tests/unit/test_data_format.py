@@ -8,12 +8,20 @@ import pytest
 import torch
 from PIL import Image
 
-from ambient.data import collate_batch, download_prefix, read_text, upload_directory, write_bytes_atomic
+from ambient.data import collate_batch
 from ambient.data.preprocess import Preprocess, resize_and_crop
 from ambient.data.schema import arrow_schema, make_table
-from ambient.data.storage import is_s3, list_files, resolve_filesystem
 from ambient.data.streaming import epoch_order
 from ambient.data.writer import SHARD_PATTERN, new_run_id, shard_name
+from ambient.storage import (
+    download_prefix,
+    is_s3,
+    list_files,
+    read_text,
+    resolve_filesystem,
+    upload_directory,
+    write_bytes_atomic,
+)
 
 
 def test_resize_shorter_side_then_center_crop():

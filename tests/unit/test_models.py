@@ -12,7 +12,6 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from ambient.core import sdxl_alphas_cumprod
-from ambient.data.synthetic import COLORS, SHAPES, synthetic_items
 from ambient.models import (
     SDXLComponents,
     SDXLDenoiser,
@@ -39,14 +38,15 @@ from ambient.models import (
     sample_latents,
     tensor_to_pil,
 )
-from ambient.models.vae_pretrain import _default_threads
+from ambient.synthetic import COLORS, SHAPES, synthetic_items
+from ambient.threads import default_threads
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _threads():
     # On a shared 2-core machine, two OpenMP threads spinning against other processes run ~10x slower.
     previous = torch.get_num_threads()
-    torch.set_num_threads(_default_threads())
+    torch.set_num_threads(default_threads())
     yield
     torch.set_num_threads(previous)
 

@@ -1,4 +1,4 @@
-"""The data plane: shard schema, preparation pipeline, validation, Ray Data streaming, storage.
+"""The data plane: shard schema, preparation pipeline, validation, Ray Data streaming (storage: ambient.storage).
 
 Names are imported on first use (PEP 562): a Ray read task unpickles ``ambient.data.shard_source``,
 which imports this package, and must not pay for torch and the prepare pipeline (2.6 s per new
@@ -16,19 +16,11 @@ _EXPORTS = {
     "ManifestError": "errors",
     "NoValidRowsError": "errors",
     "ShardError": "errors",
-    "StorageError": "errors",
     "PrepareResult": "prepare",
     "prepare_shards": "prepare",
     "SCHEMA_VERSION": "schema",
     "Manifest": "schema",
     "arrow_schema": "schema",
-    "StorageConfig": "storage",
-    "download_prefix": "storage",
-    "is_s3": "storage",
-    "read_text": "storage",
-    "resolve_filesystem": "storage",
-    "upload_directory": "storage",
-    "write_bytes_atomic": "storage",
     "DatasetInfo": "streaming",
     "collate_batch": "streaming",
     "inspect_dataset": "streaming",
@@ -48,22 +40,14 @@ __all__ = [
     "PrepareShardsConfig",
     "SCHEMA_VERSION",
     "ShardError",
-    "StorageConfig",
-    "StorageError",
     "arrow_schema",
     "collate_batch",
-    "download_prefix",
     "inspect_dataset",
-    "is_s3",
     "iter_training_batches",
     "load_manifest",
     "open_dataset",
     "prepare_shards",
-    "read_text",
-    "resolve_filesystem",
     "stream_epochs",
-    "upload_directory",
-    "write_bytes_atomic",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
 
@@ -82,18 +66,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .config import PrepareShardsConfig
-    from .errors import DataError, ManifestError, NoValidRowsError, ShardError, StorageError
+    from .errors import DataError, ManifestError, NoValidRowsError, ShardError
     from .prepare import PrepareResult, prepare_shards
     from .schema import SCHEMA_VERSION, Manifest, arrow_schema
-    from .storage import (
-        StorageConfig,
-        download_prefix,
-        is_s3,
-        read_text,
-        resolve_filesystem,
-        upload_directory,
-        write_bytes_atomic,
-    )
     from .streaming import (
         DatasetInfo,
         collate_batch,

@@ -8,8 +8,7 @@ from pydantic import Field, model_validator
 
 from ambient.config import OptionalPathOrUri, PathOrUri, Section
 from ambient.schedule import check_trainable_sigma, sdxl_sigma
-
-from .storage import StorageConfig
+from ambient.storage import StorageConfig
 
 
 class SourceConfig(Section):
@@ -21,7 +20,7 @@ class SourceConfig(Section):
     seed: int = Field(default=0, description="synthetic: dataset seed")
     world: Literal["shapes", "base", "heldout", "cross", "star"] = Field(
         default="shapes",
-        description="synthetic: which part of the shape world (ambient.data.synthetic: shapes = all base "
+        description="synthetic: which part of the shape world (ambient.synthetic: shapes = all base "
         "shapes and colour pairs; base = without the held-out colour pairs; heldout = only those; "
         "cross / star = a shape the base model never saw)",
     )

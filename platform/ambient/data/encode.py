@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ambient.core import corrupt, scale_latents
+from ambient.core import corrupt
+from ambient.storage import StorageConfig, download_prefix, is_s3, join, read_bytes, read_text
 
 from .schema import VaeIdentity
-from .storage import StorageConfig, download_prefix, is_s3, join, read_bytes, read_text
 
 
 def vae_config(model: str, storage: StorageConfig | None = None) -> dict:
@@ -91,24 +91,6 @@ def load_vae(model: str, storage: StorageConfig | None = None, device: str = "cp
     return vae.to(device).eval().requires_grad_(False)
 
 
-@torch.no_grad()
-def encode_pixels(vae, pixels: torch.Tensor) -> torch.Tensor:
-    """Pixels in [-1, 1] -> scaled latents (the latent distribution's mean, as diffusers trains).
-
-    ambient.models.vae.encode_images is the one definition; this fallback only serves while that
-    package is absent from an installation."""
-    try:
-        from ambient.models.vae import encode_images
-    except ImportError:
-        pass
-    else:
-        return encode_images(vae, pixels)
-    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
-    return scale_latents(
-        dist.mean.float(), vae.config.scaling_factor, getattr(vae.config, "shift_factor", None)
-    )
-
-
 class NoisyEncoder:
     """map_batches callable: ``pixels`` -> ``latent`` (or noisy ``image``), never the clean tensor."""
 
@@ -137,7 +119,9 @@ class NoisyEncoder:
             return out
         x0 = torch.from_numpy(np.asarray(batch["pixels"][keep], np.float32))
         if self.vae is not None:
-            x0 = encode_pixels(self.vae, x0).float().cpu()
+            from ambient.models.vae import encode_images  # diffusers only in latent space
+
+            x0 = encode_images(self.vae, x0).float().cpu()
         kept_ids = [i for i, k in zip(ids, keep, strict=True) if k]
         y = corrupt(x0, self.sigma_n, kept_ids, self.seed)
         if tuple(y.shape[1:]) != self.shape:

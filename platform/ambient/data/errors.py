@@ -7,10 +7,6 @@ class DataError(Exception):
     """Base of every data-plane error."""
 
 
-class StorageError(DataError):
-    """A storage location cannot be reached or read (endpoint, credentials, missing object)."""
-
-
 class ManifestError(DataError):
     """A dataset has no manifest, an incomplete one, or one of another schema version."""
 

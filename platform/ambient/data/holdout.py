@@ -6,7 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data.extensions  # noqa: F401  (registers Ray's tensor extension type with pyarrow)
 
-from .storage import StorageConfig, resolve_filesystem
+from ambient.storage import StorageConfig, resolve_filesystem
+
 from .streaming import collate_batch
 from .validate import load_manifest
 

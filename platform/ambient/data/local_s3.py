@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from .storage import StorageConfig, s3_filesystem
+from ambient.storage import StorageConfig, s3_filesystem
 
 # weed mini opens one listener per component; every one of them is given an explicit port.
 _PORT_FLAGS = (

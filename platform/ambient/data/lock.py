@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ambient.storage import StorageConfig, is_s3, join, resolve_filesystem, storage_error
+
 from .errors import DataError
-from .storage import StorageConfig, is_s3, join, resolve_filesystem, storage_error
 
 LOCK_NAME = ".prepare.lock"
 

@@ -18,6 +18,7 @@ import ray.data
 from ambient.config import redacted
 from ambient.core import sdxl_alphas_cumprod, timestep_to_sigma, ve_sigmas
 from ambient.ray_init import init_ray
+from ambient.storage import StorageConfig, ensure_dir, exists, join, write_bytes_atomic
 
 from .config import NoiseConfig, PrepareShardsConfig
 from .encode import NoisyEncoder, vae_identity
@@ -35,7 +36,6 @@ from .schema import (
     utc_now,
 )
 from .sources import folder_items, parquet_files, source_dataset
-from .storage import StorageConfig, ensure_dir, exists, join, write_bytes_atomic
 from .webdataset import webdataset_files
 from .writer import ShardWriter, fold_reports, new_run_id, remove_stale_shards, write_manifest
 
@@ -54,18 +54,14 @@ def noise_sigma(noise: NoiseConfig) -> float:
     return float(timestep_to_sigma(noise.t_n, ve_sigmas(sdxl_alphas_cumprod())))
 
 
-def default_model() -> str:
-    try:
-        try:
-            from ambient.models import ensure_default_model
-        except ImportError:
-            from ambient.models.base_model import ensure_default_model
-    except ImportError as exc:
-        raise RuntimeError(
-            f"encode.model is not set and the default tiny model is unavailable ({exc}); "
-            "set encode.model to a diffusers SDXL folder"
-        ) from None
-    return str(ensure_default_model())
+def encode_model(cfg: PrepareShardsConfig) -> str:
+    """encode.model, or the default base model when unset. Only its VAE is read (vae_identity checks
+    it, naming encode.model): a VAE-only folder is a valid encoder, so no whole-SDXL check here."""
+    if cfg.encode.model:
+        return cfg.encode.model
+    from ambient.models.source import resolve_model  # diffusers only when latents are encoded
+
+    return str(resolve_model(None))
 
 
 def plan_tensor(
@@ -75,7 +71,7 @@ def plan_tensor(
     r = cfg.resolution
     if cfg.encode.space == "image":
         return (3, r, r), None
-    model = cfg.encode.model or default_model()
+    model = encode_model(cfg)
     vae = vae_identity(model, storage)
     if r % vae.downsample_factor:
         raise ValueError(

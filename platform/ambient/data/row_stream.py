@@ -32,9 +32,10 @@ import ray.data
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from ambient.storage import StorageConfig, resolve_filesystem
+
 from .schema import arrow_schema
 from .shard_source import read_shards
-from .storage import StorageConfig, resolve_filesystem
 
 if TYPE_CHECKING:  # streaming imports torch, which read tasks should not pay for
     from .streaming import DatasetInfo

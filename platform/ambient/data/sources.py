@@ -17,9 +17,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray.data
 
+from ambient.storage import StorageConfig, join, list_files, resolve_filesystem, storage_error
+from ambient.synthetic import render_synthetic
+
 from .config import SourceConfig
-from .storage import StorageConfig, join, list_files, resolve_filesystem, storage_error
-from .synthetic import render_synthetic
 from .webdataset import webdataset_source
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

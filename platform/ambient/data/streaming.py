@@ -11,9 +11,10 @@ import numpy as np
 import ray.data
 import torch
 
+from ambient.storage import StorageConfig, resolve_filesystem
+
 from .schema import Manifest, arrow_schema
 from .shard_source import DEFAULT_MIN_TASK_BYTES, ShardDatasource
-from .storage import StorageConfig, resolve_filesystem
 from .validate import ValidationReport, load_manifest, validate_dataset
 
 TENSOR_COLUMNS = ("latent", "image")

@@ -17,9 +17,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from ambient.storage import StorageConfig, join, read_text
+
 from .errors import DataError, ManifestError, ShardError
 from .schema import MANIFEST_NAME, SCHEMA_VERSION, Manifest, ShardEntry, arrow_schema
-from .storage import StorageConfig, join, read_text
 
 
 def load_manifest(uri: str, storage: StorageConfig | None = None) -> Manifest:

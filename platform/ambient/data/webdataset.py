@@ -22,7 +22,7 @@ from pathlib import PurePosixPath
 import pyarrow.fs as pafs
 import ray.data
 
-from .storage import StorageConfig, join, list_files, resolve_filesystem, storage_error
+from ambient.storage import StorageConfig, join, list_files, resolve_filesystem, storage_error
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 CAPTION_EXTENSIONS = ("txt", "json")

@@ -18,8 +18,9 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ambient.storage import StorageConfig, join, resolve_filesystem, storage_error, write_bytes_atomic
+
 from .schema import MANIFEST_NAME, SHARD_SUFFIX, Manifest, ShardEntry, SigmaStats, Space, make_table
-from .storage import StorageConfig, join, resolve_filesystem, storage_error, write_bytes_atomic
 
 # shard-<run id: local time %Y%m%d%H%M%S-8 hex>-<12 hex>.parquet: the only files cleanup may delete.
 SHARD_PATTERN = re.compile(rf"shard-\d{{14}}-[0-9a-f]{{8}}-[0-9a-f]{{12}}{re.escape(SHARD_SUFFIX)}")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ambient.data.synthetic import ALL_SHAPES, COLORS, draw_shape
+from ambient.synthetic import ALL_SHAPES, COLORS, draw_shape
 
 PROMPT = re.compile(
     rf"^an? (?P<fg>{'|'.join(COLORS)}) (?P<shape>{'|'.join(ALL_SHAPES)}) on an? (?P<bg>{'|'.join(COLORS)}) "
@@ -155,6 +155,6 @@ def prompt_adherence(images, prompts: Sequence[str]) -> AdherenceScore:
 
 def adherence_prompts(world: str, count: int, seed: int = 0) -> list[str]:
     """``count`` prompts of a synthetic world (the captions of its items ``seed``..)."""
-    from ambient.data.synthetic import synthetic_items
+    from ambient.synthetic import synthetic_items
 
     return [item.caption for item in synthetic_items(count, seed=seed, size=8, world=world)]

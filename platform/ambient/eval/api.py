@@ -7,7 +7,6 @@ memorization_score(model_dir, items, *, config=None) -> float   (higher = more m
 
 from __future__ import annotations
 
-import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,10 +16,12 @@ import torch
 from torch import Tensor
 
 from ambient.core import resolve_sampling_mode
-from ambient.data.storage import StorageConfig
 from ambient.models.export import ExportSampling, read_metadata, sampling_defaults
 from ambient.models.loading import SDXLComponents, load_components
+from ambient.models.source import resolve_model
 from ambient.models.vae import decode_latents, encode_images
+from ambient.storage import StorageConfig
+from ambient.threads import default_threads
 
 from .adherence import parse_prompt, prompt_adherence
 from .attack import AttackResult, psnr, reconstruction_attack, to_uint8
@@ -62,13 +63,7 @@ class ModelAudit:
 def resolve_model_path(path: str | None, storage: StorageConfig | None = None) -> str:
     """A local model folder: ``path`` itself, the cached download of an s3:// export, or (None) the
     default tiny model."""
-    if path is not None:
-        from ambient.train.model_source import resolve_model_dir
-
-        return str(resolve_model_dir(str(path), storage))
-    from ambient.models.base_model import ensure_default_model
-
-    return str(ensure_default_model())
+    return str(resolve_model(None if path is None else str(path), storage))
 
 
 def generation_sampling(gen: GenerationSection, path: str) -> ExportSampling:
@@ -97,13 +92,6 @@ def originals_of(items: AuditItems, comps: SDXLComponents) -> Tensor:
     if items.pixels is not None:
         return items.pixels.float()
     return decode_latents(comps.vae, items.latents).float() / 127.5 - 1
-
-
-def default_threads() -> int:
-    """Two threads on an idle machine, one on a busy one: OpenMP threads spinning against other
-    processes' are slower than a single thread (measured for the VAE pre-training on 2 loaded cores)."""
-    cpus = os.cpu_count() or 1
-    return 1 if os.getloadavg()[0] >= cpus else min(2, cpus)
 
 
 @contextmanager

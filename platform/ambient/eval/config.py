@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ambient.config import OptionalPathOrUri, PathOrUri, Section
-from ambient.data.storage import StorageConfig, is_s3
+from ambient.storage import StorageConfig, is_s3
 
 
 class ModelEntry(Section):
@@ -173,22 +173,14 @@ def check_dir(field: str, value: str) -> Path:
 
 def check_paths(cfg: AuditConfig) -> None:
     """Every path the config names exists and is readable; errors name the field and the path."""
-    from ambient.models.loading import check_model_dir
+    from ambient.models.source import check_model
 
     for i, model in enumerate(cfg.models):
-        if model.path is not None and is_s3(model.path):
-            from ambient.train.model_source import check_model_source
-
-            try:
-                check_model_source(model.path, cfg.storage.resolved())
-            except FileNotFoundError as err:
-                raise FileNotFoundError(f"models[{i}].path: {err}") from None
-        elif model.path is not None:
+        if model.path is None:
+            continue
+        if not is_s3(model.path):
             check_dir(f"models[{i}].path", model.path)
-            try:
-                check_model_dir(model.path)
-            except (FileNotFoundError, ValueError) as err:
-                raise type(err)(f"models[{i}].path: {err}") from None
+        check_model(model.path, cfg.storage.resolved(), field=f"models[{i}].path")
     if cfg.items.kind in ("dataset", "folder"):
         check_dir("items.path", str(cfg.items.path))
     if cfg.features.kind == "dinov2":

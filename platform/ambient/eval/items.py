@@ -17,8 +17,8 @@ from PIL import Image
 from torch import Tensor
 
 from ambient.data.preprocess import decode_image, resize_and_crop
-from ambient.data.storage import StorageConfig
-from ambient.data.synthetic import render_from_id, render_synthetic
+from ambient.storage import StorageConfig
+from ambient.synthetic import render_from_id, render_synthetic
 
 from .config import ItemsSection
 

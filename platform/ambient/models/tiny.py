@@ -22,7 +22,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from ..data.synthetic import ALL_SHAPES, COLORS
+from ..synthetic import ALL_SHAPES, COLORS
 
 TEXT_HIDDEN = 32  # each encoder; concatenated they give the UNet's cross_attention_dim
 PROJECTION_DIM = 32  # text_encoder_2's pooled projection

@@ -24,7 +24,8 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor
 
-from ..data.synthetic import synthetic_items
+from ..synthetic import synthetic_items
+from ..threads import default_threads
 from .tiny import build_tiny_pipeline
 from .vae import pil_to_tensor
 
@@ -143,13 +144,6 @@ def _random_crops(images: Tensor, size: int, gen: torch.Generator) -> Tensor:
     )
 
 
-def _default_threads() -> int:
-    """Two threads on an idle machine; one on a busy one, where OpenMP threads spinning against other
-    processes' made a step ten times slower than a single thread (measured on 2 cores at load 6)."""
-    cpus = os.cpu_count() or 1
-    return 1 if os.getloadavg()[0] >= cpus else min(2, cpus)
-
-
 def pretrain_vae(
     vae: AutoencoderKL,
     *,
@@ -164,7 +158,7 @@ def pretrain_vae(
 ) -> dict[str, float]:
     """Train ``vae`` (in place) to reconstruct synthetic images; set its scaling_factor. Returns a report."""
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or _default_threads())
+    torch.set_num_threads(threads or default_threads())
     try:
         gen = torch.Generator().manual_seed(seed)
         train = _pixels(TRAIN_POOL, seed)

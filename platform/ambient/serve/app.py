@@ -21,7 +21,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from ambient.config import load_config, read_yaml
+from ambient.config import deep_merge, load_config, read_yaml
 
 from .auth import resolve_token
 from .config import ServeConfig
@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 def load_serve_config(
     path: str | None = None, overrides: Iterable[str] = (), inline: Mapping[str, Any] | None = None
 ) -> ServeConfig:
-    data = _merge(read_yaml(path) if path else {}, dict(inline or {}))
+    data = deep_merge(read_yaml(path) if path else {}, inline or {})
     return load_config(ServeConfig, None, overrides, base=data)
 
 
@@ -73,13 +73,3 @@ def build_app(args: dict[str, Any]) -> Application:
     if isinstance(overrides, str):
         overrides = [o for o in overrides.split(",") if o.strip()]
     return build_application(load_serve_config(path, overrides, args))
-
-
-def _merge(base: dict, other: Mapping) -> dict:
-    out = dict(base)
-    for key, value in other.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from ambient.config import OptionalPathOrUri, Section
-from ambient.data.storage import StorageConfig
+from ambient.storage import StorageConfig
 
 
 class HttpSection(Section):
@@ -60,8 +60,7 @@ class BatchingSection(Section):
         None,
         ge=1,
         description="rows per model call with fixed_shape; a batch runs as several such calls. None: "
-        f"max_batch_images on a GPU (small batches leave it idle), min({CPU_CALL_ROWS}, max_batch_images) "
-        "on CPU (measured: half the lone-request cost of 8-row calls; 8 suits a saturated CPU replica)",
+        f"max_batch_images on a GPU, min({CPU_CALL_ROWS}, max_batch_images) on CPU",
     )
 
     @model_validator(mode="after")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from ambient.data.storage import StorageConfig, is_s3
 from ambient.models.export import read_metadata, sampling_defaults
 from ambient.models.loading import SDXLComponents, check_model_dir, load_components
+from ambient.models.source import check_model, resolve_model
+from ambient.storage import StorageConfig, is_s3
 
 from .sampler import SamplingKey, generate
 
@@ -33,25 +34,12 @@ def choose_model(model: str | None, storage: StorageConfig | None = None) -> Mod
     Runs on the driver: a missing or malformed model fails here, before anything is deployed.
     """
     if model is not None:
-        if is_s3(model):
-            _model_source().check_model_source(model, storage)
-        else:
-            check_model_dir(model)
+        check_model(model, storage)
         uri = model if is_s3(model) else str(Path(model).resolve())
         return ModelChoice(model, uri)
     if (DEMO_EXPORT / "model_index.json").is_file():
         return ModelChoice("demo export", str(check_model_dir(DEMO_EXPORT).resolve()))
-    from ambient.models.base_model import ensure_default_model
-
-    return ModelChoice("tiny default", str(ensure_default_model()))
-
-
-def _model_source():
-    # Imported only for s3:// models: ambient.train's package import pulls in DeepSpeed, which a
-    # replica serving a local folder should not pay for at every (re)start.
-    from ambient.train import model_source
-
-    return model_source
+    return ModelChoice("tiny default", str(resolve_model(None)))
 
 
 @dataclass
@@ -76,11 +64,7 @@ def load_model(
     choice: ModelChoice, storage: StorageConfig | None, dtype: torch.dtype, device: torch.device
 ) -> LoadedModel:
     # safetensors only (check_model_dir refuses pickled weights); s3 is downloaded to a cache first
-    folder = (
-        _model_source().resolve_model_dir(choice.uri, storage)
-        if is_s3(choice.uri)
-        else check_model_dir(choice.uri)
-    )
+    folder = resolve_model(choice.uri, storage)
     components = load_components(folder, dtype=dtype).to(device=device)
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         getattr(components, name).eval()

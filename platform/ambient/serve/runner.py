@@ -15,6 +15,8 @@ import time
 import urllib.error
 import urllib.request
 
+from ambient.ray_init import init_ray
+
 from .app import build_application
 from .config import ServeConfig
 from .model import choose_model
@@ -65,12 +67,7 @@ def run_service(cfg: ServeConfig, ready_timeout_s: float = 900.0) -> str:
 
     choice = _chosen_model(cfg)  # a missing or malformed model fails here, before Ray starts
     started_ray = not ray.is_initialized()
-    if started_ray:
-        # RAY_ADDRESS joins a cluster; otherwise a fresh local one ("local": never attach to some other
-        # Ray instance that happens to run on this machine; no dashboard, whose port is not ours to pick).
-        address = os.environ.get("RAY_ADDRESS")
-        local = {} if address else {"include_dashboard": False}
-        ray.init(address=address or "local", log_to_driver=False, **local)
+    init_ray(log_to_driver=False)  # the replicas log on their own; the driver prints only the URL
     # After ray.init, which installs its own SIGTERM handler; SIGINT too, in case a parent ignored it.
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)

@@ -9,8 +9,8 @@ from pydantic import Field, ValidationInfo, create_model, field_validator, model
 
 from ambient.config import OptionalPathOrUri, PathOrUri, Section
 from ambient.core import ConsistencySettings, setting_problem
-from ambient.data.storage import StorageConfig
 from ambient.schedule import check_trainable_sigma
+from ambient.storage import StorageConfig
 
 
 class ModelSection(Section):

@@ -4,16 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ambient.config import deep_merge
+
 from .config import FinetuneConfig
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = (
-            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        )
-    return out
 
 
 def _scheduler(cfg: FinetuneConfig) -> dict[str, Any]:
@@ -78,4 +71,4 @@ def build_deepspeed_config(cfg: FinetuneConfig) -> dict[str, Any]:
     }
     if o.grad_clip > 0:
         config["gradient_clipping"] = o.grad_clip
-    return _merge(config, ds.extra)
+    return deep_merge(config, ds.extra)

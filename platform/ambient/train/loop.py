@@ -20,12 +20,13 @@ import torch
 
 from ambient.data.holdout import read_rows
 from ambient.data.row_stream import RankSlice, StreamPlan, rank_stream
-from ambient.data.storage import join, upload_directory, write_bytes_atomic
 from ambient.data.streaming import iter_training_batches
 from ambient.models.denoiser import SDXLDenoiser
 from ambient.models.export import export_pipeline
 from ambient.models.lora import add_lora, lora_state_dict
 from ambient.models.sampling import image_grid, sample_images
+from ambient.models.source import load_model_components
+from ambient.storage import join, upload_directory, write_bytes_atomic
 
 from . import checkpointing
 from .batch import model_inputs
@@ -33,9 +34,8 @@ from .config import FinetuneConfig
 from .deepspeed_config import build_deepspeed_config
 from .ema import EMA
 from .metrics import TrainMetrics
-from .model_source import load_model_components
 from .objective import training_loss
-from .outputs import plot_loss_curve, write_json_atomic
+from .outputs import plot_loss_curve
 from .plan import RunPlan
 from .validation import validation_ambient_loss
 
@@ -396,18 +396,18 @@ class _Worker:
         if self.rank == 0:
             plot_loss_curve(self.state.history, self.out_dir / "loss_curve.png", f"run {self.cfg.run.name}")
             busy = totals["wait"] + totals["compute"]
-            write_json_atomic(
-                self.out_dir / "worker_summary.json",
-                {
-                    "steps": self.state.step,
-                    "images_seen": self.state.images_seen,
-                    "resumed_from_step": self.state.resumed_from_step,
-                    "resumes": self.state.resumes,
-                    "data_position": self.state.data_position,
-                    "history": self.state.history,
-                    "images_per_second": totals["images"] * self.world / busy if busy else None,
-                    "data_wait_fraction": totals["wait"] / busy if busy else None,
-                },
+            summary = {
+                "steps": self.state.step,
+                "images_seen": self.state.images_seen,
+                "resumed_from_step": self.state.resumed_from_step,
+                "resumes": self.state.resumes,
+                "data_position": self.state.data_position,
+                "history": self.state.history,
+                "images_per_second": totals["images"] * self.world / busy if busy else None,
+                "data_wait_fraction": totals["wait"] / busy if busy else None,
+            }
+            write_bytes_atomic(
+                str(self.out_dir / "worker_summary.json"), json.dumps(summary, indent=2, default=str).encode()
             )
             upload_directory(self.out_dir, self.plan.outputs_uri, self.storage)
             self._log(f"outputs uploaded to {self.plan.outputs_uri}")

@@ -8,11 +8,11 @@ import json
 from PIL import Image
 
 from ambient.data.holdout import read_rows
-from ambient.data.storage import exists, join, read_bytes, read_text, write_bytes_atomic
 from ambient.eval.showcase import SamplingSpec, adherence_line, png_bytes, showcase
+from ambient.models.source import load_model_components
+from ambient.storage import exists, join, read_bytes, read_text, write_bytes_atomic
 
 from .config import FinetuneConfig
-from .model_source import load_model_components
 from .plan import RunPlan
 
 COMPARISON_NAME = "comparison.png"

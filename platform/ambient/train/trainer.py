@@ -20,18 +20,16 @@ from ambient.data.config import DestinationConfig, EncodeConfig, PrepareShardsCo
 from ambient.data.encode import describe_vae, downsample_factor, vae_config, vae_differences, vae_identity
 from ambient.data.errors import ManifestError, VaeMismatchError
 from ambient.data.row_stream import StreamPlan
-from ambient.data.schema import MANIFEST_NAME
-from ambient.data.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
+from ambient.data.schema import MANIFEST_NAME, SUMMARY_NAME
 from ambient.data.streaming import DatasetInfo, inspect_dataset, stream_epochs
 from ambient.data.validate import load_manifest
+from ambient.models.source import check_model
 from ambient.ray_init import init_ray
+from ambient.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
 
 from .config import DEMO_DATA_URI, FinetuneConfig
 from .loop import train_loop_per_worker
-from .model_source import check_model_source
 from .plan import RunPlan
-
-SUMMARY_NAME = "summary.json"
 
 
 def _log(message: str) -> None:
@@ -39,12 +37,8 @@ def _log(message: str) -> None:
 
 
 def resolve_model(cfg: FinetuneConfig) -> str:
-    if cfg.model.path:
-        check_model_source(cfg.model.path, cfg.storage.resolved())
-        return cfg.model.path
-    from ambient.models.base_model import ensure_default_model
-
-    return str(ensure_default_model())
+    """model.path checked (not downloaded: each worker fetches an s3:// model itself), or the default."""
+    return check_model(cfg.model.path or None, cfg.storage.resolved(), field="model.path")
 
 
 def is_demo_data_uri(uri: str) -> bool:

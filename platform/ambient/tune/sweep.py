@@ -26,7 +26,9 @@ from ambient.data.config import (
 )
 from ambient.data.holdout import read_rows
 from ambient.data.schema import MANIFEST_NAME
-from ambient.data.storage import (
+from ambient.data.validate import load_manifest
+from ambient.models.source import resolve_model as resolve_model_folder
+from ambient.storage import (
     exists,
     file_infos,
     is_s3,
@@ -36,9 +38,7 @@ from ambient.data.storage import (
     resolve_filesystem,
     upload_directory,
 )
-from ambient.data.validate import load_manifest
 from ambient.train.config import FinetuneConfig
-from ambient.train.model_source import resolve_model_dir
 from ambient.train.trainer import (
     build_trainer,
     check_dataset_vae,
@@ -117,7 +117,7 @@ def run_trial(
     summary = json.loads(read_text(summary_uri, cfg.storage.resolved()))
     holdout = read_rows(cfg.validation.data_uri, cfg.storage.resolved(), quality["samples"])
     quality_scores = trial_quality(
-        str(resolve_model_dir(summary["exported_model"], cfg.storage.resolved())),
+        str(resolve_model_folder(summary["exported_model"], cfg.storage.resolved())),
         holdout,
         mode=prepared.plan.sampling_mode,
         sampling_sigma_n=prepared.plan.sigma_n,

@@ -18,7 +18,9 @@ from pydantic import SecretStr
 
 from ambient.config import Section
 
-from .errors import StorageError
+
+class StorageError(Exception):
+    """A storage location cannot be reached or read (endpoint, credentials, missing object)."""
 
 
 class StorageConfig(Section):
