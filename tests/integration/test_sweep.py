@@ -79,14 +79,16 @@ def test_grid_sweep_is_interrupted_resumes_and_writes_its_reports(
         [sys.executable, str(ROOT / "jobs" / "sweep.py"), *[a for x in args for a in ("--set", x)]],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.time() + 600
-    while time.time() < deadline and not finished_trials(tmp_path / "grid"):
-        assert proc.poll() is None, "the sweep exited before any trial finished"
-        time.sleep(1)
-    finished_first = {p: p.stat().st_mtime for p in finished_trials(tmp_path / "grid")}
-    assert finished_first, "no trial finished in time"
-    proc.send_signal(signal.SIGINT)  # Tune saves its state and stops
-    proc.wait(timeout=180)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and not finished_trials(tmp_path / "grid"):
+            assert proc.poll() is None, "the sweep exited before any trial finished"
+            time.sleep(1)
+        finished_first = {p: p.stat().st_mtime for p in finished_trials(tmp_path / "grid")}
+        assert finished_first, "no trial finished in time"
+    finally:
+        proc.send_signal(signal.SIGINT)  # Tune saves its state and stops (also when the test fails here)
+        proc.wait(timeout=180)
 
     cfg = load_config(SweepConfig, None, args)
     table = run_sweep(cfg)  # resumes (Tuner.restore)
