@@ -28,6 +28,7 @@ def overrides(storage: Path, model: str, shards: str) -> list[str]:
         f"storage_path={storage}",
         "space.sigma_train=[0.5, 0.8]",
         "space.consistency_weight=[0.0, 1.0]",
+        "space.paths={optim.weight_decay: [0.0]}",  # an axis by dotted path (one value: the grid stays 2x2)
         "asha.enabled=false",
         "max_concurrent_trials=2",
         "quality_samples=8",
@@ -79,14 +80,16 @@ def test_grid_sweep_is_interrupted_resumes_and_writes_its_reports(
         [sys.executable, str(ROOT / "jobs" / "sweep.py"), *[a for x in args for a in ("--set", x)]],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.time() + 600
-    while time.time() < deadline and not finished_trials(tmp_path / "grid"):
-        assert proc.poll() is None, "the sweep exited before any trial finished"
-        time.sleep(1)
-    finished_first = {p: p.stat().st_mtime for p in finished_trials(tmp_path / "grid")}
-    assert finished_first, "no trial finished in time"
-    proc.send_signal(signal.SIGINT)  # Tune saves its state and stops
-    proc.wait(timeout=180)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and not finished_trials(tmp_path / "grid"):
+            assert proc.poll() is None, "the sweep exited before any trial finished"
+            time.sleep(1)
+        finished_first = {p: p.stat().st_mtime for p in finished_trials(tmp_path / "grid")}
+        assert finished_first, "no trial finished in time"
+    finally:
+        proc.send_signal(signal.SIGINT)  # Tune saves its state and stops (also when the test fails here)
+        proc.wait(timeout=180)
 
     cfg = load_config(SweepConfig, None, args)
     table = run_sweep(cfg)  # resumes (Tuner.restore)
@@ -110,3 +113,5 @@ def test_grid_sweep_is_interrupted_resumes_and_writes_its_reports(
     assert best_cfg.validation.data_uri == holdout
     summary = json.loads(Path(best_row["summary"]).read_text())
     assert summary["config"]["loss"]["sigma_train"] == float(best_row["sigma_train"])
+    assert summary["config"]["optim"]["weight_decay"] == 0.0 == best_cfg.optim.weight_decay  # default 0.01
+    assert all(float(r["optim.weight_decay"]) == 0.0 for r in rows)

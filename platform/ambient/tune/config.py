@@ -2,56 +2,64 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, create_model, field_validator
 
 from ambient.config import OptionalPathOrUri, PathOrUri, Section
-from ambient.schedule import check_trainable_sigma
 from ambient.train.config import FinetuneConfig
 
+from .axes import AXES, NAMED, RESERVED_SECTIONS, flatten_paths
+from .trial import checked_values
 
-class SearchSpace(Section):
+
+class _SpaceRules(Section):
     """Each entry is a list of values: a grid axis for ``grid``, a choice for ``random`` and ``optuna``.
-    None leaves the base config's value."""
+    None leaves the base config's value. The named axes are generated from ``axes.AXES``; each value is
+    checked against the base config by SweepConfig (as ``--set path=value`` would be)."""
 
-    sigma_train: list[float] | None = Field(
-        None, description="training noise levels (VE sigma); each must be >= the data's sigma_n"
+    paths: dict[str, Any] = Field(
+        default_factory=dict,
+        description="more axes by dotted FinetuneConfig path, e.g. {optim.weight_decay: [0.0, 0.01]}",
     )
-    consistency_weight: list[float] | None = Field(None, description="lambda values; each >= 0")
-    lr: list[float] | None = None
-    consistency_steps: list[int] | None = None
-    lora_rank: list[int] | None = None
 
-    @field_validator("sigma_train", "consistency_weight")
+    @field_validator("*")
     @classmethod
-    def _non_negative(cls, values: list[float] | None, info) -> list[float] | None:
-        if values is not None:
-            if not values:
-                raise ValueError(f"{info.field_name} must list at least one value")
-            bad = [v for v in values if v < 0]
-            if bad:
-                raise ValueError(f"{info.field_name} values must be >= 0, got {bad}")
-            if info.field_name == "sigma_train":
-                check_trainable_sigma("space.sigma_train", max(values))
-        return values
-
-    @field_validator("lr", "consistency_steps")
-    @classmethod
-    def _positive(cls, values: list | None, info) -> list | None:
-        if values is not None and (not values or any(v <= 0 for v in values)):
-            raise ValueError(f"{info.field_name} must list values > 0, got {values}")
-        return values
-
-    @field_validator("lora_rank")
-    @classmethod
-    def _rank(cls, values: list[int] | None) -> list[int] | None:
-        if values is not None and (not values or any(v < 0 for v in values)):
-            raise ValueError(f"lora_rank must list values >= 0 (0 = full fine-tuning), got {values}")
+    def _non_empty(cls, values: Any, info: ValidationInfo) -> Any:
+        if info.field_name == "paths":
+            return _checked_paths(values)
+        if values is not None and not values:
+            raise ValueError(f"{info.field_name} must list at least one value")
         return values
 
     def axes(self) -> dict[str, list]:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+        """{axis name: values} of every axis given: the named ones, then the paths (named by path)."""
+        named = {a.name: getattr(self, a.name) for a in AXES if getattr(self, a.name) is not None}
+        return {**named, **self.paths}
+
+
+def _checked_paths(paths: dict[str, Any]) -> dict[str, list]:
+    flat = flatten_paths(paths)
+    for path, values in flat.items():
+        named = [a.name for a in AXES if a.path == path]
+        if named:
+            raise ValueError(f"{path}: sweep it as space.{named[0]}")
+        if path.split(".", 1)[0] in RESERVED_SECTIONS or "." not in path:
+            raise ValueError(
+                f"{path}: not a sweepable FinetuneConfig field (section.field, not run.* or storage.*)"
+            )
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{path}: give a list of at least one value")
+    return flat
+
+
+# One table of axes: the section's named fields are generated from axes.AXES.
+SearchSpace = create_model(
+    "SearchSpace",
+    __base__=_SpaceRules,
+    __module__=__name__,
+    **{a.name: (list[Any] | None, Field(None, description=f"{a.path}: {a.doc}")) for a in AXES},
+)
 
 
 class SearchSection(Section):
@@ -87,7 +95,10 @@ class SweepConfig(Section):
     name: str = Field("sweep-demo", pattern=r"^[A-Za-z0-9._-]+$")
     storage_path: PathOrUri = "runs/tune"
     base: FinetuneConfig = FinetuneConfig()
-    space: SearchSpace = SearchSpace(sigma_train=[0.5, 1.0], consistency_weight=[0.0, 1.0])
+    space: SearchSpace = Field(
+        default_factory=lambda: {"sigma_train": [0.5, 1.0], "consistency_weight": [0.0, 1.0]},
+        validate_default=True,  # checked against the base like a given space
+    )
     search: SearchSection = SearchSection()
     asha: AshaSection = AshaSection()
     memorization: MemorizationSection = MemorizationSection()
@@ -100,3 +111,16 @@ class SweepConfig(Section):
     quality_samples: int = Field(32, ge=4, description="samples generated per trial for the quality score")
     quality_steps: int = Field(12, ge=1)
     ray_address: str | None = None
+
+    @field_validator("space")
+    @classmethod
+    def _space_fits_base(cls, space: _SpaceRules, info: ValidationInfo) -> _SpaceRules:
+        """Each value applied to the base as ``--set path=value`` (an invalid base is reported on its own)."""
+        base = info.data.get("base")
+        if base is None:
+            return space
+        base_dump = base.model_dump()
+        checked = {name: checked_values(base_dump, name, values) for name, values in space.axes().items()}
+        named = {name: values for name, values in checked.items() if name in NAMED}
+        paths = {name: values for name, values in checked.items() if name not in NAMED}
+        return space.model_copy(update={**named, "paths": paths})

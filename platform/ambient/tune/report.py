@@ -14,12 +14,11 @@ import yaml  # noqa: E402
 
 from ambient.config import redacted  # noqa: E402
 
+from .axes import AXES  # noqa: E402
 from .config import SweepConfig  # noqa: E402
+from .trial import trial_config  # noqa: E402
 
-PARAMS = ("sigma_train", "consistency_weight", "lr", "consistency_steps", "lora_rank")
-COLUMNS = (
-    "trial",
-    *PARAMS,
+METRICS = (
     "status",
     "step",
     "val_ambient_loss",
@@ -28,6 +27,15 @@ COLUMNS = (
     "memorization",
     "images_per_second",
 )
+
+
+def parameters(cfg: SweepConfig) -> list[str]:
+    """The table's parameter columns: every named axis (a stable header), then the sweep's path axes."""
+    return [*(a.name for a in AXES), *cfg.space.paths]
+
+
+def columns(cfg: SweepConfig) -> list[str]:
+    return ["trial", *parameters(cfg), *METRICS]
 
 
 def _fmt(value) -> str:
@@ -73,7 +81,7 @@ def pareto_front(rows: list[dict]) -> list[dict]:
     ]
 
 
-def plot_pareto(rows: list[dict], path: Path) -> None:
+def plot_pareto(rows: list[dict], path: Path, params: list[str]) -> None:
     done = [r for r in _completed(rows) if _finite(r.get("quality_sw"))]
     front = pareto_front(rows)
     use_memorization = all(_finite(r.get("memorization")) for r in done) and done
@@ -82,7 +90,7 @@ def plot_pareto(rows: list[dict], path: Path) -> None:
         x = r["memorization"] if use_memorization else (r.get("sigma_train") or 0.0)
         on_front = r in front
         ax.scatter(x, r["quality_sw"], s=60, c="tab:red" if on_front else "tab:blue", zorder=3)
-        label = ", ".join(f"{k}={_fmt(r[k])}" for k in PARAMS if r.get(k) is not None)
+        label = ", ".join(f"{k}={_fmt(r[k])}" for k in params if r.get(k) is not None)
         ax.annotate(label, (x, r["quality_sw"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel(
         "memorization score"
@@ -98,14 +106,11 @@ def plot_pareto(rows: list[dict], path: Path) -> None:
 
 
 def write_reports(rows: list[dict], sweep_dir: Path, cfg: SweepConfig, base_dump: dict, note: str) -> str:
-    from .sweep import trial_config
-
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    params, cols = parameters(cfg), columns(cfg)
     rows = sorted(rows, key=lambda r: (r.get("objective") is None, r.get("objective") or 0.0))
     with open(sweep_dir / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(
-            handle, fieldnames=[*COLUMNS, "sample_grid", "summary"], extrasaction="ignore"
-        )
+        writer = csv.DictWriter(handle, fieldnames=[*cols, "sample_grid", "summary"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
     best = best_row(rows)
@@ -119,13 +124,13 @@ def write_reports(rows: list[dict], sweep_dir: Path, cfg: SweepConfig, base_dump
         "sigma_n) to the held-out noisy latents.",
         f"Memorization: {note}.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "| " + " | ".join("---" for _ in COLUMNS) + " |",
+        "| " + " | ".join(cols) + " |",
+        "| " + " | ".join("---" for _ in cols) + " |",
     ]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in rows]
     if best is not None:
-        params = {k: best[k] for k in PARAMS if best.get(k) is not None}
-        best_cfg = trial_config(base_dump, params, f"{cfg.name}-best", base_dump["run"]["storage_path"])
+        chosen = {k: best[k] for k in cfg.space.axes() if best.get(k) is not None}
+        best_cfg = trial_config(base_dump, chosen, f"{cfg.name}-best", base_dump["run"]["storage_path"])
         data = redacted(best_cfg)
         data["storage"] = {
             k: v for k, v in data["storage"].items() if k not in ("access_key_id", "secret_access_key")
@@ -134,10 +139,10 @@ def write_reports(rows: list[dict], sweep_dir: Path, cfg: SweepConfig, base_dump
             f"# Best trial {best['trial']} of sweep {cfg.name}: python jobs/finetune.py --config this-file\n"
             + yaml.safe_dump(data, sort_keys=False)
         )
-        lines += ["", f"Best trial: `{best['trial']}` with {params}; its config: `best_config.yaml`."]
+        lines += ["", f"Best trial: `{best['trial']}` with {chosen}; its config: `best_config.yaml`."]
     else:
         lines += ["", "No trial completed: there is no best config."]
-    plot_pareto(rows, sweep_dir / "pareto.png")
+    plot_pareto(rows, sweep_dir / "pareto.png", params)
     lines += ["", "Pareto plot: `pareto.png`; each trial's last sample grid: `grids/`."]
     (sweep_dir / "results.md").write_text("\n".join(lines) + "\n")
     return str(sweep_dir / "results.md")

@@ -54,6 +54,7 @@ from ambient.train.trainer import (
 from .config import SweepConfig
 from .quality import trial_quality
 from .report import write_reports
+from .trial import trial_config
 
 NO_MEMORIZATION_NOTE = (
     "memorization score: disabled (memorization.enabled = false); the Pareto plot uses the training noise "
@@ -63,25 +64,6 @@ NO_MEMORIZATION_NOTE = (
 
 def _log(message: str) -> None:
     print(f"[ambient sweep] {message}", flush=True)
-
-
-def trial_config(base: dict, params: dict, name: str, storage_path: str) -> FinetuneConfig:
-    """The fine-tuning config of one trial: the base with the trial's parameters applied."""
-    cfg = FinetuneConfig.model_validate(base)
-    if "sigma_train" in params:
-        cfg.loss.sigma_train = params["sigma_train"]
-    if "consistency_weight" in params:
-        cfg.consistency.weight = params["consistency_weight"]
-    if "lr" in params:
-        cfg.optim.lr = params["lr"]
-    if "consistency_steps" in params:
-        cfg.consistency.steps = params["consistency_steps"]
-    if "lora_rank" in params:
-        cfg.model.lora_rank = params["lora_rank"]
-    cfg.run.name = name
-    cfg.run.storage_path = storage_path
-    cfg.validation.mode = "auto"
-    return cfg
 
 
 def trial_memorization(model_dir: str, cfg: FinetuneConfig, memorization: dict) -> float | None:
@@ -169,7 +151,7 @@ def prepare_holdout(cfg: SweepConfig, uri: str, model_source: str, data_sigma_n:
 
 
 def check_space(cfg: SweepConfig, data_max_sigma_n: float) -> None:
-    low = [s for s in cfg.space.sigma_train or [] if s < data_max_sigma_n]
+    low = [s for s in cfg.space.axes().get("sigma_train", []) if s < data_max_sigma_n]
     if low:
         raise ValueError(
             f"space.sigma_train: {low} below the data's sigma_n {data_max_sigma_n:.4g} "
