@@ -65,7 +65,9 @@ HARMLESS_ACTORS = ("PlacementGroupCleaner",)
 
 _verbose = False
 _last_arrival = 0.0
-_drop_state: dict[str, dict] = {}  # per worker pid ("autoscaler" for some): a harmless block cut across batches
+_drop_state: dict[
+    str, dict
+] = {}  # per worker pid ("autoscaler" for some): a harmless block cut across batches
 
 
 def is_harmless(line: str) -> bool:
