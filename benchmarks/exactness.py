@@ -81,6 +81,8 @@ class Config:
     components: int = 8
     sigma_ns: tuple[float, ...] = (0.2, 0.5, 1.0)
     seed: int = 0
+    # Seeds the training and the sampler (and EM's sampling) only: same data, another training run.
+    train_seed: int = 0
     # Data: means uniform in [-scale, scale]^d, isotropic std per component.
     scale: float = 1.0
     std: float = 0.1
@@ -103,6 +105,8 @@ class Config:
     consistency: ConsistencySettings = field(
         default_factory=lambda: ConsistencySettings(weight=10.0, steps=4, fraction=1.0, every=1, s_min=0.002)
     )
+    # Block pairs of the interleaved step-cost timing of each consistency row (0: skip it).
+    cost_rounds: int = 30
     # EM reference: restarts (best log-likelihood kept) and the iteration cap of each.
     em_restarts: int = 3
     em_iters: int = 300
@@ -192,6 +196,30 @@ class TrainCost:
     wall_per_step: float
 
 
+def training_step(
+    model: EDMDenoiser,
+    opt: torch.optim.Optimizer,
+    data: Tensor,
+    sigma_n: Tensor,
+    cfg: Config,
+    gen: torch.Generator,
+    step: int,
+    settings: ConsistencySettings | None,
+) -> None:
+    """One optimizer step of the ambient loss, plus the consistency loss when ``settings`` is active."""
+    y = data[torch.randint(data.shape[0], (cfg.batch,), generator=gen)]
+    sigma_t = sample_training_sigmas(sigma_n, generator=gen)
+    noise = torch.randn(y.shape, generator=gen)
+    loss = ambient_loss(
+        model, y, sigma_n, sigma_t, noise, weighting=cfg.weighting, sigma_data=cfg.sigma_data
+    ).mean()
+    if settings is not None and settings.active(step):
+        loss = loss + settings.weight * consistency_loss(model, y, sigma_n, settings, generator=gen)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def train(
     variant: Variant,
     data: Tensor,
@@ -204,26 +232,47 @@ def train(
     gen = torch.Generator().manual_seed(seed)
     model = make_denoiser(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    settings = settings or cfg.consistency
+    chosen = (settings or cfg.consistency) if variant == "consistency" else None
     sigma_n = torch.full((cfg.batch,), loss_sigma_n)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        y = data[torch.randint(data.shape[0], (cfg.batch,), generator=gen)]
-        sigma_t = sample_training_sigmas(sigma_n, generator=gen)
-        noise = torch.randn(y.shape, generator=gen)
-        loss = ambient_loss(
-            model, y, sigma_n, sigma_t, noise, weighting=cfg.weighting, sigma_data=cfg.sigma_data
-        ).mean()
-        if variant == "consistency" and settings.active(step):
-            loss = loss + settings.weight * consistency_loss(model, y, sigma_n, settings, generator=gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        training_step(model, opt, data, sigma_n, cfg, gen, step, chosen)
     steps = max(1, cfg.steps)
     cost = TrainCost((time.process_time() - cpu0) / steps, (time.perf_counter() - wall0) / steps)
     return model.eval(), cost
+
+
+def interleaved_step_cost(
+    y: Tensor, sigma_n: float, settings: ConsistencySettings, cfg: Config, rounds: int = 30, block: int = 8
+) -> float:
+    """CPU time of a training step with ``settings`` over that of the plain ambient step, timed in
+    alternating blocks of ``block`` steps (a multiple of ``every``, so each block runs the consistency
+    loss block / every times) on one model: both sides see the same machine load, which whole-run timings
+    on a shared machine do not. The median over ``rounds`` block pairs (after one warm-up pair)."""
+    torch.manual_seed(cfg.seed + 21)
+    gen = torch.Generator().manual_seed(cfg.seed + 21)
+    model = make_denoiser(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr * 0.1)
+    sn = torch.full((cfg.batch,), sigma_n)
+
+    def timed(chosen: ConsistencySettings | None) -> float:
+        start = time.process_time()
+        for step in range(block):
+            training_step(model, opt, y, sn, cfg, gen, step, chosen)
+        return time.process_time() - start
+
+    ratios = []
+    for i in range(rounds + 1):
+        if i % 2:  # alternate the order so that a drift in load favours neither side
+            plain, extra = timed(None), timed(settings)
+        else:
+            extra, plain = timed(settings), timed(None)
+        if i > 0:
+            ratios.append(extra / plain)
+    ratios.sort()
+    return ratios[len(ratios) // 2]
 
 
 def draw(model: EDMDenoiser, variant: Variant, sigma_n: float, cfg: Config, seed: int) -> Tensor:
@@ -442,6 +491,8 @@ class Outcome:
     step_cpu_seconds: float | None = None
     step_wall_seconds: float | None = None
     validation_loss: float | None = None
+    # CPU time per step / plain ambient step, timed in interleaved blocks (consistency rows only).
+    step_cost_interleaved: float | None = None
     settings: dict | None = None  # the ConsistencySettings of a consistency row
 
     def record(self) -> dict:
@@ -469,11 +520,13 @@ def train_and_draw(
     start = time.perf_counter()
     if variant == "em_reference":
         mixture = em_reference(y, sigma_n, cfg)
-        samples = mixture.sample(cfg.eval_samples, torch.Generator().manual_seed(cfg.seed + 2)).float()
+        gen = torch.Generator().manual_seed(cfg.seed + 2 + 1000 * cfg.train_seed)
+        samples = mixture.sample(cfg.eval_samples, gen).float()
         return Trained(mixture, samples, time.perf_counter() - start)
     data, loss_sigma_n = training_inputs(variant, x0, y, sigma_n)
-    model, cost = train(variant, data, loss_sigma_n, cfg, seed=cfg.seed + 1, settings=settings)
-    samples = draw(model, variant, sigma_n, cfg, seed=cfg.seed + 2)
+    run_seed = cfg.seed + 1000 * cfg.train_seed
+    model, cost = train(variant, data, loss_sigma_n, cfg, seed=run_seed + 1, settings=settings)
+    samples = draw(model, variant, sigma_n, cfg, seed=run_seed + 2)
     return Trained(model, samples, time.perf_counter() - start, cost)
 
 
@@ -517,7 +570,12 @@ def run_variant(
     settings: ConsistencySettings | None = None,
 ) -> Outcome:
     trained = train_and_draw(variant, x0, y, sigma_n, cfg, settings)
-    return evaluate(variant, trained, gm, sigma_n, cfg, label, settings)
+    outcome = evaluate(variant, trained, gm, sigma_n, cfg, label, settings)
+    if variant == "consistency" and cfg.cost_rounds > 0:
+        outcome.step_cost_interleaved = interleaved_step_cost(
+            y, sigma_n, settings or cfg.consistency, cfg, rounds=cfg.cost_rounds
+        )
+    return outcome
 
 
 def clean_floor(gm: GaussianMixture, cfg: Config) -> float:
@@ -565,6 +623,22 @@ def run_benchmark(
             done(run_variant("consistency", gm, x0, y, sigma_n, cfg, f"consistency[{name}]", settings))
         print_table(sigma_n, floor, outcomes[first:])
     return floors, outcomes
+
+
+def cost_table(cfg: Config) -> list[dict]:
+    """Only the interleaved step-cost ratio of each consistency row (no training to convergence)."""
+    gm = make_mixture(cfg)
+    x0 = clean_samples(gm, cfg.train_size, cfg.seed + 7)
+    rows = []
+    named = [("consistency", cfg.consistency)] if "consistency" in cfg.variants else []
+    named += [(f"consistency[{name}]", SETTINGS_ROWS[name]) for name in cfg.settings_rows]
+    for sigma_n in cfg.sigma_ns:
+        y = noisy_training_set(x0, sigma_n, cfg.seed + 8)
+        for label, settings in named:
+            ratio = interleaved_step_cost(y, sigma_n, settings, cfg, rounds=cfg.cost_rounds)
+            rows.append({"sigma_n": sigma_n, "label": label, "step_cost_interleaved": ratio})
+            print(f"sigma_n {sigma_n:g}  {label:<28} step cost {ratio:.2f} x plain", flush=True)
+    return rows
 
 
 # ---- output ----------------------------------------------------------------------------------------
@@ -652,7 +726,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dim", type=int, default=2)
     p.add_argument("--components", type=int, default=8)
     p.add_argument("--sigma-n", type=float, nargs="+", default=[0.2, 0.5, 1.0])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds everything, the mixture included")
+    p.add_argument("--train-seed", type=int, default=0, help="reseeds training and sampling only (same data)")
     p.add_argument(
         "--steps", type=int, default=None, help="training steps per variant (default 4000; quick 800)"
     )
@@ -684,6 +759,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="settings of the 'consistency' variant before the knobs below: the benchmark recipe "
         "(weight 10, steps 4, fraction 1, every 1, s_min 0.002) or core.ConsistencySettings()",
     )
+    p.add_argument(
+        "--cost-only",
+        action="store_true",
+        help="only time the consistency rows against the plain step (interleaved blocks); no training",
+    )
+    p.add_argument("--cost-rounds", type=int, default=None, help="block pairs of the step-cost timing")
     p.add_argument("--every", type=int, default=None, help="consistency loss every N steps")
     p.add_argument("--fraction", type=float, default=None, help="share of rows in the consistency loss")
     p.add_argument("--s-min", type=float, default=None, help="lower end of the log-uniform s range")
@@ -700,7 +781,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    cfg = Config(dim=args.dim, components=args.components, sigma_ns=tuple(args.sigma_n), seed=args.seed)
+    cfg = Config(
+        dim=args.dim,
+        components=args.components,
+        sigma_ns=tuple(args.sigma_n),
+        seed=args.seed,
+        train_seed=args.train_seed,
+    )
     if args.quick:
         cfg = replace(
             cfg,
@@ -729,6 +816,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "fraction": args.fraction,
         "s_min": args.s_min,
     }
+    if args.cost_rounds is not None:
+        cfg = replace(cfg, cost_rounds=args.cost_rounds)
     chosen = {k: v for k, v in knobs.items() if v is not None}
     if chosen:
         cfg = replace(cfg, consistency=replace(cfg.consistency, **chosen))
@@ -740,6 +829,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = config_from_args(args)
     torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
+    if args.cost_only:
+        payload = {"cost_only": cost_table(cfg), "config": asdict(cfg)}
+        write_json_atomic(args.json, payload)
+        print(f"wrote {args.json}; total {time.perf_counter() - start:.1f} s")
+        return payload
 
     def payload_of(floors: dict[str, float], outcomes: Sequence[Outcome]) -> dict:
         return {"floor": floors, "results": [o.record() for o in outcomes], "config": asdict(cfg)}

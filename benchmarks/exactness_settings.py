@@ -1,8 +1,11 @@
 """Merge exactness.py runs of consistency settings rows into one table, JSON and plot.
 
-Each input is the JSON of one ``exactness.py --settings-rows ...`` process. The step-cost ratio of a row
-is its CPU seconds per training step over those of the plain ambient step (the early_stop row) of the
-*same process*, so each input must contain an early_stop row. Rows are keyed by (sigma_n, label); the
+Each input is the JSON of one ``exactness.py --settings-rows ...`` process, or of an
+``exactness.py --cost-only`` process. Two step costs per consistency row: ``step_cost`` is the interleaved
+timing (``step_cost_interleaved``: alternating blocks of plain and consistency steps, so both see the same
+machine load), taken from the row itself or from a --cost-only input; ``step_cost_training`` is the
+whole training run's CPU seconds per step over those of the early_stop row of the *same process* (noisy
+on a shared machine, whose load changes between the two runs). Rows are keyed by (sigma_n, label); the
 oracle, trained identically (same seed, one thread) in every process, must agree across inputs.
 
     python benchmarks/exactness_settings.py part_a.json part_b.json \\
@@ -53,21 +56,30 @@ def merge(parts: Sequence[dict]) -> dict:
     """One row per (sigma_n, label) with SW2 ratios, step-cost ratio and validation loss."""
     rows: dict[tuple[float, str], dict] = {}
     floors: dict[str, float] = {}
+    timed = {
+        (c["sigma_n"], c["label"]): c["step_cost_interleaved"] for p in parts for c in p.get("cost_only", [])
+    }
     for index, part in enumerate(parts):
+        if "results" not in part:
+            continue
         floors.update(part["floor"])
         results = part["results"]
         plain = {r["sigma_n"]: r["step_cpu_seconds"] for r in results if r["variant"] == "early_stop"}
         for r in results:
             row = dict(r, part=index)
             cpu = r.get("step_cpu_seconds")
-            row["step_cost_ratio"] = (
+            row["step_cost_training"] = (
                 cpu / plain[r["sigma_n"]] if cpu is not None and r["sigma_n"] in plain else None
             )
             key = (r["sigma_n"], r["label"])
+            interleaved = r.get("step_cost_interleaved") or timed.get(key)
+            row["step_cost"] = (
+                1.0 if r["variant"] == "early_stop" else interleaved
+            )  # early_stop: the plain step
             if key in rows:
                 if r["variant"] == "oracle" and not math.isclose(rows[key]["sw2"], r["sw2"], rel_tol=1e-6):
                     raise ValueError(f"oracle differs between inputs: {rows[key]['sw2']} vs {r['sw2']}")
-                rows[key].setdefault("step_cost_ratio_other_parts", []).append(row["step_cost_ratio"])
+                rows[key].setdefault("step_cost_training_other_parts", []).append(row["step_cost_training"])
                 continue
             rows[key] = row
     table = []
@@ -102,16 +114,17 @@ def markdown(merged: dict) -> str:
     for sigma_n in sorted({r["sigma_n"] for r in merged["rows"]}):
         lines += [
             f"\nsigma_n = {sigma_n:g} (floor {merged['floor'][str(sigma_n)]:.4f})\n",
-            "| row | SW2 | / oracle | / floor | / EM reference | step cost (x plain) | validation loss "
-            "| denoiser MSE below / above |",
-            "|---|---|---|---|---|---|---|---|",
+            "| row | SW2 | / oracle | / floor | / EM reference | step cost (x plain) | step cost, whole runs "
+            "| validation loss | denoiser MSE below / above |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in (r for r in merged["rows"] if r["sigma_n"] == sigma_n):
-            cost = "-" if r["step_cost_ratio"] is None else f"{r['step_cost_ratio']:.2f}"
+            cost = "-" if r["step_cost"] is None else f"{r['step_cost']:.2f}"
+            whole = "-" if r["step_cost_training"] is None else f"{r['step_cost_training']:.2f}"
             em = "-" if r["sw2_over_em_reference"] is None else f"{r['sw2_over_em_reference']:.2f}"
             lines.append(
                 f"| {r['label']} | {r['sw2']:.4f} | {r['sw2_over_oracle']:.2f} | {r['sw2_over_floor']:.2f} | "
-                f"{em} | {cost} | {r['validation_loss']:.5f} | "
+                f"{em} | {cost} | {whole} | {r['validation_loss']:.5f} | "
                 f"{r['denoiser_error_below']:.2e} / {r['denoiser_error_above']:.2e} |"
             )
         s = merged["summary"][str(sigma_n)]
@@ -136,11 +149,11 @@ def plot(path: Path, merged: dict) -> None:
     for ax, sigma_n in zip(axes[0], sigmas, strict=True):
         here = [r for r in merged["rows"] if r["sigma_n"] == sigma_n]
         cons = [r for r in here if r["variant"] == "consistency"]
-        ax.scatter([r["step_cost_ratio"] for r in cons], [r["sw2"] for r in cons], color="tab:blue", zorder=3)
+        ax.scatter([r["step_cost"] for r in cons], [r["sw2"] for r in cons], color="tab:blue", zorder=3)
         for r in cons:
             name = r["label"].removeprefix("consistency[").removesuffix("]")
             ax.annotate(
-                name, (r["step_cost_ratio"], r["sw2"]), fontsize=8, xytext=(4, 3), textcoords="offset points"
+                name, (r["step_cost"], r["sw2"]), fontsize=8, xytext=(4, 3), textcoords="offset points"
             )
         styles = {"oracle": "tab:green", "em_reference": "tab:purple", "early_stop": "tab:red"}
         for r in here:

@@ -133,7 +133,7 @@ def test_settings_rows_and_em_reference_run_with_step_costs() -> None:
     cfg = replace(
         bench.Config(components=4, sigma_ns=(0.5,), seed=3),
         train_size=2000, steps=20, eval_samples=1000, sample_steps=8, projections=32, error_points=200,
-        error_levels=2, floor_pairs=1, validation_size=500, em_restarts=1, em_iters=50,
+        error_levels=2, floor_pairs=1, validation_size=500, em_restarts=1, em_iters=50, cost_rounds=2,
         variants=("early_stop", "em_reference"), settings_rows=("shipped", "every=4"),
     )  # fmt: skip
     seen: list[int] = []
@@ -145,6 +145,8 @@ def test_settings_rows_and_em_reference_run_with_step_costs() -> None:
     assert by["consistency[shipped]"].settings == asdict(bench.SHIPPED)
     assert by["consistency[every=4]"].settings["every"] == 4
     assert by["em_reference"].step_cpu_seconds is None and by["em_reference"].settings is None
+    assert by["early_stop"].step_cost_interleaved is None
+    assert by["consistency[shipped]"].step_cost_interleaved > 0
     assert bench.step_cost_ratio(by["early_stop"], rows) == 1.0
     assert bench.step_cost_ratio(by["em_reference"], rows) is None
     for row in rows:
@@ -200,11 +202,30 @@ def test_spearman_and_merge_of_settings_parts() -> None:
          row("consistency", "consistency[y]", 0.06, 10.0, 3.0)]}  # fmt: skip
     merged = report.merge([a, b])
     by = {r["label"]: r for r in merged["rows"]}
-    assert by["consistency[x]"]["step_cost_ratio"] == pytest.approx(1.5)
-    assert by["consistency[y]"]["step_cost_ratio"] == pytest.approx(2.5)
+    assert by["consistency[x]"]["step_cost_training"] == pytest.approx(1.5)
+    assert by["consistency[y]"]["step_cost_training"] == pytest.approx(2.5)
+    assert by["consistency[x]"]["step_cost"] is None and by["early_stop"]["step_cost"] == 1.0
     assert by["consistency[y]"]["sw2_over_oracle"] == pytest.approx(3.0)
     assert by["consistency[y]"]["sw2_over_em_reference"] == pytest.approx(1.5)
-    assert by["em_reference"]["step_cost_ratio"] is None
+    assert by["em_reference"]["step_cost"] is None and by["em_reference"]["step_cost_training"] is None
+    # Interleaved costs come from the row itself or from a --cost-only input.
+    b["results"][2]["step_cost_interleaved"] = 2.0
+    cost_only = {"cost_only": [{"sigma_n": 0.5, "label": "consistency[x]", "step_cost_interleaved": 1.4}]}
+    by = {r["label"]: r for r in report.merge([a, b, cost_only])["rows"]}
+    assert (by["consistency[x]"]["step_cost"], by["consistency[y]"]["step_cost"]) == (1.4, 2.0)
     b["results"][0]["sw2"] = 0.03
     with pytest.raises(ValueError, match="oracle differs"):
         report.merge([a, b])
+
+
+@pytest.mark.timeout(120)
+def test_interleaved_step_cost_orders_cheap_and_expensive_settings() -> None:
+    """The recipe (4-step chains on every row, every step) costs clearly more than every=4 with a quarter
+    of the rows; both cost more than the plain step."""
+    bench = _load_benchmark()
+    torch.set_num_threads(1)
+    cfg = replace(bench.Config(), batch=256)
+    y = torch.randn(2000, 2)
+    cheap = bench.interleaved_step_cost(y, 0.5, bench.SETTINGS_ROWS["every=4"], cfg, rounds=5)
+    dear = bench.interleaved_step_cost(y, 0.5, bench.RECIPE, cfg, rounds=5)
+    assert 1.0 < cheap < 2.0 < dear, (cheap, dear)
