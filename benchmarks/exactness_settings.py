@@ -137,40 +137,46 @@ def markdown(merged: dict) -> str:
 
 
 def plot(path: Path, merged: dict) -> None:
-    """SW2 against step cost per sigma_n, consistency rows labelled; oracle, EM reference, early stop and
-    the floor as horizontal lines."""
+    """Per sigma_n, top: SW2 (log scale) against step cost with the oracle, EM reference, early stop and
+    the floor as lines; bottom: the consistency rows alone, zoomed and labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sigmas = sorted({r["sigma_n"] for r in merged["rows"]})
-    fig, axes = plt.subplots(1, len(sigmas), figsize=(6.5 * len(sigmas), 4.8), squeeze=False)
-    for ax, sigma_n in zip(axes[0], sigmas, strict=True):
+    fig, axes = plt.subplots(2, len(sigmas), figsize=(6.5 * len(sigmas), 9), squeeze=False)
+    styles = {"oracle": "tab:green", "em_reference": "tab:purple", "early_stop": "tab:red"}
+    for col, sigma_n in enumerate(sigmas):
         here = [r for r in merged["rows"] if r["sigma_n"] == sigma_n]
-        cons = [r for r in here if r["variant"] == "consistency"]
-        ax.scatter([r["step_cost"] for r in cons], [r["sw2"] for r in cons], color="tab:blue", zorder=3)
-        for r in cons:
-            name = r["label"].removeprefix("consistency[").removesuffix("]")
-            ax.annotate(
-                name, (r["step_cost"], r["sw2"]), fontsize=8, xytext=(4, 3), textcoords="offset points"
-            )
-        styles = {"oracle": "tab:green", "em_reference": "tab:purple", "early_stop": "tab:red"}
+        cons = [r for r in here if r["variant"] == "consistency" and r["step_cost"] is not None]
+        xs, ys = [r["step_cost"] for r in cons], [r["sw2"] for r in cons]
+        top, zoom = axes[0][col], axes[1][col]
+        top.scatter(xs, ys, color="tab:blue", zorder=3, label="consistency settings")
         for r in here:
             if r["variant"] in styles:
-                ax.axhline(
+                top.axhline(
                     r["sw2"], color=styles[r["variant"]], ls="--", lw=1, label=f"{r['label']} {r['sw2']:.4f}"
                 )
-        ax.axhline(merged["floor"][str(sigma_n)], color="gray", ls=":", lw=1, label="clean floor")
-        ax.set_xlabel("CPU seconds per training step / plain ambient step")
-        ax.set_ylabel("SW2 to clean samples")
-        ax.set_title(f"consistency settings, d = 2, sigma_n = {sigma_n:g}")
-        ax.legend(fontsize=7, loc="best")
+        top.axhline(merged["floor"][str(sigma_n)], color="gray", ls=":", lw=1, label="clean-vs-clean floor")
+        top.set_yscale("log")
+        top.set_title(f"d = 2, sigma_n = {sigma_n:g}: SW2 to clean samples vs step cost")
+        top.legend(fontsize=7, loc="upper right")
+        zoom.scatter(xs, ys, color="tab:blue", zorder=3)
+        for r in cons:
+            name = r["label"].removeprefix("consistency[").removesuffix("]")
+            zoom.annotate(
+                name, (r["step_cost"], r["sw2"]), fontsize=8, xytext=(4, 3), textcoords="offset points"
+            )
+        zoom.set_title(f"sigma_n = {sigma_n:g}: consistency rows only (zoom)")
+        for ax in (top, zoom):
+            ax.set_xlabel("CPU time per training step / plain ambient step")
+            ax.set_ylabel("SW2")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
     os.close(fd)
-    fig.savefig(tmp, dpi=90)
+    fig.savefig(tmp, dpi=80)
     plt.close(fig)
     os.replace(tmp, path)
 
