@@ -798,6 +798,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             projections=128,
             error_points=2000,
             error_levels=3,
+            cost_rounds=10,
         )
     if args.steps is not None:
         cfg = replace(cfg, steps=args.steps)

@@ -41,7 +41,7 @@ def test_tiny_run_writes_documented_json_and_plot(tmp_path: Path) -> None:
     keys = {
         "dim", "components", "sigma_n", "variant", "sw2",
         "denoiser_error_below", "denoiser_error_above", "seconds", "label",
-        "step_cpu_seconds", "step_wall_seconds", "validation_loss", "settings",
+        "step_cpu_seconds", "step_wall_seconds", "validation_loss", "settings", "step_cost_interleaved",
     }  # fmt: skip
     assert [r["variant"] for r in payload["results"]] == ["oracle", "naive", "early_stop", "consistency"]
     for row in payload["results"]:
@@ -49,6 +49,7 @@ def test_tiny_run_writes_documented_json_and_plot(tmp_path: Path) -> None:
         assert (row["dim"], row["components"], row["sigma_n"]) == (2, 4, 0.5)
         assert row["label"] == row["variant"]
         assert (row["settings"] is None) == (row["variant"] != "consistency")
+        assert (row["step_cost_interleaved"] is None) == (row["variant"] != "consistency")
         for key in (
             "sw2", "denoiser_error_below", "denoiser_error_above", "seconds",
             "step_cpu_seconds", "step_wall_seconds", "validation_loss",
