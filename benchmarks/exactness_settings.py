@@ -131,7 +131,7 @@ def markdown(merged: dict) -> str:
         lines.append(
             f"\nSpearman(validation loss, SW2): consistency rows "
             f"{s['spearman_validation_loss_vs_sw2_consistency_rows']:.2f} (n = {s['consistency_rows']}), "
-            f"all trained rows {s['spearman_validation_loss_vs_sw2_all_rows']:.2f}"
+            f"all rows with a validation loss {s['spearman_validation_loss_vs_sw2_all_rows']:.2f}"
         )
     return "\n".join(lines)
 
