@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/exactness.py: a tiny run writes the documented JSON and the PNG."""
+"""benchmarks/exactness.py: a tiny run writes the documented JSON and the PNG; the EM reference recovers a
+known mixture; the settings rows and step costs are recorded."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import importlib.util
 import json
 import math
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
+import torch
+
+from ambient.core import ConsistencySettings, GaussianMixture
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "exactness.py"
 
@@ -30,18 +35,198 @@ def test_tiny_run_writes_documented_json_and_plot(tmp_path: Path) -> None:
     bench.main([*argv, "--json", str(out_json), "--plot", str(out_png)])
 
     payload = json.loads(out_json.read_text())
-    assert set(payload) == {"floor", "results"}
+    assert set(payload) == {"floor", "results", "config"}
     assert list(payload["floor"]) == ["0.5"]
     assert math.isfinite(payload["floor"]["0.5"]) and payload["floor"]["0.5"] > 0
     keys = {
         "dim", "components", "sigma_n", "variant", "sw2",
-        "denoiser_error_below", "denoiser_error_above", "seconds",
+        "denoiser_error_below", "denoiser_error_above", "seconds", "label",
+        "step_cpu_seconds", "step_wall_seconds", "validation_loss", "settings", "step_cost_interleaved",
     }  # fmt: skip
     assert [r["variant"] for r in payload["results"]] == ["oracle", "naive", "early_stop", "consistency"]
     for row in payload["results"]:
         assert set(row) == keys
         assert (row["dim"], row["components"], row["sigma_n"]) == (2, 4, 0.5)
-        for key in ("sw2", "denoiser_error_below", "denoiser_error_above", "seconds"):
+        assert row["label"] == row["variant"]
+        assert (row["settings"] is None) == (row["variant"] != "consistency")
+        assert (row["step_cost_interleaved"] is None) == (row["variant"] != "consistency")
+        for key in (
+            "sw2", "denoiser_error_below", "denoiser_error_above", "seconds",
+            "step_cpu_seconds", "step_wall_seconds", "validation_loss",
+        ):  # fmt: skip
             assert math.isfinite(row[key]) and row[key] >= 0, (row["variant"], key, row[key])
     assert out_png.stat().st_size > 1000
     assert not list(out_json.parent.glob(".*.tmp")), "temporary files left behind"
+
+
+def _true_mixture(bench):
+    """Three well-separated anisotropic components in R^2 (eigenvalues 0.06 and 0.03, rotated)."""
+    angles = torch.tensor([0.0, 0.6, -1.1], dtype=torch.float64)
+    rot = torch.stack(
+        [torch.stack([angles.cos(), -angles.sin()], -1), torch.stack([angles.sin(), angles.cos()], -1)], -1
+    ).transpose(1, 2)  # (K, 2, 2), columns = eigenvectors
+    lam = torch.tensor([[0.06, 0.03]] * 3, dtype=torch.float64)
+    means = torch.tensor([[-3.0, 0.0], [3.0, 0.0], [0.0, 3.5]], dtype=torch.float64)
+    weights = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    return bench.FullMixture(weights, means, lam, rot)
+
+
+def _max_errors(truth, fitted) -> tuple[float, float, float]:
+    """Largest mean, covariance-entry and weight errors after matching each true component to the
+    nearest fitted mean."""
+    match = torch.cdist(truth.means, fitted.means).argmin(dim=1)
+    assert sorted(match.tolist()) == list(range(truth.means.shape[0])), "components not matched one-to-one"
+    mean_err = float((truth.means - fitted.means[match]).abs().max())
+    cov_err = float((truth.covariances - fitted.covariances[match]).abs().max())
+    weight_err = float((truth.weights - fitted.weights[match]).abs().max())
+    return mean_err, cov_err, weight_err
+
+
+@pytest.mark.timeout(120)
+def test_em_reference_recovers_a_known_mixture_and_rejects_wrong_subtractions() -> None:
+    bench = _load_benchmark()
+    truth = _true_mixture(bench)
+    sigma_n = 0.3
+    gen = torch.Generator().manual_seed(0)
+    y = truth.sample(20_000, gen) + sigma_n * torch.randn(20_000, 2, generator=gen, dtype=torch.float64)
+    noisy = bench.fit_em(y.float(), 3, sigma_n**2, restarts=2, seed=1)
+    assert float(noisy.eigvals.min()) >= sigma_n**2 - 1e-12, "the constraint cov >= sigma_n^2 I"
+    clean = bench.deconvolve(noisy, sigma_n)
+
+    mean_err, cov_err, weight_err = _max_errors(truth, clean)
+    assert mean_err < 0.03 and cov_err < 0.012 and weight_err < 0.02, (mean_err, cov_err, weight_err)
+    # The tolerance tells a wrong subtraction apart: none at all (the noisy fit) or twice sigma_n^2.
+    assert _max_errors(truth, noisy)[1] > 0.05
+    assert _max_errors(truth, bench.deconvolve(clean, sigma_n))[1] > 0.025
+
+
+@pytest.mark.timeout(60)
+def test_em_fit_respects_the_variance_floor() -> None:
+    """Data tighter than the floor: every fitted eigenvalue sits at the floor, not below it."""
+    bench = _load_benchmark()
+    gen = torch.Generator().manual_seed(2)
+    y = torch.cat([torch.randn(500, 2, generator=gen) * 0.05, torch.randn(500, 2, generator=gen) * 0.05 + 4])
+    fitted = bench.fit_em(y, 2, 0.04, restarts=1, seed=0)
+    assert torch.allclose(fitted.eigvals, torch.full_like(fitted.eigvals, 0.04))
+
+
+def test_full_mixture_posterior_mean_matches_the_isotropic_closed_form() -> None:
+    bench = _load_benchmark()
+    gm = GaussianMixture.random(3, 5, std=0.2, seed=4)
+    full = bench.FullMixture(
+        gm.weights,
+        gm.means,
+        (gm.stds**2)[:, None].expand(5, 3).clone(),
+        torch.eye(3).double().expand(5, 3, 3),
+    )
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(64, 3, generator=gen, dtype=torch.float64)
+    sigma = torch.rand(64, generator=gen, dtype=torch.float64) + 0.1
+    torch.testing.assert_close(full.posterior_mean(x, sigma), gm.posterior_mean(x, sigma))
+    wrong = bench.FullMixture(gm.weights, gm.means, full.eigvals * 2, full.eigvecs)
+    assert not torch.allclose(wrong.posterior_mean(x, sigma), gm.posterior_mean(x, sigma), atol=1e-3)
+
+
+@pytest.mark.timeout(120)
+def test_settings_rows_and_em_reference_run_with_step_costs() -> None:
+    bench = _load_benchmark()
+    torch.set_num_threads(1)
+    cfg = replace(
+        bench.Config(components=4, sigma_ns=(0.5,), seed=3),
+        train_size=2000, steps=20, eval_samples=1000, sample_steps=8, projections=32, error_points=200,
+        error_levels=2, floor_pairs=1, validation_size=500, em_restarts=1, em_iters=50, cost_rounds=2,
+        variants=("early_stop", "em_reference"), settings_rows=("shipped", "every=4"),
+    )  # fmt: skip
+    seen: list[int] = []
+    _, rows = bench.run_benchmark(cfg, lambda floors, outcomes: seen.append(len(outcomes)))
+    assert seen == [1, 2, 3, 4, 5], "progress after every row"
+    labels = [r.label for r in rows]
+    assert labels == ["oracle", "early_stop", "em_reference", "consistency[shipped]", "consistency[every=4]"]
+    by = dict(zip(labels, rows, strict=True))
+    assert by["consistency[shipped]"].settings == asdict(bench.SHIPPED)
+    assert by["consistency[every=4]"].settings["every"] == 4
+    assert by["em_reference"].step_cpu_seconds is None and by["em_reference"].settings is None
+    assert by["early_stop"].step_cost_interleaved is None
+    assert by["consistency[shipped]"].step_cost_interleaved > 0
+    assert bench.step_cost_ratio(by["early_stop"], rows) == 1.0
+    assert bench.step_cost_ratio(by["em_reference"], rows) is None
+    for row in rows:
+        assert math.isfinite(row.sw2) and math.isfinite(row.validation_loss), row.label
+        if row.variant != "em_reference":
+            assert row.step_cpu_seconds > 0, row.label
+
+
+def test_shipped_row_is_the_platform_default_and_recipe_the_documented_one() -> None:
+    bench = _load_benchmark()
+    assert bench.SETTINGS_ROWS["shipped"] == ConsistencySettings()
+    recipe = bench.SETTINGS_ROWS["recipe"]
+    assert (recipe.weight, recipe.steps, recipe.fraction, recipe.every, recipe.s_min) == (
+        10.0,
+        4,
+        1.0,
+        1,
+        0.002,
+    )
+    for name, settings in bench.SETTINGS_ROWS.items():
+        if "=" in name:  # one-knob moves differ from the shipped defaults in exactly the named knob
+            knob = name.split("=")[0]
+            diff = [k for k, v in asdict(settings).items() if v != asdict(bench.SHIPPED)[k]]
+            assert diff == [knob], (name, diff)
+
+
+def _load_settings_report():
+    path = SCRIPT.with_name("exactness_settings.py")
+    spec = importlib.util.spec_from_file_location("exactness_settings_report", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_spearman_and_merge_of_settings_parts() -> None:
+    report = _load_settings_report()
+    assert report.ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    assert report.spearman([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+    assert report.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert report.spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)
+
+    def row(variant: str, label: str, sw2: float, cpu: float | None, val: float | None = 1.0) -> dict:
+        return {
+            "sigma_n": 0.5, "variant": variant, "label": label, "sw2": sw2, "step_cpu_seconds": cpu,
+            "validation_loss": val, "denoiser_error_below": 0.0, "denoiser_error_above": 0.0,
+        }  # fmt: skip
+
+    # Two processes on machines of different speed: each row's cost is against its own plain step.
+    a = {"floor": {"0.5": 0.01}, "results": [row("oracle", "oracle", 0.02, 1.0), row("early_stop", "early_stop", 0.1, 2.0),
+         row("em_reference", "em_reference", 0.04, None), row("consistency", "consistency[x]", 0.08, 3.0, 2.0)]}  # fmt: skip
+    b = {"floor": {"0.5": 0.01}, "results": [row("oracle", "oracle", 0.02, 1.0), row("early_stop", "early_stop", 0.1, 4.0),
+         row("consistency", "consistency[y]", 0.06, 10.0, 3.0)]}  # fmt: skip
+    merged = report.merge([a, b])
+    by = {r["label"]: r for r in merged["rows"]}
+    assert by["consistency[x]"]["step_cost_training"] == pytest.approx(1.5)
+    assert by["consistency[y]"]["step_cost_training"] == pytest.approx(2.5)
+    assert by["consistency[x]"]["step_cost"] is None and by["early_stop"]["step_cost"] == 1.0
+    assert by["consistency[y]"]["sw2_over_oracle"] == pytest.approx(3.0)
+    assert by["consistency[y]"]["sw2_over_em_reference"] == pytest.approx(1.5)
+    assert by["em_reference"]["step_cost"] is None and by["em_reference"]["step_cost_training"] is None
+    # Interleaved costs come from the row itself or from a --cost-only input.
+    b["results"][2]["step_cost_interleaved"] = 2.0
+    cost_only = {"cost_only": [{"sigma_n": 0.5, "label": "consistency[x]", "step_cost_interleaved": 1.4}]}
+    by = {r["label"]: r for r in report.merge([a, b, cost_only])["rows"]}
+    assert (by["consistency[x]"]["step_cost"], by["consistency[y]"]["step_cost"]) == (1.4, 2.0)
+    b["results"][0]["sw2"] = 0.03
+    with pytest.raises(ValueError, match="oracle differs"):
+        report.merge([a, b])
+
+
+@pytest.mark.timeout(120)
+def test_interleaved_step_cost_orders_cheap_and_expensive_settings() -> None:
+    """The recipe (4-step chains on every row, every step) costs clearly more than every=4 with a quarter
+    of the rows; both cost more than the plain step."""
+    bench = _load_benchmark()
+    torch.set_num_threads(1)
+    cfg = replace(bench.Config(), batch=256)
+    y = torch.randn(2000, 2)
+    cheap = bench.interleaved_step_cost(y, 0.5, bench.SETTINGS_ROWS["every=4"], cfg, rounds=5)
+    dear = bench.interleaved_step_cost(y, 0.5, bench.RECIPE, cfg, rounds=5)
+    assert 1.0 < cheap < 2.0 < dear, (cheap, dear)
