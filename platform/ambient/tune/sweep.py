@@ -8,8 +8,10 @@ is reported), then scores the exported model and reports the final metrics.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ray import tune
@@ -218,7 +220,9 @@ def run_sweep(cfg: SweepConfig) -> str:
     trainable = tune.with_resources(
         tune.with_parameters(
             run_trial,
-            base=base_dump,
+            # Trials run in Ray workers, which may not share the driver's AWS_* environment: they get
+            # the storage settings resolved here (kept out of base_dump, which the reports write).
+            base={**base_dump, "storage": storage.model_dump()},
             model_source=model_source,
             trials_uri=join(sweep_uri, "trials"),
             quality={"samples": cfg.quality_samples, "steps": cfg.quality_steps},
@@ -235,19 +239,22 @@ def run_sweep(cfg: SweepConfig) -> str:
         )
     )
     _log(note)
-    if tune.Tuner.can_restore(tune_dir, storage_filesystem=fs):
-        _log(f"resuming the interrupted sweep at {sweep_uri} (finished trials are kept)")
-        tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_errored=True, storage_filesystem=fs)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=_param_space(cfg),
-            tune_config=_tune_config(cfg),
-            run_config=tune.RunConfig(
-                name=cfg.name, storage_path=tune_dir.rsplit("/", 1)[0], storage_filesystem=fs
-            ),
-        )
-    grid = tuner.fit()
+    with aws_secrets_hidden_from_ray():  # trials get the resolved storage instead (above)
+        if tune.Tuner.can_restore(tune_dir, storage_filesystem=fs):
+            _log(f"resuming the interrupted sweep at {sweep_uri} (finished trials are kept)")
+            tuner = tune.Tuner.restore(
+                tune_dir, trainable=trainable, resume_errored=True, storage_filesystem=fs
+            )
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=_param_space(cfg),
+                tune_config=_tune_config(cfg),
+                run_config=tune.RunConfig(
+                    name=cfg.name, storage_path=tune_dir.rsplit("/", 1)[0], storage_filesystem=fs
+                ),
+            )
+        grid = tuner.fit()
     rows = []
     for result in grid:
         metrics = result.metrics or {}
@@ -270,6 +277,19 @@ def run_sweep(cfg: SweepConfig) -> str:
             }
         )
     return write_sweep_outputs(rows, sweep_uri, cfg, base_dump, note)
+
+
+@contextmanager
+def aws_secrets_hidden_from_ray():
+    """Ray Tune copies AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the driver's environment into each
+    trainable's runtime_env, and Ray's runtime-env agent logs that in plain text. The trials get the
+    storage settings resolved on the driver instead, so the variables are hidden while Tune runs."""
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def sweep_location(cfg: SweepConfig) -> str:
