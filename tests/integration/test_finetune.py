@@ -127,7 +127,7 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
         tiny_model,
         demo_shards,
         "fault",
-        **{"train.max_steps": 30, "train.checkpoint_every": 6, "run.max_failures": 2},
+        **{"train.max_steps": 16, "train.checkpoint_every": 4, "run.max_failures": 2},
     )
     result: dict = {}
     thread = threading.Thread(target=lambda: result.setdefault("uri", run_finetune(cfg)), daemon=True)
@@ -148,8 +148,8 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
     thread.join(timeout=600)
     assert "uri" in result, "the run did not complete after a worker was killed"
     s = read_summary(result["uri"])
-    assert s["steps"] == 30
-    assert s["resumed_from_step"] is not None and 6 <= s["resumed_from_step"] < 30
+    assert s["steps"] == 16
+    assert s["resumed_from_step"] is not None and 4 <= s["resumed_from_step"] < 16
 
 
 def _run_job(*args: str) -> subprocess.CompletedProcess:

@@ -1,7 +1,8 @@
 """A Ray cluster of a head and two worker nodes on this machine (`ray start` processes with explicit
 ports, their own temp dir and token auth), SeaweedFS as S3 for data, base model and run storage:
-`ray job submit -- python jobs/finetune.py`, one worker node killed (its process group, SIGKILL)
-after the first checkpoint, the run completes from the S3 checkpoint on the remaining node.
+`ray job submit -- python jobs/finetune.py` (a LoRA fine-tune, as jobs/configs/sdxl_lora.yaml runs), one
+worker node killed (its process group, SIGKILL) after the first checkpoint, the run completes from the S3
+checkpoint on the remaining node.
 
 The nodes get what a KubeRay pod gets (docs/operations.md): the AWS_* variables, the platform on
 PYTHONPATH and the project's python on PATH. Train workers need the custom resource `trainer`,
@@ -11,6 +12,7 @@ the survivor after the kill.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from ambient.storage import exists, file_infos, join, read_text, upload_directory
 from tests.conftest import free_port, free_port_block
@@ -77,6 +80,7 @@ class LocalCluster:
     gcs: str
     env: dict[str, str]
     head: RayNode
+    temp_dir: Path
     workers: list[RayNode] = field(default_factory=list)
 
 
@@ -178,7 +182,7 @@ def cluster(seaweedfs, tmp_path_factory):
         env,
         logs / "head.log",
     )
-    c = LocalCluster(f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", env, head)
+    c = LocalCluster(f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{gcs}", env, head, Path(temp_dir))
     try:
         wait_for(lambda: dashboard_answers(c.dashboard), 600, "the head", head)
         for i in range(2):
@@ -244,6 +248,73 @@ def s3_inputs(seaweedfs, tiny_model, demo_shards) -> dict[str, str]:
     return {"prefix": prefix, "model": f"{prefix}/models/tiny", "data": f"{prefix}/shards/demo"}
 
 
+def run_job(cluster: LocalCluster, entry: list[str], what: str) -> str:
+    """Submit ``entry``, wait for it and return its logs (asserting it succeeded)."""
+    job = f"{what}-{uuid.uuid4().hex[:8]}"
+    submit(cluster, job, entry)
+    wait_for(lambda: job_status(cluster, job) in ("SUCCEEDED", "FAILED", "STOPPED"), 1200, f"the {what} job")
+    logs = job_logs(cluster, job)
+    assert job_status(cluster, job) == "SUCCEEDED", logs[-4000:]
+    return logs
+
+
+@pytest.mark.timeout(1500)  # three Ray nodes start inside this budget (about 4 minutes on an idle machine)
+def test_sweep_trials_run_on_different_nodes_with_everything_on_s3(cluster, s3_inputs, seaweedfs):
+    """`jobs/sweep.py` submitted to the cluster: two concurrent trials, each needing a whole worker node
+    (trainer: 2), the results table, best config, grids and Tune's own state on S3; a second submission
+    restores the sweep from S3 and reruns no finished trial. Runs before the node-loss test, which
+    leaves one worker node."""
+    storage = seaweedfs.storage()
+    sweep_uri = join(s3_inputs["prefix"], "tune", "mnsweep")
+    entry = [
+        "python", str(ROOT / "jobs" / "sweep.py"),
+        "--set", "name=mnsweep", "--set", f"storage_path={s3_inputs['prefix']}/tune",
+        "--set", "space.sigma_train=[0.5, 0.8]", "--set", "space.consistency_weight=[0.0]",
+        "--set", "asha.enabled=false", "--set", "max_concurrent_trials=2",
+        "--set", "quality_samples=4", "--set", "quality_steps=2", "--set", "memorization.enabled=false",
+        "--set", f"base.model.path={s3_inputs['model']}", "--set", f"base.data.uri={s3_inputs['data']}",
+        "--set", f"base.validation.data_uri={s3_inputs['data']}",
+        "--set", "base.scaling.num_workers=1", "--set", "base.scaling.resources_per_worker={trainer: 2}",
+        "--set", "base.train.batch_size=4", "--set", "base.train.max_steps=2",
+        "--set", "base.train.log_every=2", "--set", "base.train.checkpoint_every=2",
+        "--set", "base.validation.every_steps=2", "--set", "base.validation.num_steps=2",
+        "--set", "base.validation.rows=4", "--set", "base.validation.prompts=[a red circle on a blue background]",
+    ]  # fmt: skip
+    logs = run_job(cluster, entry, "sweep")
+    table = join(sweep_uri, "results.md")
+    assert driver_lines(logs)[-1] == table, driver_lines(logs)[-5:]
+    files = file_infos(sweep_uri, storage)
+    assert {"results.md", "results.csv", "best_config.yaml", "pareto.png"} <= set(files)
+    rows = list(csv.DictReader(read_text(join(sweep_uri, "results.csv"), storage).splitlines()))
+    assert sorted(float(r["sigma_train"]) for r in rows) == [0.5, 0.8]
+    nodes = set()
+    for row in rows:
+        assert row["status"] == "completed", row
+        assert row["sample_grid"].startswith(f"{sweep_uri}/grids/") and row["summary"].startswith("s3://")
+        summary = json.loads(read_text(row["summary"], storage))
+        assert summary["exported_model"].startswith(f"{sweep_uri}/trials/")
+        worker = json.loads(read_text(join(summary["outputs"], "workers", "rank-0.json"), storage))
+        nodes.add(worker["node_id"])
+    assert len(nodes) == 2, "each trial needs a whole worker node: the two ran on different nodes"
+    yaml.safe_load(read_text(join(sweep_uri, "best_config.yaml"), storage))
+
+    # Tune's experiment state is on S3 too: a second submission restores it and reruns no trial.
+    before = {r["summary"]: file_infos(sweep_uri, storage)[r["summary"].removeprefix(sweep_uri + "/")].mtime
+              for r in rows}  # fmt: skip
+    logs = run_job(cluster, entry, "sweep-again")
+    assert driver_lines(logs)[-1] == table
+    after = file_infos(sweep_uri, storage)
+    assert all(after[uri.removeprefix(sweep_uri + "/")].mtime == m for uri, m in before.items())
+    # Tune copies the driver's environment into every trial's runtime_env, which Ray's runtime-env
+    # agent logs in plain text: the sweep hides the AWS keys from it (the nodes have them in theirs).
+    leaked = [
+        str(p.relative_to(cluster.temp_dir))
+        for p in cluster.temp_dir.rglob("*.log")
+        if seaweedfs.secret_access_key.encode() in p.read_bytes()
+    ]
+    assert not leaked, f"the S3 secret is in {leaked}"
+
+
 @pytest.mark.timeout(1500)  # three Ray nodes start inside this budget (about 4 minutes on an idle machine)
 def test_node_loss_mid_run_resumes_from_s3_at_the_exact_row(cluster, s3_inputs, seaweedfs):
     storage = seaweedfs.storage()
@@ -258,6 +329,7 @@ def test_node_loss_mid_run_resumes_from_s3_at_the_exact_row(cluster, s3_inputs, 
         "--set", f"train.checkpoint_every={every}", "--set", "train.log_every=4",
         "--set", "train.debug_step_sleep_s=1", "--set", "data.record_rows=true",
         "--set", "consistency.weight=0", "--set", "validation.every_steps=8", "--set", "validation.num_steps=2",
+        "--set", "model.lora_rank=4",
     ]  # fmt: skip
     job = f"multinode-{uuid.uuid4().hex[:8]}"
     submit(cluster, job, entry)
@@ -298,7 +370,9 @@ def test_node_loss_mid_run_resumes_from_s3_at_the_exact_row(cluster, s3_inputs, 
         assert str(s[key]).startswith("s3://"), (key, s[key])
     files = file_infos(outputs, storage)
     assert "loss_curve.png" in files and "model/ambient_metadata.json" in files
-    assert "model/unet/diffusion_pytorch_model.safetensors" in files
+    assert "model/unet/diffusion_pytorch_model.safetensors" in files  # LoRA merged for the pipeline
+    assert any(f.startswith("model/lora/") for f in files)  # and the adapter on its own
+    assert json.loads(read_text(join(outputs, "model", "ambient_metadata.json"), storage))["lora_rank"] == 4
     assert any(f.startswith("samples/") and f.endswith(".png") for f in files)
     assert all(c.startswith("s3://") for c in s["checkpoints"])
 

@@ -225,10 +225,10 @@ def finetune_config(tiny_model: str, shards: str, storage: Path):
         "run.storage_path": str(storage),
         "scaling.num_workers": 2,
         "train.batch_size": 4,
-        "train.max_steps": 16,
+        "train.max_steps": 8,
         "train.checkpoint_every": 4,  # checkpoints early and often: the checkpoint-time gauge must export
         "train.log_every": 2,
-        "validation.every_steps": 16,
+        "validation.every_steps": 8,
         "validation.num_steps": 2,
         "validation.prompts": "[a red circle on a blue background]",
     }
