@@ -1,4 +1,4 @@
-"""The Ray Tune sweep: a 2x2 grid of training noise levels x consistency weights, interrupted and resumed."""
+"""The Ray Tune sweep: a grid of consistency weights (and a dotted-path axis), interrupted and resumed."""
 
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ def overrides(storage: Path, model: str, shards: str) -> list[str]:
     return [
         "name=grid",
         f"storage_path={storage}",
-        "space.sigma_train=[0.5, 0.8]",
+        "space.sigma_train=[0.8]",
         "space.consistency_weight=[0.0, 1.0]",
-        "space.paths={optim.weight_decay: [0.0]}",  # an axis by dotted path (one value: the grid stays 2x2)
+        "space.paths={optim.weight_decay: [0.0]}",  # an axis by dotted path (one value: the grid stays 1x2)
         "asha.enabled=false",
-        "max_concurrent_trials=2",
+        "max_concurrent_trials=1",  # the interrupt finds one trial done, one not
         "quality_samples=8",
         "quality_steps=3",
         f"base.model.path={model}",
@@ -98,7 +98,7 @@ def test_grid_sweep_is_interrupted_resumes_and_writes_its_reports(
         assert path.stat().st_mtime == mtime, f"finished trial {path.parent.parent.name} was rerun"
     rows = list(csv.DictReader((sweep / "results.csv").read_text().splitlines()))
     assert sorted((float(r["sigma_train"]), float(r["consistency_weight"])) for r in rows) == [
-        (0.5, 0.0), (0.5, 1.0), (0.8, 0.0), (0.8, 1.0),
+        (0.8, 0.0), (0.8, 1.0),
     ]  # fmt: skip
     for r in rows:
         assert r["status"] == "completed"
