@@ -32,6 +32,7 @@ import requests
 import yaml
 
 from ambient.storage import exists, file_infos, join, read_text, upload_directory
+from ambient.train import FinetuneConfig
 from tests.conftest import free_port, free_port_block
 from tests.integration.test_exact_resume import coverage, recorded_rows
 
@@ -296,7 +297,11 @@ def test_sweep_trials_run_on_different_nodes_with_everything_on_s3(cluster, s3_i
         worker = json.loads(read_text(join(summary["outputs"], "workers", "rank-0.json"), storage))
         nodes.add(worker["node_id"])
     assert len(nodes) == 2, "each trial needs a whole worker node: the two ran on different nodes"
-    yaml.safe_load(read_text(join(sweep_uri, "best_config.yaml"), storage))
+    best = FinetuneConfig.model_validate(
+        yaml.safe_load(read_text(join(sweep_uri, "best_config.yaml"), storage))
+    )
+    best_row = min(rows, key=lambda r: float(r["val_ambient_loss"]))
+    assert best.loss.sigma_train == float(best_row["sigma_train"]) and best.consistency.weight == 0.0
 
     # Tune's experiment state is on S3 too: a second submission restores it and reruns no trial.
     before = {r["summary"]: file_infos(sweep_uri, storage)[r["summary"].removeprefix(sweep_uri + "/")].mtime
