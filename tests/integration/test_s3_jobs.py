@@ -54,7 +54,7 @@ def test_sweep_on_s3_writes_its_reports_there_and_restores_from_there(on_s3, sea
         "base.scaling.num_workers=1",
         "base.train.batch_size=4",
         "base.train.max_steps=2",
-        "base.train.log_every=2",  # Tune needs val_ambient_loss in every report (validation.every_steps)
+        "base.train.log_every=2",
         "base.train.checkpoint_every=2",
         "base.validation.every_steps=2",
         "base.validation.num_steps=2",
