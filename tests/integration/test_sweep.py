@@ -39,7 +39,7 @@ def overrides(storage: Path, model: str, shards: str) -> list[str]:
         "base.scaling.num_workers=1",
         "base.train.batch_size=4",
         "base.train.max_steps=6",
-        "base.train.log_every=3",
+        "base.train.log_every=2",  # off the validation steps: Tune needs val_ambient_loss in every report
         "base.train.checkpoint_every=6",
         "base.validation.every_steps=3",
         "base.validation.num_steps=3",

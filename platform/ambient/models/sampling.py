@@ -67,6 +67,32 @@ def sample_latents(
     rho: float = 7.0,
 ) -> Tensor:
     """Diffusion-space latents (B, C, H/f, W/f) for ``prompts``; see ``sample_images``."""
+    _check_arguments(prompts, negative_prompts, uncond, mode, method)
+    height, width = _image_size(components, height, width)
+    unet = components.unet
+    device = unet.device
+    gens = [torch.Generator().manual_seed(s) for s in _seeds(seed, len(prompts))]
+    cond, neg = _conditioning(components, prompts, negative_prompts, uncond, (height, width), device)
+    base = SDXLDenoiser(unet, components.alphas_cumprod, components.scheduler.config.prediction_type)
+    denoiser = guided(base, cond, neg, guidance_scale)
+    early = mode == "early_stop" and sigma_n > 0
+    sigmas = _schedule(base, sigma_n if early else None, num_steps, rho)
+
+    f = components.vae_scale_factor
+    shape = (unet.config.in_channels, height // f, width // f)
+    x = _per_sample_noise(gens, shape, device) * base.sigma_max
+    if method == "posterior":
+        x = _posterior_sample(denoiser, x, sigmas, gens)
+    else:
+        x = sample(denoiser, x, sigmas, method=method)
+    if early:  # one Tweedie step from sigma_n: the model is not trusted below the data's noise
+        x = denoiser(x, torch.full((len(prompts),), float(sigma_n), device=device))
+    return x
+
+
+def _check_arguments(
+    prompts: list[str], negative_prompts: list[str] | None, uncond: str, mode: str, method: str
+) -> None:
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings")
     if negative_prompts is not None:
@@ -78,24 +104,33 @@ def sample_latents(
         raise ValueError(f"mode must be 'full' or 'early_stop', got {mode!r}")
     if method not in ("euler", "heun", "posterior"):
         raise ValueError(f"method must be euler, heun or posterior, got {method!r}")
+
+
+def _image_size(components: SDXLComponents, height: int | None, width: int | None) -> tuple[int, int]:
+    """As diffusers: the UNet's configured sample size by default; multiples of the VAE factor."""
     f = components.vae_scale_factor
-    # As diffusers: the UNet's configured sample size by default.
     height = height or components.unet.config.sample_size * f
     width = width or components.unet.config.sample_size * f
     if height % f or width % f:
         raise ValueError(f"height and width must be multiples of the VAE factor {f}, got {height}x{width}")
-    unet = components.unet
-    device = unet.device
-    batch = len(prompts)
-    gens = [torch.Generator().manual_seed(s) for s in _seeds(seed, batch)]
+    return height, width
 
-    embeds, pooled = encode_prompts(
-        [components.tokenizer, components.tokenizer_2],
-        [components.text_encoder, components.text_encoder_2],
-        list(prompts),
-    )
-    size = torch.tensor([[height, width]] * batch)
-    time_ids = make_add_time_ids(size, torch.zeros(batch, 2), (height, width)).to(device)
+
+def _conditioning(
+    components: SDXLComponents,
+    prompts: list[str],
+    negative_prompts: list[str] | None,
+    uncond: str,
+    size_hw: tuple[int, int],
+    device: torch.device,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The conditional and unconditional branches of classifier-free guidance."""
+    batch = len(prompts)
+    tokenizers = [components.tokenizer, components.tokenizer_2]
+    encoders = [components.text_encoder, components.text_encoder_2]
+    embeds, pooled = encode_prompts(tokenizers, encoders, list(prompts))
+    size = torch.tensor([list(size_hw)] * batch)
+    time_ids = make_add_time_ids(size, torch.zeros(batch, 2), size_hw).to(device)
     cond = {
         "encoder_hidden_states": embeds.to(device),
         "text_embeds": pooled.to(device),
@@ -104,39 +139,26 @@ def sample_latents(
     if uncond == "zeros":  # what diffusers does for SDXL base (force_zeros_for_empty_prompt)
         neg = {k: torch.zeros_like(v) for k, v in cond.items() if k != "time_ids"}
     elif uncond == "empty":  # what a model trained with drop_captions(...) -> "" has learnt
-        e, p = encode_prompts(
-            [components.tokenizer, components.tokenizer_2],
-            [components.text_encoder, components.text_encoder_2],
-            [""] * batch if negative_prompts is None else list(negative_prompts),
-        )
+        negatives = [""] * batch if negative_prompts is None else list(negative_prompts)
+        e, p = encode_prompts(tokenizers, encoders, negatives)
         neg = {"encoder_hidden_states": e.to(device), "text_embeds": p.to(device)}
     else:
         raise ValueError(f"uncond must be 'empty' or 'zeros', got {uncond!r}")
     neg["time_ids"] = time_ids
+    return cond, neg
 
-    base = SDXLDenoiser(unet, components.alphas_cumprod, components.scheduler.config.prediction_type)
-    denoiser = guided(base, cond, neg, guidance_scale)
-    # The schedule spans the UNet's trained range (SDXL: 0.029 .. 14.6), not EDM's (0.002 .. 80).
+
+def _schedule(base: SDXLDenoiser, early_stop_at: float | None, num_steps: int, rho: float) -> Tensor:
+    """The noise levels to step through: down to ``early_stop_at`` (sigma_n), else to the model's
+    smallest level. The schedule spans the UNet's trained range (SDXL: 0.029 .. 14.6), not EDM's."""
     sigma_min, sigma_max = base.sigma_min, base.sigma_max
-    early = mode == "early_stop" and sigma_n > 0
-    if early:
-        if sigma_n >= sigma_max:
-            raise ValueError(
-                f"sigma_n must be below the model's largest sigma {sigma_max:.4g}, got {sigma_n}"
-            )
-        sigmas = early_stop_schedule(num_steps, sigma_n, sigma_max, rho)
-    else:
-        sigmas = full_schedule(num_steps, sigma_min, sigma_max, rho)
-
-    shape = (unet.config.in_channels, height // f, width // f)
-    x = _per_sample_noise(gens, shape, device) * sigma_max
-    if method == "posterior":
-        x = _posterior_sample(denoiser, x, sigmas, gens)
-    else:
-        x = sample(denoiser, x, sigmas, method=method)
-    if early:  # one Tweedie step from sigma_n: the model is not trusted below the data's noise
-        x = denoiser(x, torch.full((batch,), float(sigma_n), device=device))
-    return x
+    if early_stop_at is None:
+        return full_schedule(num_steps, sigma_min, sigma_max, rho)
+    if early_stop_at >= sigma_max:
+        raise ValueError(
+            f"sigma_n must be below the model's largest sigma {sigma_max:.4g}, got {early_stop_at}"
+        )
+    return early_stop_schedule(num_steps, early_stop_at, sigma_max, rho)
 
 
 def sample_images(

@@ -126,17 +126,24 @@ def too_large(max_bytes: int) -> str:
 
 
 def create_app(service: Service) -> FastAPI:
-    cfg = service.config
-    GenerateRequest = request_model(cfg.limits)
     app = FastAPI(
         title="Ambient sampler",
         version="1",
         description="Text-to-image sampling from an SDXL model fine-tuned with ambient diffusion. "
         "See docs/api.md.",
     )
-    bearer = HTTPBearer(auto_error=False)  # documents the scheme in /docs; the middleware enforces it
-    # Added first, so it runs inside the gatekeeper below (the last middleware added is the outermost).
-    app.add_middleware(BodyLimit, max_bytes=cfg.limits.max_body_bytes)
+    # Added first, so it runs inside the gatekeeper (the last middleware added is the outermost).
+    app.add_middleware(BodyLimit, max_bytes=service.config.limits.max_body_bytes)
+    _add_gatekeeper(app, service)
+    _add_error_handlers(app)
+    bearer = HTTPBearer(auto_error=False)  # documents the scheme in /docs; the gatekeeper enforces it
+    _add_info_routes(app, service, bearer)
+    _add_generate_route(app, service, bearer)
+    return app
+
+
+def _add_gatekeeper(app: FastAPI, service: Service) -> None:
+    """The outermost layer: request id, auth and cheap refusals, and the request metrics of every answer."""
 
     @app.middleware("http")
     async def gatekeeper(request: Request, call_next):
@@ -145,7 +152,7 @@ def create_app(service: Service) -> FastAPI:
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         request.state.request_id = request_id
         path = _route_path(request)
-        response = _refuse(request, path, request_id)
+        response = _refuse(service, request, path, request_id)
         if response is None:
             try:
                 response = await call_next(request)
@@ -157,24 +164,28 @@ def create_app(service: Service) -> FastAPI:
         service.metrics.request(path, response.status_code, time.monotonic() - start)
         return response
 
-    def _refuse(request: Request, path: str, request_id: str) -> Response | None:
-        """Auth, then the cheap checks on a generate request, before its body is read."""
-        reason = service.auth.check(path, request.headers.get("authorization"))
-        if reason is not None:
+
+def _refuse(service: Service, request: Request, path: str, request_id: str) -> Response | None:
+    """Auth, then the cheap checks on a generate request, before its body is read."""
+    reason = service.auth.check(path, request.headers.get("authorization"))
+    if reason is not None:
+        return error_response(401, "unauthorized", reason, request_id, headers={"WWW-Authenticate": "Bearer"})
+    if request.method == "POST" and path == "/v1/generate":
+        max_bytes = service.config.limits.max_body_bytes
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json":
             return error_response(
-                401, "unauthorized", reason, request_id, headers={"WWW-Authenticate": "Bearer"}
+                415, "unsupported_media_type", "Content-Type must be application/json", request_id
             )
-        if request.method == "POST" and path == "/v1/generate":
-            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if ctype != "application/json":
-                return error_response(
-                    415, "unsupported_media_type", "Content-Type must be application/json", request_id
-                )
-            length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > cfg.limits.max_body_bytes):
-                # A body without (or beyond) its Content-Length is capped while it is read (BodyLimit).
-                return error_response(413, "body_too_large", too_large(cfg.limits.max_body_bytes), request_id)
-        return None
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_bytes):
+            # A body without (or beyond) its Content-Length is capped while it is read (BodyLimit).
+            return error_response(413, "body_too_large", too_large(max_bytes), request_id)
+    return None
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error in the one body shape; validation errors name the field, crashes only the request id."""
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -199,6 +210,10 @@ def create_app(service: Service) -> FastAPI:
         logger.error("request %s failed", request_id, exc_info=exc)
         return error_response(500, "internal_error", "internal error; quote the request id", request_id)
 
+
+def _add_info_routes(app: FastAPI, service: Service, bearer: HTTPBearer) -> None:
+    """/v1/health (open) and /v1/model."""
+
     @app.get("/v1/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health() -> Any:
         if service.model is None:
@@ -221,6 +236,12 @@ def create_app(service: Service) -> FastAPI:
             replica=ReplicaInfo(id=service.replica_id, pid=os.getpid(), device=str(m.device)),
         )
 
+
+def _add_generate_route(app: FastAPI, service: Service, bearer: HTTPBearer) -> None:
+    """/v1/generate: its request model carries the configured limits."""
+    cfg = service.config
+    GenerateRequest = request_model(cfg.limits)
+
     @app.post(
         "/v1/generate",
         response_model=GenerateResponse,
@@ -229,8 +250,7 @@ def create_app(service: Service) -> FastAPI:
     )
     # (No `from __future__ import annotations` in this module: FastAPI must see this class itself.)
     async def generate(body: GenerateRequest, request: Request) -> Any:  # type: ignore[valid-type]
-        m = _ready(service)
-        job = _job(cfg, m, body)
+        job = _job(cfg, _ready(service), body)
         result = await service.submit(job)
         if result.failed:  # logged with its traceback where it ran (run_jobs)
             return error_response(
@@ -239,23 +259,25 @@ def create_app(service: Service) -> FastAPI:
         service.metrics.generated(len(result.pngs), job.key.steps, result.queue_seconds)
         if body.output == "png":
             return Response(result.pngs[0], media_type="image/png", headers={"X-Seed": str(job.seeds[0])})
-        return GenerateResponse(
-            request_id=request.state.request_id,
-            images=[
-                GeneratedImage(seed=s, png_base64=base64.b64encode(p).decode())
-                for s, p in zip(job.seeds, result.pngs, strict=True)
-            ],
-            width=job.key.width,
-            height=job.key.height,
-            steps=job.key.steps,
-            guidance_scale=job.key.guidance_scale,
-            sampling_mode=job.key.mode,
-            sigma_stop=job.key.sigma_stop,
-            model_seconds=round(result.model_seconds, 4),
-            batch_images=result.batch_images,
-        )
+        return _generate_response(job, result, request.state.request_id)
 
-    return app
+
+def _generate_response(job: Job, result: JobResult, request_id: str) -> GenerateResponse:
+    return GenerateResponse(
+        request_id=request_id,
+        images=[
+            GeneratedImage(seed=s, png_base64=base64.b64encode(p).decode())
+            for s, p in zip(job.seeds, result.pngs, strict=True)
+        ],
+        width=job.key.width,
+        height=job.key.height,
+        steps=job.key.steps,
+        guidance_scale=job.key.guidance_scale,
+        sampling_mode=job.key.mode,
+        sigma_stop=job.key.sigma_stop,
+        model_seconds=round(result.model_seconds, 4),
+        batch_images=result.batch_images,
+    )
 
 
 def _route_path(request: Request) -> str:

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .records import StepRecord
+
 DS_TAG = "ds"
 STATE_FILE = "train_state.json"
 EMA_FILE = "ema.safetensors"
@@ -23,7 +25,7 @@ EMA_FILE = "ema.safetensors"
 class LoopState:
     step: int = 0
     images_seen: int = 0
-    history: list[dict] = field(default_factory=list)  # per logged step: step, loss, ambient, consistency, lr
+    history: list[StepRecord] = field(default_factory=list)  # one record per report step
     resumed_from_step: int | None = None
     resumes: list[int] = field(default_factory=list)  # the step of every checkpoint restore, in order
     data_position: int = 0  # rows of the run's row stream consumed by all ranks (exact split)
@@ -42,7 +44,8 @@ def load(engine, directory: Path) -> tuple[LoopState, dict[str, torch.Tensor] | 
     if path is None:
         raise RuntimeError(f"checkpoint {directory} holds no DeepSpeed state under tag {DS_TAG!r}")
     raw = json.loads((directory / STATE_FILE).read_text())
-    state = LoopState(**raw)
+    # A history from before the records (its own key names) is read into records too.
+    state = LoopState(**{**raw, "history": [StepRecord.from_dict(h) for h in raw.get("history", [])]})
     ema_path = directory / EMA_FILE
     ema = load_file(str(ema_path)) if ema_path.exists() else None
     return state, ema

@@ -32,11 +32,13 @@ from . import checkpointing
 from .batch import model_inputs
 from .config import FinetuneConfig
 from .deepspeed_config import build_deepspeed_config
+from .due import Due
 from .ema import EMA
 from .metrics import TrainMetrics
-from .objective import training_loss
+from .objective import LossParts, training_loss
 from .outputs import plot_loss_curve
 from .plan import RunPlan
+from .records import WORKER_SUMMARY, StepRecord, WorkerSummary
 from .validation import validation_ambient_loss
 
 
@@ -46,8 +48,8 @@ def _format_eta(seconds: float) -> str:
 
 
 @dataclass
-class _Window:
-    """Sums over the optimizer steps since the last log line (losses are logged as window means)."""
+class _Sums:
+    """Sums over optimizer steps: a logging window (its losses are logged as means) or an attempt's totals."""
 
     steps: int = 0
     wait: float = 0.0
@@ -58,8 +60,25 @@ class _Window:
     consistency: float = 0.0
     consistency_steps: int = 0
 
-    def mean_losses(self) -> tuple[float, float, float | None]:
-        """(loss, ambient, consistency) averaged over the window and over all ranks."""
+    def add(self, step: StepRecord) -> None:
+        """One optimizer step, from this worker's record of it."""
+        self.steps += 1
+        self.wait += step.data_wait_seconds
+        self.compute += step.step_seconds - step.data_wait_seconds
+        self.images += step.images
+        self.loss += step.loss
+        self.ambient += step.ambient_loss
+        if step.consistency_loss is not None:
+            self.consistency += step.consistency_loss
+            self.consistency_steps += 1
+
+    @property
+    def busy(self) -> float:
+        return self.wait + self.compute
+
+    def record(self, step: int, lr: float, world: int) -> StepRecord:
+        """The window as one record: losses averaged over its steps and over all ranks (a collective:
+        every rank calls it at the same step); speed of all ranks, from this rank's timings."""
         sums = torch.tensor(
             [self.loss, self.ambient, self.consistency, self.consistency_steps, self.steps],
             dtype=torch.float64,
@@ -67,10 +86,23 @@ class _Window:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(sums)
         loss, ambient, cons, cons_n, n = sums.tolist()
-        return loss / n, ambient / n, (cons / cons_n if cons_n else None)
+        busy, steps = self.busy, max(self.steps, 1)
+        return StepRecord(
+            step=step,
+            loss=loss / n,
+            ambient_loss=ambient / n,
+            consistency_loss=cons / cons_n if cons_n else None,
+            lr=lr,
+            images_per_second=self.images * world / busy if busy else 0.0,
+            step_seconds=busy / steps,
+            data_wait_seconds=self.wait / steps,
+            images=self.images * world,
+        )
 
 
-class _Worker:
+class TrainingWorker:
+    """One Ray Train worker's fine-tuning: the DeepSpeed engine and the loop over optimizer steps."""
+
     def __init__(self, cfg: FinetuneConfig, plan: RunPlan, stream: StreamPlan | None) -> None:
         self.cfg, self.plan, self.stream = cfg, plan, stream
         ctx = ray.train.get_context()
@@ -83,6 +115,29 @@ class _Worker:
 
         self._register()
         self.comps, self.model_dir = load_model_components(plan.model_source, self.storage)
+        self.engine, self.lr_scheduler = self._build_engine()
+        self.denoiser = SDXLDenoiser(self.engine, self.comps.alphas_cumprod, plan.prediction_type)
+        self.train_sigmas = self.denoiser.train_sigmas
+        self.metrics = TrainMetrics(cfg.run.name, self.rank)
+        self.holdout = (
+            read_rows(cfg.validation.data_uri, self.storage, cfg.validation.rows)
+            if cfg.validation.data_uri
+            else None
+        )
+        self.state, ema_state = self._restore()
+        self.ema = EMA(self.engine.module, cfg.train.ema_decay, ema_state) if cfg.train.ema_decay else None
+        # The last held-out loss (a resumed run's from its history): every later report carries it.
+        last = next((r for r in reversed(self.state.history) if r.val_step is not None), None)
+        self.last_val = (last.val_ambient_loss, last.val_step) if last is not None else None
+        self.window, self.totals = _Sums(), _Sums()  # since the last report; this attempt's steps
+        # A generator per rank and resume point: the run's randomness is reproducible and never repeats.
+        self.gen = torch.Generator().manual_seed(
+            cfg.train.seed * 100_003 + self.rank * 7919 + self.state.step
+        )
+
+    def _build_engine(self):
+        """Frozen VAE and text encoders; the UNet (or its LoRA) trainable, wrapped by DeepSpeed."""
+        cfg = self.cfg
         for frozen in (self.comps.vae, self.comps.text_encoder, self.comps.text_encoder_2):
             frozen.requires_grad_(False).eval().to(self.device)
         unet = self.comps.unet
@@ -94,32 +149,23 @@ class _Worker:
             unet.enable_gradient_checkpointing()
         unet.train()
         params = [p for p in unet.parameters() if p.requires_grad]
-        self.engine, _, _, self.lr_scheduler = deepspeed.initialize(
+        engine, _, _, lr_scheduler = deepspeed.initialize(
             model=unet, model_parameters=params, config=build_deepspeed_config(cfg)
         )
-        self.denoiser = SDXLDenoiser(self.engine, self.comps.alphas_cumprod, plan.prediction_type)
-        self.train_sigmas = self.denoiser.train_sigmas
-        self.metrics = TrainMetrics(cfg.run.name, self.rank)
-        self.holdout = (
-            read_rows(cfg.validation.data_uri, self.storage, cfg.validation.rows)
-            if cfg.validation.data_uri
-            else None
-        )
+        return engine, lr_scheduler
 
-        self.state = checkpointing.LoopState()
-        ema_state = None
+    def _restore(self) -> tuple[checkpointing.LoopState, dict | None]:
+        """The loop state and EMA weights of Ray Train's latest checkpoint (loaded into the engine), or
+        a fresh state."""
         checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                self.state, ema_state = checkpointing.load(self.engine, Path(folder))
-            self.state.resumed_from_step = self.state.step
-            self.state.resumes.append(self.state.step)
-            self._log(f"resumed from checkpoint at step {self.state.step}")
-        self.ema = EMA(self.engine.module, cfg.train.ema_decay, ema_state) if cfg.train.ema_decay else None
-        # A generator per rank and resume point: the run's randomness is reproducible and never repeats.
-        self.gen = torch.Generator().manual_seed(
-            cfg.train.seed * 100_003 + self.rank * 7919 + self.state.step
-        )
+        if checkpoint is None:
+            return checkpointing.LoopState(), None
+        with checkpoint.as_directory() as folder:
+            state, ema_state = checkpointing.load(self.engine, Path(folder))
+        state.resumed_from_step = state.step
+        state.resumes.append(state.step)
+        self._log(f"resumed from checkpoint at step {state.step}")
+        return state, ema_state
 
     def _register(self) -> None:
         """Leave ``outputs/workers/rank-N.json`` (pid, host, start time) so an operator can find each
@@ -174,144 +220,135 @@ class _Worker:
         write_bytes_atomic(uri, json.dumps({"ids": ids, "world": self.world}).encode(), self.storage)
 
     def run(self) -> None:
-        cfg = self.cfg
-        accum = cfg.optim.grad_accum
         batches = self._batches()
-        window = _Window()
-        totals = {"wait": 0.0, "compute": 0.0, "images": 0}
-        start, start_step = time.perf_counter(), self.state.step
-        while self.state.step < cfg.train.max_steps:
-            total_sum, amb_sum, cons_vals, images, wait, compute = 0.0, 0.0, [], 0, 0.0, 0.0
-            step_ids: list[str] = []
-            for _ in range(accum):
-                t0 = time.perf_counter()
-                try:
-                    batch = next(batches)
-                except StopIteration:
-                    raise RuntimeError(
-                        f"the data stream ended at step {self.state.step} of {cfg.train.max_steps} "
-                        "(the planned epochs were too few; this is a bug)"
-                    ) from None
-                t1 = time.perf_counter()
-                step_ids += batch["ids"]
-                inputs = model_inputs(
-                    batch,
-                    self.comps,
-                    caption_dropout=cfg.data.caption_dropout,
-                    sigma_train=cfg.loss.sigma_train,
-                    noise_seed=cfg.loss.noise_seed,
-                    vae_scale_factor=self.comps.vae_scale_factor,
-                    ignore_data_noise=cfg.loss.data_noise == "ignored",
-                    generator=self.gen,
-                    device=self.device,
-                )
-                parts = training_loss(
-                    self.denoiser, inputs, cfg, self.state.step, self.train_sigmas, self.gen
-                )
-                loss_value = parts.total.item()
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"non-finite loss at step {self.state.step}: {parts}")
-                self.engine.backward(parts.total)
-                self.engine.step()
-                wait += t1 - t0
-                compute += time.perf_counter() - t1
-                total_sum += loss_value
-                amb_sum += parts.ambient
-                if parts.consistency is not None:
-                    cons_vals.append(parts.consistency)
-                images += inputs.y.shape[0]
-            self.state.step += 1
-            self.state.images_seen += images * self.world
-            self.state.data_position += accum * self.world * cfg.train.batch_size
-            if cfg.data.record_rows:
-                self._record_rows(step_ids)
-            if cfg.train.debug_step_sleep_s:
-                time.sleep(cfg.train.debug_step_sleep_s)
-            if self.ema is not None:
-                self.ema.update(self.engine.module)
-            ambient = amb_sum / accum
-            cons = sum(cons_vals) / len(cons_vals) if cons_vals else None
-            total = total_sum / accum  # LossParts.total: the one definition of the weighted sum
-            lr = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else cfg.optim.lr
-            window.steps += 1
-            window.wait += wait
-            window.compute += compute
-            window.images += images
-            window.loss += total
-            window.ambient += ambient
-            if cons is not None:
-                window.consistency += cons
-                window.consistency_steps += 1
-            step_s = wait + compute
-            self.metrics.record(
-                {
-                    "loss": total,
-                    "ambient_loss": ambient,
-                    "lr": lr,
-                    "images_per_second": images / step_s if step_s > 0 else 0.0,
-                    "step_seconds": step_s,
-                    "data_wait_seconds": wait,
-                    "step": self.state.step,
-                    **({"consistency_loss": cons} if cons is not None else {}),
-                },
-                images=images,
+        self.started, self.start_step = time.perf_counter(), self.state.step  # for the ETA
+        while self.state.step < self.cfg.train.max_steps:
+            mine = self._optimizer_step(batches)
+            self.window.add(mine)
+            self.totals.add(mine)
+            due = Due.at(
+                self.state.step,
+                self.cfg.train,
+                self.cfg.validation,
+                has_holdout=self.holdout is not None,
+                validated=self.last_val is not None,
             )
-            due_log = self.state.step % cfg.train.log_every == 0
-            due_ckpt = (
-                self.state.step % cfg.train.checkpoint_every == 0 or self.state.step == cfg.train.max_steps
-            )
-            due_val = (
-                self.state.step % cfg.validation.every_steps == 0 or self.state.step == cfg.train.max_steps
-            )
-            if not (due_log or due_ckpt or due_val):
-                continue
-            elapsed = time.perf_counter() - start
-            done = self.state.step - start_step
-            eta = elapsed / done * (cfg.train.max_steps - self.state.step) if done else 0.0
-            busy = window.wait + window.compute
-            loss_mean, ambient_mean, cons_mean = window.mean_losses()
-            report = {
-                "step": self.state.step,
-                "loss": loss_mean,
-                "ambient_loss": ambient_mean,
-                "consistency_loss": cons_mean,
-                "lr": lr,
-                "images_per_second": window.images * self.world / busy if busy else 0.0,
-                "data_wait_fraction": window.wait / busy if busy else 0.0,
-                "step_seconds": busy / max(window.steps, 1),
-            }
-            totals["wait"] += window.wait
-            totals["compute"] += window.compute
-            totals["images"] += window.images
-            window = _Window()
-            if due_val and self.holdout is not None:
-                report["val_ambient_loss"] = self._validation_loss()
-            self.state.history.append(
-                {
-                    "step": self.state.step,
-                    "loss": loss_mean,
-                    "ambient": ambient_mean,
-                    "consistency": cons_mean,
-                    "lr": lr,
-                    **({"val_ambient": report["val_ambient_loss"]} if "val_ambient_loss" in report else {}),
-                }
-            )
-            if due_log or self.state.step == cfg.train.max_steps:  # one line per log step
-                self._log(
-                    f"step {self.state.step}/{cfg.train.max_steps}  loss {loss_mean:.4f}  "
-                    f"ambient {ambient_mean:.4f}  "
-                    f"consistency {'-' if cons_mean is None else f'{cons_mean:.4f}'}  lr {lr:.2e}  "
-                    f"{report['images_per_second']:.1f} img/s  data wait {report['data_wait_fraction']:.0%}  "
-                    f"eta {_format_eta(eta)}"
-                )
-            if due_val:
-                self._sample_grid(f"step_{self.state.step:06d}")
-            report["throughput_totals"] = dict(totals)
-            if due_ckpt:
-                self._checkpoint_and_report(report)
-            else:
-                ray.train.report(report)
-        self._finish(totals)
+            checkpoint_seconds = self._report(due) if due.report else None
+            # After the step's actions, so that a checkpoint's time reaches its gauge with the step.
+            self.metrics.record(dataclasses.replace(mine, checkpoint_seconds=checkpoint_seconds))
+        self._finish()
+
+    def _optimizer_step(self, batches) -> StepRecord:
+        """grad_accum micro-batches and one optimizer step; returns this worker's record of the step."""
+        accum = self.cfg.optim.grad_accum
+        total_sum, amb_sum, cons_vals, images, wait, compute = 0.0, 0.0, [], 0, 0.0, 0.0
+        step_ids: list[str] = []
+        for _ in range(accum):
+            t0 = time.perf_counter()
+            batch = self._next_batch(batches)
+            t1 = time.perf_counter()
+            step_ids += batch["ids"]
+            total, parts, rows = self._micro_batch(batch)
+            wait += t1 - t0
+            compute += time.perf_counter() - t1
+            total_sum += total
+            amb_sum += parts.ambient
+            if parts.consistency is not None:
+                cons_vals.append(parts.consistency)
+            images += rows
+        self._advance(images, step_ids)
+        step_s = wait + compute
+        return StepRecord(
+            step=self.state.step,
+            loss=total_sum / accum,  # LossParts.total: the one definition of the weighted sum
+            ambient_loss=amb_sum / accum,
+            consistency_loss=sum(cons_vals) / len(cons_vals) if cons_vals else None,
+            lr=self._lr(),
+            images_per_second=images / step_s if step_s > 0 else 0.0,
+            step_seconds=step_s,
+            data_wait_seconds=wait,
+            images=images,
+        )
+
+    def _micro_batch(self, batch: dict) -> tuple[float, LossParts, int]:
+        """Forward and backward of one micro-batch, then DeepSpeed's step (which applies the optimizer
+        once per grad_accum micro-batches); returns (total loss, its parts, rows)."""
+        cfg = self.cfg
+        inputs = model_inputs(
+            batch,
+            self.comps,
+            caption_dropout=cfg.data.caption_dropout,
+            sigma_train=cfg.loss.sigma_train,
+            noise_seed=cfg.loss.noise_seed,
+            vae_scale_factor=self.comps.vae_scale_factor,
+            ignore_data_noise=cfg.loss.data_noise == "ignored",
+            generator=self.gen,
+            device=self.device,
+        )
+        parts = training_loss(self.denoiser, inputs, cfg, self.state.step, self.train_sigmas, self.gen)
+        total = parts.total.item()
+        if not math.isfinite(total):
+            raise FloatingPointError(f"non-finite loss at step {self.state.step}: {parts}")
+        self.engine.backward(parts.total)
+        self.engine.step()
+        return total, parts, inputs.y.shape[0]
+
+    def _advance(self, images: int, step_ids: list[str]) -> None:
+        """The loop state after an optimizer step (what a checkpoint keeps), and the EMA."""
+        cfg = self.cfg
+        self.state.step += 1
+        self.state.images_seen += images * self.world
+        self.state.data_position += cfg.optim.grad_accum * self.world * cfg.train.batch_size
+        if cfg.data.record_rows:
+            self._record_rows(step_ids)
+        if cfg.train.debug_step_sleep_s:
+            time.sleep(cfg.train.debug_step_sleep_s)
+        if self.ema is not None:
+            self.ema.update(self.engine.module)
+
+    def _next_batch(self, batches) -> dict:
+        try:
+            return next(batches)
+        except StopIteration:
+            raise RuntimeError(
+                f"the data stream ended at step {self.state.step} of {self.cfg.train.max_steps} "
+                "(the planned epochs were too few; this is a bug)"
+            ) from None
+
+    def _report(self, due: Due) -> float | None:
+        """Close the logging window: its record (with the held-out loss) goes into the history and to
+        Ray Train, after the log line and sample grid when due, with a checkpoint when due. Returns the
+        checkpoint's save time, if one was saved."""
+        record = self.window.record(self.state.step, self._lr(), self.world)
+        self.window = _Sums()
+        if due.validate:
+            self.last_val = (self._validation_loss(), self.state.step)
+        record = record.with_validation(self.last_val)
+        self.state.history.append(record)
+        if due.log:
+            self._log_progress(record)
+        if due.sample:
+            self._sample_grid(f"step_{self.state.step:06d}")
+        if due.checkpoint:
+            return self._checkpoint_and_report(record)
+        ray.train.report(record.report())
+        return None
+
+    def _lr(self) -> float:
+        return self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler is not None else self.cfg.optim.lr
+
+    def _log_progress(self, r: StepRecord) -> None:
+        """One line per logged step."""
+        done = self.state.step - self.start_step
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / done * (self.cfg.train.max_steps - self.state.step) if done else 0.0
+        wait = r.data_wait_seconds / r.step_seconds if r.step_seconds else 0.0
+        consistency = "-" if r.consistency_loss is None else f"{r.consistency_loss:.4f}"
+        self._log(
+            f"step {r.step}/{self.cfg.train.max_steps}  loss {r.loss:.4f}  ambient {r.ambient_loss:.4f}  "
+            f"consistency {consistency}  lr {r.lr:.2e}  {r.images_per_second:.1f} img/s  "
+            f"data wait {wait:.0%}  eta {_format_eta(eta)}"
+        )
 
     def _validation_loss(self) -> float:
         """Every rank computes it on the same rows (ZeRO-3 needs all ranks in each forward)."""
@@ -329,16 +366,16 @@ class _Worker:
         finally:
             module.train()
 
-    def _checkpoint_and_report(self, report: dict) -> None:
+    def _checkpoint_and_report(self, record: StepRecord) -> float:
         with tempfile.TemporaryDirectory(prefix="ambient-ckpt-") as folder:
             t0 = time.perf_counter()
             shadow = self.ema.shadow if self.ema is not None else None
             checkpointing.save(self.engine, Path(folder), self.state, shadow, self.rank)
             seconds = time.perf_counter() - t0
-            self.metrics.record({"checkpoint_seconds": seconds})
-            report["checkpoint_seconds"] = seconds
+            report = dataclasses.replace(record, checkpoint_seconds=seconds).report()
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
         self._log(f"checkpoint at step {self.state.step} ({seconds:.1f} s)")
+        return seconds
 
     # ---- samples, export, outputs ------------------------------------------------------------------
 
@@ -370,51 +407,57 @@ class _Worker:
             image_grid(images, rows=rows).save(path)
             upload_directory(self.out_dir, self.plan.outputs_uri, self.storage)
 
-    def _finish(self, totals: dict) -> None:
-        module = self.engine.module
+    def _finish(self) -> None:
         if self.ema is not None:
-            self.ema.copy_to(module)
-        params = list(module.parameters())
-        # Under ZeRO-3 the parameters are partitioned: gather them for the export (a no-op otherwise).
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            if self.rank == 0:
-                metadata = {
-                    "sigma_n": self.plan.sigma_n,
-                    "trained_with_consistency": self.cfg.consistency.weight > 0,
-                    "default_sampling_mode": self.plan.sampling_mode,
-                    "resolution": self.plan.resolution,
-                    "dataset": self.plan.data_uri,
-                    "base_model": self.plan.model_source,
-                    "steps": self.state.step,
-                    "lora_rank": self.cfg.model.lora_rank,
-                    "ema_decay": self.cfg.train.ema_decay,
-                }
-                lora = lora_state_dict(module) if self.cfg.model.lora_rank else None
-                export_pipeline(self.model_dir, module, self.out_dir / "model", metadata, lora_state=lora)
+            self.ema.copy_to(self.engine.module)
+        self._export()
         if self.ema is not None:  # the last validation grid showed the raw weights
             self._sample_grid("final")
         if self.rank == 0:
-            plot_loss_curve(self.state.history, self.out_dir / "loss_curve.png", f"run {self.cfg.run.name}")
-            busy = totals["wait"] + totals["compute"]
-            summary = {
+            self._write_outputs()
+
+    def _export(self) -> None:
+        """Rank 0 writes the diffusers folder (every rank takes part in gathering ZeRO-3's partitions)."""
+        module = self.engine.module
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            if self.rank != 0:
+                return
+            metadata = {
+                "sigma_n": self.plan.sigma_n,
+                "trained_with_consistency": self.cfg.consistency.weight > 0,
+                "default_sampling_mode": self.plan.sampling_mode,
+                "resolution": self.plan.resolution,
+                "dataset": self.plan.data_uri,
+                "base_model": self.plan.model_source,
                 "steps": self.state.step,
-                "images_seen": self.state.images_seen,
-                "resumed_from_step": self.state.resumed_from_step,
-                "resumes": self.state.resumes,
-                "data_position": self.state.data_position,
-                "history": self.state.history,
-                "images_per_second": totals["images"] * self.world / busy if busy else None,
-                "data_wait_fraction": totals["wait"] / busy if busy else None,
+                "lora_rank": self.cfg.model.lora_rank,
+                "ema_decay": self.cfg.train.ema_decay,
             }
-            write_bytes_atomic(
-                str(self.out_dir / "worker_summary.json"), json.dumps(summary, indent=2, default=str).encode()
-            )
-            upload_directory(self.out_dir, self.plan.outputs_uri, self.storage)
-            self._log(f"outputs uploaded to {self.plan.outputs_uri}")
+            lora = lora_state_dict(module) if self.cfg.model.lora_rank else None
+            export_pipeline(self.model_dir, module, self.out_dir / "model", metadata, lora_state=lora)
+
+    def _write_outputs(self) -> None:
+        """Rank 0: the loss curve and the worker summary, uploaded with the export and the grids."""
+        plot_loss_curve(self.state.history, self.out_dir / "loss_curve.png", f"run {self.cfg.run.name}")
+        busy = self.totals.busy
+        summary = WorkerSummary(
+            steps=self.state.step,
+            images_seen=self.state.images_seen,
+            resumed_from_step=self.state.resumed_from_step,
+            resumes=self.state.resumes,
+            data_position=self.state.data_position,
+            history=self.state.history,
+            images_per_second=self.totals.images * self.world / busy if busy else None,
+            data_wait_fraction=self.totals.wait / busy if busy else None,
+        )
+        summary_json = json.dumps(summary.to_dict(), indent=2, default=str).encode()
+        write_bytes_atomic(str(self.out_dir / WORKER_SUMMARY), summary_json)
+        upload_directory(self.out_dir, self.plan.outputs_uri, self.storage)
+        self._log(f"outputs uploaded to {self.plan.outputs_uri}")
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; ``config`` holds the validated job config and the driver's run plan."""
     cfg = FinetuneConfig.model_validate(config["finetune"])
     plan = RunPlan(**config["plan"])
-    _Worker(cfg, plan, config.get("stream")).run()
+    TrainingWorker(cfg, plan, config.get("stream")).run()

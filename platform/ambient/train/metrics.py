@@ -6,11 +6,14 @@ from ray.util import metrics as ray_metrics
 
 from ambient.metric_names import TRAIN_METRICS
 
+from .records import StepRecord, check_metric_specs, metric_values
+
 
 class TrainMetrics:
     """Gauges and counters named in ambient.metric_names, tagged with the run name and worker rank."""
 
     def __init__(self, run: str, rank: int) -> None:
+        check_metric_specs(TRAIN_METRICS)  # a StepRecord field without its metric fails here, not silently
         self._tags = {"run": run, "rank": str(rank)}
         self._metrics = {}
         for spec in TRAIN_METRICS:
@@ -19,11 +22,12 @@ class TrainMetrics:
             metric.set_default_tags(self._tags)
             self._metrics[spec.name] = metric
 
-    def record(self, values: dict[str, float], images: int = 0) -> None:
-        """Set each gauge named in ``values`` (keys without the ``ambient_train_`` prefix)."""
-        for key, value in values.items():
-            metric = self._metrics.get(f"ambient_train_{key}")
-            if metric is not None and not isinstance(metric, ray_metrics.Counter):
-                metric.set(float(value))
-        if images:
-            self._metrics["ambient_train_images"].inc(images)
+    def record(self, record: StepRecord) -> None:
+        """Set each gauge to the record's field of its name; add the counters' fields."""
+        for name, value in metric_values(record).items():
+            metric = self._metrics[name]
+            if isinstance(metric, ray_metrics.Counter):
+                if value:
+                    metric.inc(value)
+            else:
+                metric.set(value)

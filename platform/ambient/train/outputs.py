@@ -9,23 +9,30 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .records import StepRecord  # noqa: E402
 
-def plot_loss_curve(history: list[dict], path: Path, title: str) -> None:
-    """Ambient, consistency and total loss against the optimizer step (log scale)."""
+
+def plot_loss_curve(history: list[StepRecord], path: Path, title: str) -> None:
+    """Ambient, consistency and total loss against the optimizer step (log scale), and the held-out
+    loss at the steps it was measured."""
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    steps = [h["step"] for h in history]
-    for key, label in (
-        ("loss", "total"),
-        ("ambient", "ambient"),
-        ("consistency", "consistency"),
-        ("val_ambient", "validation ambient"),
-    ):
-        pts = [(s, h[key]) for s, h in zip(steps, history, strict=True) if h.get(key) is not None]
+    curves = {
+        label: [(r.step, getattr(r, name)) for r in history if getattr(r, name) is not None]
+        for name, label in (
+            ("loss", "total"),
+            ("ambient_loss", "ambient"),
+            ("consistency_loss", "consistency"),
+        )
+    }
+    # Records carry the last held-out loss between validations: one point per measurement.
+    measured = {r.val_step: r.val_ambient_loss for r in history if r.val_step is not None}
+    curves["validation ambient"] = sorted(measured.items())
+    for label, pts in curves.items():
         if pts:
             ax.plot(*zip(*pts, strict=True), label=label, marker="." if len(pts) < 50 else None)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
-    if all(h.get("loss", 1) > 0 for h in history):
+    if all(r.loss > 0 for r in history):
         ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3)

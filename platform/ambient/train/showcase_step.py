@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-import json
 
 from PIL import Image
 
 from ambient.data.holdout import read_rows
 from ambient.eval.showcase import SamplingSpec, adherence_line, png_bytes, showcase
 from ambient.models.source import load_model_components
-from ambient.storage import exists, join, read_bytes, read_text, write_bytes_atomic
+from ambient.storage import exists, join, read_bytes, write_bytes_atomic
 
 from .config import FinetuneConfig
 from .plan import RunPlan
@@ -18,8 +17,9 @@ from .plan import RunPlan
 COMPARISON_NAME = "comparison.png"
 
 
-def write_showcase(cfg: FinetuneConfig, plan: RunPlan, summary_uri: str) -> list[str]:
-    """Write comparison.png beside the summary, add its numbers to the summary; returns lines to print."""
+def write_showcase(cfg: FinetuneConfig, plan: RunPlan) -> tuple[dict, list[str]]:
+    """Write comparison.png beside the summary; returns its numbers (summary.json's ``showcase``) and
+    lines to print."""
     section = cfg.showcase
     storage = cfg.storage.resolved()
     base, _ = load_model_components(plan.model_source, storage)
@@ -42,7 +42,4 @@ def write_showcase(cfg: FinetuneConfig, plan: RunPlan, summary_uri: str) -> list
     )
     picture_uri = join(plan.outputs_uri, COMPARISON_NAME)
     write_bytes_atomic(picture_uri, png_bytes(picture), storage)
-    summary = json.loads(read_text(summary_uri, storage))
-    summary["showcase"] = {"picture": picture_uri, **numbers}
-    write_bytes_atomic(summary_uri, json.dumps(summary, indent=2, default=str).encode(), storage)
-    return [f"comparison:     {picture_uri}", *adherence_line(numbers)]
+    return {"picture": picture_uri, **numbers}, [f"comparison:     {picture_uri}", *adherence_line(numbers)]

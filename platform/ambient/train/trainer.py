@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -30,6 +31,7 @@ from ambient.storage import exists, is_s3, join, read_text, resolve_filesystem, 
 from .config import DEMO_DATA_URI, FinetuneConfig
 from .loop import train_loop_per_worker
 from .plan import RunPlan
+from .records import WORKER_SUMMARY, RunSummary, WorkerSummary
 
 
 def _log(message: str) -> None:
@@ -230,23 +232,23 @@ def start_banner(cfg: FinetuneConfig, plan: RunPlan, info: DatasetInfo) -> list[
     ]
 
 
-def final_summary(summary: dict, summary_uri: str) -> list[str]:
-    """The closing block of a run, from its summary.json content."""
+def final_summary(summary: RunSummary, summary_uri: str) -> list[str]:
+    """The closing block of a run, from its summary."""
 
     def num(value, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    resumed = summary.get("resumed_from_step")
+    resumed = summary.resumed_from_step
     return [
-        f"---- done: {summary['run']} ----",
-        f"steps      {summary['steps']}" + (f" (resumed from step {resumed})" if resumed else ""),
-        f"loss       {num(summary.get('first_loss'), '.4g')} -> {num(summary.get('final_loss'), '.4g')} "
+        f"---- done: {summary.run} ----",
+        f"steps      {summary.steps}" + (f" (resumed from step {resumed})" if resumed else ""),
+        f"loss       {num(summary.first_loss, '.4g')} -> {num(summary.final_loss, '.4g')} "
         "(first -> last logged step)",
-        f"speed      {num(summary.get('images_per_second'), '.1f')} img/s, "
-        f"{summary['images_seen']} images in {summary['wall_seconds']} s",
-        f"model      {summary['exported_model']}",
-        f"samples    {summary['sample_grids']}",
-        f"loss curve {summary['loss_curve']}",
+        f"speed      {num(summary.images_per_second, '.1f')} img/s, "
+        f"{summary.images_seen} images in {summary.wall_seconds} s",
+        f"model      {summary.exported_model}",
+        f"samples    {summary.sample_grids}",
+        f"loss curve {summary.loss_curve}",
         f"summary    {summary_uri}",
     ]
 
@@ -311,7 +313,10 @@ def run_finetune(cfg: FinetuneConfig, callbacks: list | None = None) -> str:
     if cfg.showcase.enabled:
         from .showcase_step import write_showcase
 
-        _log_block(write_showcase(cfg, prepared.plan, summary_uri))
+        numbers, lines = write_showcase(cfg, prepared.plan)
+        summary = dataclasses.replace(summary, showcase=numbers)
+        save_summary(summary, prepared.plan, cfg.storage.resolved())
+        _log_block(lines)
     _log_block(final_summary(summary, summary_uri))
     return summary_uri
 
@@ -333,57 +338,42 @@ def checkpoint_uri(cfg: FinetuneConfig, path: str) -> str:
     return f"s3://{path.lstrip('/')}" if is_s3(cfg.run.storage_path) and not is_s3(path) else path
 
 
-def write_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result, started: float) -> str:
-    """Write the run's summary.json; returns its path/URI."""
-    summary = make_summary(cfg, plan, data_counts, result, started)
-    return save_summary(summary, plan, cfg.storage.resolved())
-
-
-def save_summary(summary: dict, plan: RunPlan, storage) -> str:
+def save_summary(summary: RunSummary, plan: RunPlan, storage) -> str:
+    """Write summary.json beside the outputs; returns its path/URI."""
     uri = join(plan.outputs_uri, SUMMARY_NAME)
-    write_bytes_atomic(uri, json.dumps(summary, indent=2, default=str).encode(), storage)
+    write_bytes_atomic(uri, json.dumps(summary.to_dict(), indent=2, default=str).encode(), storage)
     return uri
 
 
-def make_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result, started: float) -> dict:
-    """The content of summary.json: the run's outcome, from the rank-0 worker summary and Train's result."""
+def make_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result, started: float) -> RunSummary:
+    """The run's outcome, from the rank-0 worker summary and Train's result."""
     storage = cfg.storage.resolved()
-    worker = json.loads(read_text(join(plan.outputs_uri, "worker_summary.json"), storage))
-    history = worker.get("history", [])
-    last = history[-1] if history else {}
+    worker = WorkerSummary.from_dict(json.loads(read_text(join(plan.outputs_uri, WORKER_SUMMARY), storage)))
     checkpoints = [checkpoint_uri(cfg, c.path) for c, _ in (result.best_checkpoints or [])]
-    return {
-        "run": cfg.run.name,
-        "status": "completed",
-        "steps": worker["steps"],
-        "resumed_from_step": worker.get("resumed_from_step"),
-        "restarts": len(worker.get("resumes", [])),
-        "resumed_from_steps": worker.get("resumes", []),
-        "data_split": plan.data_split,
-        "data_position": worker.get("data_position"),
-        "images_seen": worker["images_seen"],
-        "final_loss": last.get("loss"),
-        "final_ambient_loss": last.get("ambient"),
-        "final_consistency_loss": next(
-            (h["consistency"] for h in reversed(history) if h.get("consistency") is not None), None
-        ),
-        "final_val_ambient_loss": next(
-            (h["val_ambient"] for h in reversed(history) if h.get("val_ambient") is not None), None
-        ),
-        "first_loss": history[0]["loss"] if history else None,
-        "images_per_second": worker.get("images_per_second"),
-        "data_wait_fraction": worker.get("data_wait_fraction"),
-        "sigma_n": plan.sigma_n,
-        "sampling_mode": plan.sampling_mode,
-        "data": {"uri": plan.data_uri, **data_counts},
-        "model_source": plan.model_source,
-        "outputs": plan.outputs_uri,
-        "exported_model": join(plan.outputs_uri, "model"),
-        "loss_curve": join(plan.outputs_uri, "loss_curve.png"),
-        "sample_grids": join(plan.outputs_uri, "samples"),
-        "latest_checkpoint": checkpoint_uri(cfg, result.checkpoint.path) if result.checkpoint else None,
-        "checkpoints": checkpoints,
-        "wall_seconds": round(time.time() - started, 1),
-        "history": history,
-        "config": redacted(cfg),
-    }
+    return RunSummary(
+        run=cfg.run.name,
+        status="completed",
+        steps=worker.steps,
+        resumed_from_step=worker.resumed_from_step,
+        restarts=len(worker.resumes),
+        resumed_from_steps=worker.resumes,
+        data_split=plan.data_split,
+        data_position=worker.data_position,
+        images_seen=worker.images_seen,
+        **RunSummary.finals(worker.history),
+        images_per_second=worker.images_per_second,
+        data_wait_fraction=worker.data_wait_fraction,
+        sigma_n=plan.sigma_n,
+        sampling_mode=plan.sampling_mode,
+        data={"uri": plan.data_uri, **data_counts},
+        model_source=plan.model_source,
+        outputs=plan.outputs_uri,
+        exported_model=join(plan.outputs_uri, "model"),
+        loss_curve=join(plan.outputs_uri, "loss_curve.png"),
+        sample_grids=join(plan.outputs_uri, "samples"),
+        latest_checkpoint=checkpoint_uri(cfg, result.checkpoint.path) if result.checkpoint else None,
+        checkpoints=checkpoints,
+        wall_seconds=round(time.time() - started, 1),
+        history=worker.history,
+        config=redacted(cfg),
+    )

@@ -16,17 +16,10 @@ from ambient.config import redacted  # noqa: E402
 
 from .axes import AXES  # noqa: E402
 from .config import SweepConfig  # noqa: E402
+from .result import TrialResult  # noqa: E402
 from .trial import trial_config  # noqa: E402
 
-METRICS = (
-    "status",
-    "step",
-    "val_ambient_loss",
-    "quality_sw",
-    "adherence",
-    "memorization",
-    "images_per_second",
-)
+METRICS = ("status", *TrialResult.columns())
 
 
 def parameters(cfg: SweepConfig) -> list[str]:

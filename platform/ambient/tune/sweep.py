@@ -7,7 +7,6 @@ is reported), then scores the exported model and reports the final metrics.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -36,7 +35,6 @@ from ambient.storage import (
     is_s3,
     join,
     read_bytes,
-    read_text,
     resolve_filesystem,
     upload_directory,
 )
@@ -48,14 +46,16 @@ from ambient.train.trainer import (
     check_validation_data,
     ensure_demo_shards,
     init_ray,
+    make_summary,
     prepare_run,
     resolve_model,
-    write_summary,
+    save_summary,
 )
 
 from .config import SweepConfig
 from .quality import trial_quality
 from .report import write_reports
+from .result import TrialResult
 from .trial import trial_config
 
 NO_MEMORIZATION_NOTE = (
@@ -97,31 +97,26 @@ def run_trial(
     result = build_trainer(cfg, prepared, callbacks=[TuneReportCallback()]).fit()
     if result.error is not None:
         raise result.error
-    summary_uri = write_summary(cfg, prepared.plan, prepared.data_counts, result, started)
-    summary = json.loads(read_text(summary_uri, cfg.storage.resolved()))
+    summary = make_summary(cfg, prepared.plan, prepared.data_counts, result, started)
+    summary_uri = save_summary(summary, prepared.plan, cfg.storage.resolved())
     holdout = read_rows(cfg.validation.data_uri, cfg.storage.resolved(), quality["samples"])
     quality_scores = trial_quality(
-        str(resolve_model_folder(summary["exported_model"], cfg.storage.resolved())),
+        str(resolve_model_folder(summary.exported_model, cfg.storage.resolved())),
         holdout,
         mode=prepared.plan.sampling_mode,
         sampling_sigma_n=prepared.plan.sigma_n,
         num_steps=quality["steps"],
     )
-    memorized = trial_memorization(summary["exported_model"], cfg, memorization)
-    val = summary["final_val_ambient_loss"]
-    tune.report(
-        {
-            "step": summary["steps"],
-            "val_ambient_loss": val,
-            "objective": val + memorization["weight"] * (memorized or 0.0),
-            "memorization": memorized,
-            "quality_sw": quality_scores["quality_sw"],
-            "adherence": quality_scores["adherence"],
-            "images_per_second": summary["images_per_second"],
-            "summary": summary_uri,
-            "done": True,
-        }
+    memorized = trial_memorization(summary.exported_model, cfg, memorization)
+    trial = TrialResult.of(
+        summary,
+        summary_uri,
+        memorization=memorized,
+        memorization_weight=memorization["weight"],
+        quality_sw=quality_scores["quality_sw"],
+        adherence=quality_scores["adherence"],
     )
+    tune.report({**trial.to_dict(), "done": True})
 
 
 def plan_holdout(cfg: SweepConfig) -> tuple[str, bool]:
@@ -255,28 +250,22 @@ def run_sweep(cfg: SweepConfig) -> str:
                 ),
             )
         grid = tuner.fit()
-    rows = []
-    for result in grid:
-        metrics = result.metrics or {}
-        rows.append(
-            {
-                "trial": metrics.get("trial_id") or Path(result.path).name,
-                **{k: v for k, v in (result.config or {}).items()},
-                "status": "completed"
-                if metrics.get("quality_sw") is not None
-                else ("error" if result.error else "stopped early"),
-                "step": metrics.get("step"),
-                "val_ambient_loss": metrics.get("val_ambient_loss"),
-                "quality_sw": metrics.get("quality_sw"),
-                "adherence": metrics.get("adherence"),
-                "memorization": metrics.get("memorization"),
-                "objective": metrics.get("objective"),
-                "images_per_second": metrics.get("images_per_second"),
-                "summary": metrics.get("summary"),
-                "error": first_line(result.error) if result.error else None,
-            }
-        )
-    return write_sweep_outputs(rows, sweep_uri, cfg, base_dump, note)
+    return write_sweep_outputs([result_row(result) for result in grid], sweep_uri, cfg, base_dump, note)
+
+
+def result_row(result) -> dict:
+    """A trial's row of the results table from its Tune result: the trial, its parameters, its status,
+    the TrialResult fields it reported (a trial stopped early has only the training reports' fields)."""
+    metrics = result.metrics or {}
+    return {
+        "trial": metrics.get("trial_id") or Path(result.path).name,
+        **{k: v for k, v in (result.config or {}).items()},
+        "status": "completed"
+        if metrics.get("quality_sw") is not None
+        else ("error" if result.error else "stopped early"),
+        **{name: metrics.get(name) for name in TrialResult.fields()},
+        "error": first_line(result.error) if result.error else None,
+    }
 
 
 @contextmanager
