@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -61,8 +62,15 @@ def storage(tmp_path_factory) -> Path:
 def trained(storage, tiny_model, demo_shards) -> dict:
     showcase = {"showcase.enabled": True, "showcase.examples": 2, "showcase.adherence_prompts": 4}
     cfg = make_config(storage, tiny_model, demo_shards, "main", **showcase, **{"showcase.num_steps": 4})
+    staging_before = set(Path(tempfile.gettempdir()).glob("ambient-outputs-*"))
     summary_uri = run_finetune(cfg)
-    return {"cfg": cfg, "summary_uri": summary_uri, "summary": read_summary(summary_uri)}
+    staging_left = set(Path(tempfile.gettempdir()).glob("ambient-outputs-*")) - staging_before
+    return {
+        "cfg": cfg,
+        "summary_uri": summary_uri,
+        "summary": read_summary(summary_uri),
+        "staging_left": staging_left,
+    }
 
 
 def test_two_worker_zero2_run_trains_checkpoints_and_exports(trained):
@@ -78,6 +86,8 @@ def test_two_worker_zero2_run_trains_checkpoints_and_exports(trained):
     base, tuned = unet_weights(s["model_source"]), unet_weights(s["exported_model"])
     moved = max((tuned[k].float() - base[k].float()).abs().max().item() for k in base)
     assert moved > 1e-4, "the exported UNet equals the base"
+    # Outputs live in run.storage_path; the workers' local staging (an export per run) is gone.
+    assert not trained["staging_left"], f"worker staging folders left behind: {trained['staging_left']}"
     assert s["final_consistency_loss"] is not None
     assert len(s["checkpoints"]) == 2 and all(Path(c, "train_state.json").is_file() for c in s["checkpoints"])
     assert Path(s["loss_curve"]).is_file() and Path(s["sample_grids"], "step_000024.png").is_file()

@@ -80,14 +80,12 @@ def vae_differences(recorded: VaeIdentity | None, loaded: VaeIdentity) -> list[s
 def load_vae(model: str, storage: StorageConfig | None = None, device: str = "cpu"):
     from diffusers import AutoencoderKL
 
-    local = model
-    if is_s3(model):
-        local = str(
-            download_prefix(
-                join(model, "vae"), Path(tempfile.mkdtemp(prefix="ambient-vae-")) / "vae", storage
-            ).parent
-        )
-    vae = AutoencoderKL.from_pretrained(local, subfolder="vae", use_safetensors=True)
+    if is_s3(model):  # the weights are read into memory; the downloaded copy goes
+        with tempfile.TemporaryDirectory(prefix="ambient-vae-") as staging:
+            download_prefix(join(model, "vae"), Path(staging) / "vae", storage)
+            vae = AutoencoderKL.from_pretrained(staging, subfolder="vae", use_safetensors=True)
+    else:
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", use_safetensors=True)
     return vae.to(device).eval().requires_grad_(False)
 
 

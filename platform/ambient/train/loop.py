@@ -103,15 +103,15 @@ class _Sums:
 class TrainingWorker:
     """One Ray Train worker's fine-tuning: the DeepSpeed engine and the loop over optimizer steps."""
 
-    def __init__(self, cfg: FinetuneConfig, plan: RunPlan, stream: StreamPlan | None) -> None:
+    def __init__(self, cfg: FinetuneConfig, plan: RunPlan, stream: StreamPlan | None, out_dir: Path) -> None:
         self.cfg, self.plan, self.stream = cfg, plan, stream
+        self.out_dir = out_dir  # local staging for outputs; run.storage_path is where they live
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         torch.set_num_threads(cfg.train.threads_per_worker)
         torch.manual_seed(cfg.train.seed + 1000 * self.rank)
         self.device = ray.train.torch.get_device()
         self.storage = cfg.storage.resolved()
-        self.out_dir = Path(tempfile.mkdtemp(prefix="ambient-outputs-"))
 
         self._register()
         self.comps, self.model_dir = load_model_components(plan.model_source, self.storage)
@@ -460,4 +460,7 @@ def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; ``config`` holds the validated job config and the driver's run plan."""
     cfg = FinetuneConfig.model_validate(config["finetune"])
     plan = RunPlan(**config["plan"])
-    TrainingWorker(cfg, plan, config.get("stream")).run()
+    # The staging folder goes with the worker: every output is uploaded to the run's storage, and a
+    # node's disk would otherwise keep a model export per run.
+    with tempfile.TemporaryDirectory(prefix="ambient-outputs-") as staging:
+        TrainingWorker(cfg, plan, config.get("stream"), Path(staging)).run()

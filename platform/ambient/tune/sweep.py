@@ -293,9 +293,25 @@ def write_sweep_outputs(
     rows: list[dict], sweep_uri: str, cfg: SweepConfig, base_dump: dict, note: str
 ) -> str:
     """Each trial's last sample grid (grids/), the results table, best config and Pareto plot, written
-    beside the trials (uploaded when the sweep lives on S3); returns the results table's path or URI."""
+    beside the trials (staged locally and uploaded when the sweep lives on S3); returns the results
+    table's path or URI."""
     storage = cfg.base.storage.resolved()
-    local = Path(sweep_uri) if not is_s3(sweep_uri) else Path(tempfile.mkdtemp(prefix="ambient-sweep-"))
+    if is_s3(sweep_uri):
+        with tempfile.TemporaryDirectory(prefix="ambient-sweep-") as staging:
+            write_local_outputs(rows, Path(staging), sweep_uri, cfg, base_dump, note)
+            upload_directory(Path(staging), sweep_uri, storage)
+        table = join(sweep_uri, "results.md")
+    else:
+        table = write_local_outputs(rows, Path(sweep_uri), sweep_uri, cfg, base_dump, note)
+    check_completed(rows, sweep_uri)
+    return table
+
+
+def write_local_outputs(
+    rows: list[dict], local: Path, sweep_uri: str, cfg: SweepConfig, base_dump: dict, note: str
+) -> str:
+    """The grids and reports into the folder ``local``; rows name the grids by their place in sweep_uri."""
+    storage = cfg.base.storage.resolved()
     (local / "grids").mkdir(parents=True, exist_ok=True)
     for row in rows:
         if not row["summary"]:
@@ -307,14 +323,9 @@ def write_sweep_outputs(
                 read_bytes(join(samples_uri, samples[-1]), storage)
             )
             row["sample_grid"] = join(sweep_uri, "grids", f"{row['trial']}.png")
-    table = write_reports(
+    return write_reports(
         [{k: v for k, v in r.items() if k != "error"} for r in rows], local, cfg, base_dump, note
     )
-    if is_s3(sweep_uri):
-        upload_directory(local, sweep_uri, storage)
-        table = join(sweep_uri, "results.md")
-    check_completed(rows, sweep_uri)
-    return table
 
 
 def check_completed(rows: list[dict], sweep_uri: str) -> None:
