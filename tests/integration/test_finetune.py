@@ -132,12 +132,17 @@ def test_rerun_with_the_same_name_resumes_from_the_latest_checkpoint(
 def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
     storage, tiny_model, demo_shards
 ):
+    """Also the exact resume after a failure (every row of the two epochs exactly twice in what the final
+    model trained on) and EMA across it (the EMA state is checkpointed, restored and exported)."""
+    from tests.integration.test_exact_resume import EPOCH_ROWS, coverage, recorded_rows
+
     cfg = make_config(
         storage,
         tiny_model,
         demo_shards,
         "fault",
         **{"train.max_steps": 16, "train.checkpoint_every": 4, "run.max_failures": 2},
+        **{"data.record_rows": True, "train.ema_decay": 0.5, "consistency.weight": 0},
     )
     result: dict = {}
     thread = threading.Thread(target=lambda: result.setdefault("uri", run_finetune(cfg)), daemon=True)
@@ -160,6 +165,19 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
     s = read_summary(result["uri"])
     assert s["steps"] == 16
     assert s["resumed_from_step"] is not None and 4 <= s["resumed_from_step"] < 16
+    assert s["data_split"] == "exact" and s["restarts"] >= 1
+    # 2 workers x batch 4 = 8 rows a step: 16 steps are two epochs of the 64 rows.
+    counts = coverage(recorded_rows(s["outputs"]), s["resumed_from_step"])
+    assert len(counts) == EPOCH_ROWS and set(counts.values()) == {2}, counts.most_common(3)
+
+    # The export is the EMA average of the last checkpoint (not the raw weights), and training moved it.
+    ema = load_file(str(Path(s["checkpoints"][-1], "ema.safetensors")))
+    exported, initial = unet_weights(s["exported_model"]), unet_weights(tiny_model)
+    trainable = [k for k in ema if k in exported]
+    assert len(trainable) == len(initial), "the EMA shadows every UNet parameter"
+    assert all(torch.equal(exported[k], ema[k].to(exported[k].dtype)) for k in trainable)
+    assert any(not torch.equal(exported[k], initial[k]) for k in trainable)
+    assert json.loads(Path(s["exported_model"], "ambient_metadata.json").read_text())["ema_decay"] == 0.5
 
 
 def _run_job(*args: str) -> subprocess.CompletedProcess:
@@ -213,24 +231,3 @@ def test_zero3_run_partitions_the_weights_and_exports_a_loadable_model(storage, 
     assert any(not torch.equal(exported[k], initial[k]) for k in initial)
     pipe = StableDiffusionXLPipeline.from_pretrained(s["exported_model"], use_safetensors=True)
     assert pipe("a red circle", num_inference_steps=2, height=64, width=64).images[0].size == (64, 64)
-
-
-def test_ema_weights_are_checkpointed_and_exported(storage, tiny_model, demo_shards):
-    cfg = make_config(
-        storage,
-        tiny_model,
-        demo_shards,
-        "ema",
-        **{"train.ema_decay": 0.5, "train.max_steps": 8, "train.checkpoint_every": 8},
-        **{"validation.every_steps": 8, "consistency.weight": 0},
-    )
-    s = read_summary(run_finetune(cfg))
-    ema = load_file(str(Path(s["checkpoints"][-1], "ema.safetensors")))
-    exported = unet_weights(s["exported_model"])
-    initial = unet_weights(tiny_model)
-    trainable = [k for k in ema if k in exported]
-    assert len(trainable) == len(initial), "the EMA shadows every UNet parameter"
-    # The export is the EMA average (not the raw weights), and training moved it.
-    assert all(torch.equal(exported[k], ema[k].to(exported[k].dtype)) for k in trainable)
-    assert any(not torch.equal(exported[k], initial[k]) for k in trainable)
-    assert json.loads(Path(s["exported_model"], "ambient_metadata.json").read_text())["ema_decay"] == 0.5
