@@ -17,6 +17,11 @@ batch, learning rate) and one sampler; only the loss and where sampling stops di
 benchmark recipe, one-knob moves); every trained row records the CPU seconds per training step and a
 held-out validation ambient loss (levels above sigma_n), the only quality signal a user has.
 
+Issue 15's levers are options whose defaults are the benchmark as published: --steps, --hidden, --depth,
+--noise-freqs, --noise-embedding, --weight-ramp (consistency-weight curriculum), --level-weight-power
+(per-level ambient weighting) and --below-anchor (consistency anchors below sigma_n); results in
+docs/benchmarks.md, "Levers at sigma_n = 0.2".
+
 Metrics: the sliced Wasserstein-2 distance of generated samples to fresh clean samples (next to the
 clean-vs-clean floor), and the denoiser's mean squared error against the analytic posterior mean at
 noise levels below and above sigma_n. Every loss and sampler comes from ``ambient.core``.
