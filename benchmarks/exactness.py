@@ -17,6 +17,11 @@ batch, learning rate) and one sampler; only the loss and where sampling stops di
 benchmark recipe, one-knob moves); every trained row records the CPU seconds per training step and a
 held-out validation ambient loss (levels above sigma_n), the only quality signal a user has.
 
+Issue 15's levers are options whose defaults are the benchmark as published: --steps, --hidden, --depth,
+--noise-freqs, --noise-embedding, --weight-ramp (consistency-weight curriculum), --level-weight-power
+(per-level ambient weighting) and --below-anchor (consistency anchors below sigma_n); results in
+docs/benchmarks.md, "Levers at sigma_n = 0.2".
+
 Metrics: the sliced Wasserstein-2 distance of generated samples to fresh clean samples (next to the
 clean-vs-clean floor), and the denoiser's mean squared error against the analytic posterior mean at
 noise levels below and above sigma_n. Every loss and sampler comes from ``ambient.core``.
@@ -48,6 +53,7 @@ from ambient.core import (
     consistency_loss,
     corrupt,
     generate,
+    posterior_step,
     sample_training_sigmas,
 )
 
@@ -95,6 +101,19 @@ class Config:
     hidden: int = 128
     depth: int = 3
     noise_freqs: int = 8
+    # Levers (issue 15; the defaults are the benchmark as first measured). How the network sees c_noise:
+    # "fourier": sin/cos of c_noise at pi 2^k / 4 (k < noise_freqs) next to the input of the first layer;
+    # "fourier_every_layer": the same features next to the input of every layer;
+    # "smooth": c_noise itself and sin/cos at pi 2^k / 4 for k < min(noise_freqs, 3) (up to pi), first layer.
+    noise_embedding: Literal["fourier", "fourier_every_layer", "smooth"] = "fourier"
+    # The consistency weight ramps linearly from 0 to its value over this share of the steps (0: no ramp).
+    weight_ramp: float = 0.0
+    # Per-level weighting of the ambient loss of the noisy variants: each row's loss times
+    # (sigma_t / sigma_n)^-p, normalised to mean 1 over the batch (p > 0 favours levels near sigma_n).
+    level_weight_power: float = 0.0
+    # Share of the consistency rows anchored below sigma_n: t log-uniform in (max(s_min, sigma_n / 20),
+    # sigma_n), x_t drawn by the model's own posterior sampler (no grad, ``steps`` steps) from (y, sigma_n).
+    below_anchor: float = 0.0
     weighting: Literal["none", "x0"] = "x0"
     variants: tuple[str, ...] = VARIANTS[1:4]  # besides the oracle, which is always trained
     # Extra consistency rows, named in SETTINGS_ROWS (each trained like "consistency" with its settings).
@@ -129,26 +148,48 @@ class Config:
 
 
 class MLP(nn.Module):
-    """F(x_scaled, c_noise): an MLP on the input concatenated with Fourier features of c_noise."""
+    """F(x_scaled, c_noise): an MLP on the input concatenated with features of c_noise (``embedding``:
+    see Config.noise_embedding; "fourier", the default, is the network every published row used)."""
 
-    def __init__(self, dim: int, hidden: int, depth: int, freqs: int = 8) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        depth: int,
+        freqs: int = 8,
+        embedding: Literal["fourier", "fourier_every_layer", "smooth"] = "fourier",
+    ) -> None:
         super().__init__()
-        self.register_buffer("freqs", torch.pi * 2.0 ** torch.arange(freqs, dtype=torch.float32) / 4)
+        self.embedding = embedding
+        count = min(freqs, 3) if embedding == "smooth" else freqs
+        self.register_buffer("freqs", torch.pi * 2.0 ** torch.arange(count, dtype=torch.float32) / 4)
+        emb = 2 * count + (1 if embedding == "smooth" else 0)
+        extra = emb if embedding == "fourier_every_layer" else 0
         layers: list[nn.Module] = []
-        width = dim + 2 * freqs
+        width = dim + emb
         for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        layers.append(nn.Linear(width, dim))
-        self.body = nn.Sequential(*layers)
+            layers.append(nn.Linear(width, hidden))
+            width = hidden + extra
+        self.hidden_layers = nn.ModuleList(layers)
+        self.out = nn.Linear(width, dim)
+        self.act = nn.SiLU()
 
     def forward(self, x: Tensor, c_noise: Tensor) -> Tensor:
-        angles = c_noise.reshape(-1, 1) * self.freqs
-        return self.body(torch.cat([x, angles.sin(), angles.cos()], dim=1))
+        c = c_noise.reshape(-1, 1)
+        angles = c * self.freqs
+        feats = [angles.sin(), angles.cos()] + ([c] if self.embedding == "smooth" else [])
+        e = torch.cat(feats, dim=1)
+        h = torch.cat([x, e], dim=1)
+        for layer in self.hidden_layers:
+            h = self.act(layer(h))
+            if self.embedding == "fourier_every_layer":
+                h = torch.cat([h, e], dim=1)
+        return self.out(h)
 
 
 def make_denoiser(cfg: Config) -> EDMDenoiser:
-    return EDMDenoiser(MLP(cfg.dim, cfg.hidden, cfg.depth, cfg.noise_freqs), sigma_data=cfg.sigma_data)
+    net = MLP(cfg.dim, cfg.hidden, cfg.depth, cfg.noise_freqs, cfg.noise_embedding)
+    return EDMDenoiser(net, sigma_data=cfg.sigma_data)
 
 
 # ---- data ------------------------------------------------------------------------------------------
@@ -188,6 +229,42 @@ def lr_at(step: int, cfg: Config) -> float:
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def consistency_scale(step: int, cfg: Config) -> float:
+    """The curriculum: the share of the consistency weight applied at ``step`` (1 without a ramp)."""
+    if cfg.weight_ramp <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / max(1.0, cfg.weight_ramp * cfg.steps))
+
+
+def level_weights(sigma_t: Tensor, sigma_n: Tensor, power: float) -> Tensor:
+    """(sigma_t / sigma_n)^-power per row, normalised to mean 1 (ones where sigma_n = 0 or power = 0)."""
+    if power == 0 or not bool((sigma_n > 0).all()):
+        return torch.ones_like(sigma_t)
+    w = (sigma_t / sigma_n) ** (-power)
+    return w / w.mean()
+
+
+@torch.no_grad()
+def below_anchors(
+    model: EDMDenoiser,
+    y: Tensor,
+    sigma_n: Tensor,
+    settings: ConsistencySettings,
+    gen: torch.Generator,
+) -> tuple[Tensor, Tensor]:
+    """Anchors below sigma_n: t log-uniform in (max(s_min, sigma_n / 20), sigma_n) and x_t drawn by the
+    model's own posterior sampler (``settings.steps`` steps, no grad) started at (y, sigma_n)."""
+    lo = torch.clamp(sigma_n / 20, min=settings.s_min).clamp(max=sigma_n * 0.5)
+    u = torch.rand(sigma_n.shape, generator=gen)
+    t = torch.exp(lo.log() + u * (sigma_n.log() - lo.log()))
+    x = y
+    for k in range(settings.steps):
+        cur = sigma_n * (t / sigma_n) ** (k / settings.steps)
+        nxt = sigma_n * (t / sigma_n) ** ((k + 1) / settings.steps)
+        x = posterior_step(x, model(x, cur), cur, nxt, torch.randn(x.shape, generator=gen))
+    return x, t
+
+
 @dataclass
 class TrainCost:
     """Per training step: CPU seconds of this process (robust to other jobs on the machine) and wall seconds."""
@@ -210,11 +287,21 @@ def training_step(
     y = data[torch.randint(data.shape[0], (cfg.batch,), generator=gen)]
     sigma_t = sample_training_sigmas(sigma_n, generator=gen)
     noise = torch.randn(y.shape, generator=gen)
-    loss = ambient_loss(
+    per_row = ambient_loss(
         model, y, sigma_n, sigma_t, noise, weighting=cfg.weighting, sigma_data=cfg.sigma_data
-    ).mean()
+    )
+    if cfg.level_weight_power != 0:
+        per_row = per_row * level_weights(sigma_t, sigma_n, cfg.level_weight_power)
+    loss = per_row.mean()
     if settings is not None and settings.active(step):
-        loss = loss + settings.weight * consistency_loss(model, y, sigma_n, settings, generator=gen)
+        weight = settings.weight * consistency_scale(step, cfg)
+        anchor_y, anchor_sn = y, sigma_n
+        moved = round(cfg.below_anchor * y.shape[0])
+        if moved > 0:  # these rows anchor at (x_t, t) below sigma_n instead of (y, sigma_n)
+            x_t, t = below_anchors(model, y[:moved], sigma_n[:moved], settings, gen)
+            anchor_y = torch.cat([x_t, y[moved:]])
+            anchor_sn = torch.cat([t, sigma_n[moved:]])
+        loss = loss + weight * consistency_loss(model, anchor_y, anchor_sn, settings, generator=gen)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -777,6 +864,34 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="how the consistency loss draws its lower level s (default log_uniform)",
     )
+    levers = p.add_argument_group("levers (issue 15; the oracle gets the same network and budget)")
+    levers.add_argument("--hidden", type=int, default=None, help="MLP width (default 128)")
+    levers.add_argument("--depth", type=int, default=None, help="MLP hidden layers (default 3)")
+    levers.add_argument("--noise-freqs", type=int, default=None, help="Fourier frequencies of c_noise (8)")
+    levers.add_argument(
+        "--noise-embedding",
+        choices=("fourier", "fourier_every_layer", "smooth"),
+        default=None,
+        help="how the MLP sees c_noise (default fourier: first layer only)",
+    )
+    levers.add_argument(
+        "--weight-ramp",
+        type=float,
+        default=None,
+        help="ramp the consistency weight linearly from 0 over this share of the steps (default 0)",
+    )
+    levers.add_argument(
+        "--level-weight-power",
+        type=float,
+        default=None,
+        help="noisy variants: ambient loss per row times (sigma_t/sigma_n)^-p, batch mean 1 (default 0)",
+    )
+    levers.add_argument(
+        "--below-anchor",
+        type=float,
+        default=None,
+        help="share of consistency rows anchored below sigma_n via the model's own sampler (default 0)",
+    )
     return p.parse_args(argv)
 
 
@@ -819,6 +934,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
     }
     if args.cost_rounds is not None:
         cfg = replace(cfg, cost_rounds=args.cost_rounds)
+    levers = {
+        "hidden": args.hidden,
+        "depth": args.depth,
+        "noise_freqs": args.noise_freqs,
+        "noise_embedding": args.noise_embedding,
+        "weight_ramp": args.weight_ramp,
+        "level_weight_power": args.level_weight_power,
+        "below_anchor": args.below_anchor,
+    }
+    cfg = replace(cfg, **{k: v for k, v in levers.items() if v is not None})
     chosen = {k: v for k, v in knobs.items() if v is not None}
     if chosen:
         cfg = replace(cfg, consistency=replace(cfg.consistency, **chosen))
