@@ -41,7 +41,7 @@ base-model: setup
 	$(PY) jobs/prepare_shards.py --config jobs/configs/base_prepare.yaml --set encode.model=$$untrained && \
 	$(PY) jobs/finetune.py --config jobs/configs/base_pretrain.yaml --set model.path=$$untrained && \
 	$(PY) jobs/finetune.py --config jobs/configs/base_pretrain.yaml --set model.path=$$untrained \
-	    --set train.max_steps=4100 --set loss.sigma_sampling=timesteps && \
+	    --set train.max_steps=6500 --set loss.sigma_sampling=timesteps && \
 	$(PY) jobs/package_base.py
 
 test: setup system-deps

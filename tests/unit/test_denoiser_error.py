@@ -48,7 +48,8 @@ def test_bands_lie_below_and_above_sigma_n():
 
 
 def test_an_identity_denoiser_scores_sigma_squared(comps):
-    identity = SDXLComponents(**{**comps.__dict__, "unet": _ZeroEpsilon(comps.unet)})
+    epsilon = comps.scheduler.__class__.from_config(comps.scheduler.config, prediction_type="epsilon")
+    identity = SDXLComponents(**{**comps.__dict__, "unet": _ZeroEpsilon(comps.unet), "scheduler": epsilon})
     latents, ids, captions = _items(32)
     for sigma in (0.1, 1.0):
         error = denoiser_error(identity, latents, ids, captions, sigma, batch_size=8)

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME = "tiny-sdxl-untrained"
 # Bump when the architecture or the training recipe changes: cached folders of another recipe are rebuilt.
-RECIPE = 3
+RECIPE = 4
 REPORT_FILE = "vae_pretrain.json"  # inside the model folder, so that it appears atomically with it
 DEFAULT_STEPS = 600
 RESOLUTION = 64
