@@ -33,7 +33,7 @@ demo: setup
 	$(PY) jobs/prepare_shards.py --config jobs/configs/prepare_demo.yaml
 	$(PY) jobs/finetune.py
 
-# Reproduce the committed base model (platform/ambient/models/base_weights/, about an hour on 2 CPU
+# Reproduce the committed base model (platform/ambient/models/base_weights/, about two hours on 2 CPU
 # cores): clean shards of the base world encoded by the untrained model's VAE, a from-scratch UNet
 # pre-training with jobs/finetune.py, then packaging (float16 UNet, SHA-256 of every file, adherence).
 base-model: setup

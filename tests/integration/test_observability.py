@@ -231,6 +231,7 @@ def finetune_config(tiny_model: str, shards: str, storage: Path):
         "validation.every_steps": 8,
         "validation.num_steps": 2,
         "validation.prompts": "[a red circle on a blue background]",
+        "showcase.enabled": False,  # the demo's before/after picture: minutes of sampling, no metrics
     }
     demo = ROOT / "jobs" / "configs" / "finetune_demo.yaml"
     return load_config(FinetuneConfig, demo, [f"{k}={v}" for k, v in overrides.items()])
