@@ -73,6 +73,7 @@ class Settings:
     quality_steps: int = 200
     memo_count: int = 32
     memo_steps: int = 400
+    memo_lr: float = 3e-4  # the memorization study's learning rate (memorizing a small set fast needs more)
     memo_variants: tuple[str, ...] = ("consistency",)
     batch_size: int = 16
     lr: float = 3e-4
@@ -92,7 +93,7 @@ class Settings:
 # change speed, not results), and those of the other study: changing them keeps the cell.
 NOT_IN_KEY = frozenset({"sigma_ns", "memo_variants", "threads"})
 QUALITY_ONLY = frozenset({"train_count", "quality_steps", "quality_generations", "attack_items"})
-MEMO_ONLY = frozenset({"memo_count", "memo_steps", "memo_generations"})
+MEMO_ONLY = frozenset({"memo_count", "memo_steps", "memo_lr", "memo_generations"})
 FULL = Settings()
 QUICK = Settings(
     sigma_ns=(0.5,),
@@ -290,6 +291,7 @@ def ensure_shards(work: Path, settings: Settings, dataset: str, sigma_n: float, 
 def finetune_overrides(cell: Cell, settings: Settings, shards: str, run_name: str, work: Path) -> dict:
     """The fine-tune of one cell, as ``--set`` overrides of jobs/finetune.py (the same config schema)."""
     steps = settings.quality_steps if cell.study == "quality" else settings.memo_steps
+    lr = settings.lr if cell.study == "quality" else settings.memo_lr
     weight = settings.consistency_weight if cell.variant == "consistency" else 0.0
     return {
         "data.uri": shards,
@@ -298,7 +300,7 @@ def finetune_overrides(cell: Cell, settings: Settings, shards: str, run_name: st
         "loss.sigma_sampling": "lognormal",
         "loss.data_noise": "ignored" if cell.variant == "naive" else "known",
         "consistency.weight": weight,
-        "optim.lr": settings.lr,
+        "optim.lr": lr,
         "optim.warmup_steps": min(10, steps // 4),
         "train.batch_size": settings.batch_size,
         "train.max_steps": steps,

@@ -75,17 +75,17 @@ def test_default_model_is_the_base_in_float32_and_draws_held_out_colour_pairs(tm
     assert ensure_default_model(tmp_path) == folder  # cached: written once
     comps = load_components(folder)
     assert comps.unet.dtype == torch.float32
-    # On colour pairs its captions never had. Issue 12 asks for 0.8; the committed base reaches about 0.5
-    # (shape and foreground colour mostly right, background colour at chance: see docs/benchmarks.md).
-    # The bounds check that it draws what it is asked, far above the same model with an untrained UNet.
-    held_out = model_adherence(comps, "heldout", 64, SPEC)
+    # On colour pairs its captions never had. Issue 12 asks for 0.8; the committed base scores 0.76 on 64
+    # such prompts and 0.72 on these 32 (held-out backgrounds are its weak part: docs/benchmarks.md). The
+    # bounds check that it draws what it is asked, far above the same model with an untrained UNet.
+    held_out = model_adherence(comps, "heldout", 32, SPEC)
     from ambient.models.tiny import build_unet
 
     torch.manual_seed(0)
     comps.unet = build_unet()
-    untrained = model_adherence(comps, "heldout", 32, SPEC)  # about 0.14: far from the bound, half the cost
+    untrained = model_adherence(comps, "heldout", 32, SPEC)  # about 0.14
     assert untrained["adherence"] < 0.3, untrained
-    assert held_out["adherence"] >= 0.35 and held_out["adherence"] >= untrained["adherence"] + 0.15, (
+    assert held_out["adherence"] >= 0.6 and held_out["adherence"] >= untrained["adherence"] + 0.3, (
         held_out,
         untrained,
     )
