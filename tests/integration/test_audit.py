@@ -20,7 +20,7 @@ from ambient.eval.items import from_dataset, synthetic
 from ambient.eval.overfit import overfit_model
 
 ITEMS = 4
-OVERFIT_STEPS = 120  # about a minute on 2 loaded cores; 300 steps reach a Tweedie similarity of ~0.8
+OVERFIT_STEPS = 120  # about a minute on 2 loaded cores; reaches a Tweedie similarity of ~0.7
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -43,7 +43,9 @@ def overfit(untrained_model, tmp_path_factory) -> str:
         lr=3e-3,
         t_range=(800, 999),
     )
-    assert report["loss_last10"] < report["loss_first"] / 10  # it did learn its 4 images
+    # It did learn its 4 images: the tiny model predicts v, so the first x0 error is about the latents'
+    # variance (measured 0.97) and 120 steps bring it to 0.15.
+    assert report["loss_last10"] < report["loss_first"] / 4
     return str(out)
 
 
@@ -68,7 +70,7 @@ def test_attack_scores_the_overfit_model_higher(untrained_model, overfit):
     memorized = memorization_score(overfit, items)
     print(f"memorization score (Tweedie at t=900): untrained {untrained:.3f}, overfit {memorized:.3f}")
     assert -1 <= untrained <= 1 and -1 <= memorized <= 1
-    assert memorized > untrained + 0.1  # measured: 0.11 vs 0.31 (120 steps), 0.65 (300 steps)
+    assert memorized > untrained + 0.3  # measured (v prediction, 120 steps): 0.01 vs 0.72
 
 
 def test_compare_report_side_by_side(tmp_path, untrained_model, overfit):
