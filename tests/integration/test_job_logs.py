@@ -67,6 +67,9 @@ def test_each_line_once_and_no_traceback(finetune_log):
     assert not repeated, repeated
     assert "Traceback" not in done.stdout, done.stdout[-4000:]
     assert "PlacementGroupCleaner" not in done.stdout
+    # No error-level line from Ray's C++ core (such as ray#53727's line for an actor pool's transform,
+    # which the shards' encoding logged before it ran as tasks): an E line must mean an error.
+    assert not re.search(r"\[\d{4}-\d\d-\d\d [\d:,]+ E \d+ \d+\]", done.stdout), done.stdout[-4000:]
     assert "Loading weights" not in done.stdout  # transformers' progress bars, from every worker
 
 

@@ -39,7 +39,7 @@ def test_demo_config_is_valid():
         (["source.kind=tarball"], "source.kind"),
         (["source.kind=webdataset"], "source"),  # a webdataset needs source.path
         (["resolution=abc"], "resolution"),
-        (["encode.actors=0"], "encode.actors"),
+        (["encode.workers=0"], "encode.workers"),
         (["rows_per_shard=0"], "rows_per_shard"),
         (["storage.endpoint=http://x"], "storage.endpoint"),
         (["destination.remove_stale_shards=maybe"], "destination.remove_stale_shards"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 
 from ambient.config import OptionalPathOrUri, PathOrUri, Section
 from ambient.schedule import check_trainable_sigma, sdxl_sigma
@@ -92,9 +92,14 @@ class EncodeConfig(Section):
         default=None, description="diffusers SDXL folder (local or s3://); None = tiny default"
     )
     batch_size: int = Field(default=32, ge=1)
-    actors: int = Field(default=1, ge=1, description="VAE encoder actor pool size")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        validation_alias=AliasChoices("workers", "actors"),  # "actors": the name before the task pool
+        description="encoder tasks at a time (each Ray worker process loads the VAE once)",
+    )
     num_gpus: float | None = Field(
-        default=None, ge=0, description="GPUs per actor; None = 1 when the cluster has GPUs"
+        default=None, ge=0, description="GPUs per encoder task; None = 1 when the cluster has GPUs"
     )
 
 

@@ -1,7 +1,9 @@
 """VAE encoding and frozen corruption, in one actor so that clean latents never leave it.
 
-The encoder is a callable class for ``Dataset.map_batches`` on an actor pool (one VAE load per actor,
-a GPU per actor when the cluster has one). It returns only the noisy tensor ``y = x0 + sigma_n z``
+The encoder runs as ``Dataset.map_batches`` tasks (``encode_batch``): each Ray worker process loads the
+VAE once and keeps it for later tasks, with a GPU per task when the cluster has one. Tasks rather than an
+actor pool: Ray Data hands an actor pool its transform by object reference, which makes Ray's core worker
+log an error-level line on every run (ray-project/ray#53727), and a failed task is simply retried. It returns only the noisy tensor ``y = x0 + sigma_n z``
 with z frozen per (row id, noise seed) by ``ambient.core.corrupt``.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +90,38 @@ def load_vae(model: str, storage: StorageConfig | None = None, device: str = "cp
     else:
         vae = AutoencoderKL.from_pretrained(model, subfolder="vae", use_safetensors=True)
     return vae.to(device).eval().requires_grad_(False)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What an encoder is built from (small and picklable: it travels with every task)."""
+
+    space: str
+    model: str | None
+    storage: StorageConfig | None
+    sigma_n: float
+    seed: int
+    shape: tuple[int, ...]
+
+    def key(self) -> str:
+        storage = self.storage.model_dump_json() if self.storage is not None else None
+        return json.dumps([self.space, self.model, storage, self.sigma_n, self.seed, list(self.shape)])
+
+
+_PROCESS_ENCODER: dict[str, NoisyEncoder] = {}  # this worker process's encoder, by EncoderSpec.key()
+
+
+def encode_batch(batch: dict[str, np.ndarray], spec: EncoderSpec) -> dict[str, np.ndarray]:
+    """map_batches function: the batch through this process's encoder for ``spec`` (built on first use;
+    one at a time, so a process never holds two VAEs)."""
+    key = spec.key()
+    encoder = _PROCESS_ENCODER.get(key)
+    if encoder is None:
+        _PROCESS_ENCODER.clear()
+        encoder = _PROCESS_ENCODER[key] = NoisyEncoder(
+            spec.space, spec.model, spec.storage, spec.sigma_n, spec.seed, spec.shape
+        )
+    return encoder(batch)
 
 
 class NoisyEncoder:

@@ -1,7 +1,7 @@
 """prepare_shards: images + captions -> noisy-latent Parquet shards, as one Ray Data pipeline.
 
 checks (before Ray: source, model, destination, lock, no dataset there unless destination.overwrite)
--> source -> decode/resize/crop (tasks) -> VAE encode + frozen noise (actor pool) -> write shards (tasks)
+-> source -> decode/resize/crop (tasks) -> VAE encode + frozen noise (tasks) -> write shards (tasks)
 -> manifest.json (the commit) -> stale shard cleanup -> summary.json
 """
 
@@ -21,7 +21,7 @@ from ambient.ray_init import init_ray
 from ambient.storage import StorageConfig, ensure_dir, exists, join, write_bytes_atomic
 
 from .config import NoiseConfig, PrepareShardsConfig
-from .encode import NoisyEncoder, vae_identity
+from .encode import EncoderSpec, encode_batch, vae_identity
 from .errors import DataError, NoValidRowsError
 from .lock import destination_lock
 from .preprocess import Preprocess
@@ -128,7 +128,7 @@ def _prepare(
 ) -> PrepareResult:
     uri = cfg.destination.uri
     sigma_n = noise_sigma(cfg.noise)
-    init_ray(cfg.ray_address, cfg.encode.actors, log_to_driver=False)
+    init_ray(cfg.ray_address, cfg.encode.workers, log_to_driver=False)
 
     run_id = new_run_id()
     start = time.perf_counter()
@@ -138,17 +138,14 @@ def _prepare(
         source_dataset(cfg.source, cfg.resolution, storage)
         .map_batches(_call, fn_args=(pre,), batch_size=cfg.encode.batch_size)
         .map_batches(
-            NoisyEncoder,
-            fn_constructor_args=(
-                cfg.encode.space,
-                vae.model if vae else None,
-                storage,
-                sigma_n,
-                cfg.noise.seed,
-                shape,
+            encode_batch,
+            fn_args=(
+                EncoderSpec(
+                    cfg.encode.space, vae.model if vae else None, storage, sigma_n, cfg.noise.seed, shape
+                ),
             ),
             batch_size=cfg.encode.batch_size,
-            concurrency=cfg.encode.actors,
+            compute=ray.data.TaskPoolStrategy(size=cfg.encode.workers),
             num_gpus=_encoder_gpus(cfg.encode.num_gpus),
         )
         .map_batches(_call, fn_args=(writer,), batch_size=cfg.rows_per_shard)
