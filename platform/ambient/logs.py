@@ -41,9 +41,11 @@ HARMLESS = tuple(
         r"Attempting to get learning rate from scheduler before it has started",
         r"requires torchvision \(not installed\); falling back",  # transformers
         r"^Loading weights:",  # transformers' tqdm
-        r"UserWarning: The given NumPy array is not writable",
+        r"UserWarning: The given NumPy array is not writable",  # torch, on read-only Ray Data arrays
         r"PYTHON worker processes have been started on node",  # raylet, many small actors
-        r"has constructor arguments in the object store and max_restarts > 0",
+        r"has constructor arguments in the object store and max_restarts > 0",  # Ray Train's own actors
+        # DeepSpeed's ZeRO-2 gathers with a torch API that torch deprecates (their fix, not ours).
+        r"FutureWarning: `torch\.distributed\.all_gather_into_tensor` is deprecated",
         r"Starting execution of Dataset",  # Ray Data: the finish line stays
         r"Execution plan of Dataset",
         r"A new progress UI is available",
@@ -127,6 +129,9 @@ def quiet_imports(argv: list[str] | None = None) -> None:
     if "--verbose" in (sys.argv if argv is None else argv):
         return
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # transformers reads this when it is imported (jobs import it before configure_output runs): its
+    # "Loading weights" bars, drawn when the driver loads a pipeline (the demo's showcase).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.getLogger("DeepSpeed").addFilter(_DeepSpeedCpuNotice())  # survives DeepSpeed's own setup
 
 

@@ -71,6 +71,7 @@ def test_each_line_once_and_no_traceback(finetune_log):
     # which the shards' encoding logged before it ran as tasks): an E line must mean an error.
     assert not re.search(r"\[\d{4}-\d\d-\d\d [\d:,]+ E \d+ \d+\]", done.stdout), done.stdout[-4000:]
     assert "Loading weights" not in done.stdout  # transformers' progress bars, from every worker
+    assert "FutureWarning" not in done.stdout and "UserWarning" not in done.stdout, done.stdout[-4000:]
 
 
 def test_a_few_lines_per_logged_step_and_one_per_dataset_stage(finetune_log):

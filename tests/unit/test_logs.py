@@ -18,8 +18,8 @@ def test_harmless_lines_and_their_continuations_are_dropped(quiet):
     lines = [
         "[ambient train] step 2/6  loss 6.3629",
         "Reporting training result 1: TrainingReport(checkpoint=None, metrics={'step': 2})",
-        "/x/streaming.py:159: UserWarning: The given NumPy array is not writable, and PyTorch ...",
-        '  out["sigma_n"] = torch.from_numpy(np.asarray(batch["sigma_n"]))',
+        "/x/c10d_logger.py:83: FutureWarning: `torch.distributed.all_gather_into_tensor` is deprecated.",
+        "  return func(*args, **kwargs)",
         "[ambient train] checkpoint at step 3 (0.4 s)",
         "Checkpoint successfully created at: Checkpoint(filesystem=local, path=/tmp/x)",
         "RuntimeError: something that matters",
@@ -44,12 +44,14 @@ def test_a_batch_of_only_harmless_lines_prints_nothing(quiet):
 
 def test_quiet_imports_respects_verbose(monkeypatch):
     monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     logs.quiet_imports(["finetune.py", "--verbose"])
     import os
 
-    assert "TRANSFORMERS_VERBOSITY" not in os.environ
+    assert "TRANSFORMERS_VERBOSITY" not in os.environ and "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
     logs.quiet_imports(["finetune.py"])
     assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
 
 
 def test_a_harmless_line_takes_its_traceback_with_it_even_across_batches(quiet):

@@ -175,12 +175,13 @@ def collate_batch(batch: dict[str, np.ndarray]) -> dict:
     out: dict = {}
     for name in TENSOR_COLUMNS:
         if name in batch:
-            out[name] = torch.from_numpy(np.asarray(batch[name], dtype=np.float32))
-    out["sigma_n"] = torch.from_numpy(np.asarray(batch["sigma_n"], dtype=np.float32))
+            out[name] = torch.from_numpy(np.array(batch[name], dtype=np.float32))
+    # np.array copies: Ray Data's numpy columns are read-only views, which torch warns about.
+    out["sigma_n"] = torch.from_numpy(np.array(batch["sigma_n"], dtype=np.float32))
     for name in ("original_size_hw", "crop_top_left"):
         out[name] = torch.from_numpy(np.stack(batch[name]).astype(np.int64).reshape(-1, 2))
     if "noise_seed" in batch:
-        out["noise_seed"] = torch.from_numpy(np.asarray(batch["noise_seed"], dtype=np.int64))
+        out["noise_seed"] = torch.from_numpy(np.array(batch["noise_seed"], dtype=np.int64))
     out["captions"] = [str(c) for c in batch["caption"]]
     out["ids"] = [str(i) for i in batch["id"]]
     return out
