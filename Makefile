@@ -29,8 +29,11 @@ system-deps:
 # shape it has never drawn (crosses, sigma_n 0.5) on a local 2-worker Ray cluster; the run ends with
 # outputs/comparison.png (noisy training examples | base samples | fine-tuned samples, loss curve) and
 # the prompt-adherence numbers in summary.json. The exactness benchmark is `make bench-exactness`.
+# Each `make demo` trains anew: a run name that exists resumes its run (a finished one trains nothing),
+# so the demo's own run folder goes first, as its shards are replaced by the prepare step.
 demo: setup
 	$(PY) jobs/prepare_shards.py --config jobs/configs/prepare_demo.yaml
+	rm -rf runs/ray/demo
 	$(PY) jobs/finetune.py
 
 # Reproduce the committed base model (platform/ambient/models/base_weights/, about two hours on 2 CPU
