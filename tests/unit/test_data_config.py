@@ -29,6 +29,13 @@ def test_demo_config_is_valid():
     assert off.destination.remove_stale_shards is False
 
 
+def test_encode_workers_reads_the_old_name_actors():
+    assert load_config(PrepareShardsConfig, None, ["encode.actors=3"]).encode.workers == 3
+    assert load_config(PrepareShardsConfig, None, ["encode.workers=2"]).encode.workers == 2
+    with pytest.raises(ConfigError, match="encode.actors"):  # both names at once: the old one is extra
+        load_config(PrepareShardsConfig, DEMO, ["encode.actors=3"])
+
+
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [

@@ -1,11 +1,11 @@
-"""VAE encoding and frozen corruption, in one actor so that clean latents never leave it.
+"""VAE encoding and frozen corruption in one step, so that clean latents never leave the worker process.
 
 The encoder runs as ``Dataset.map_batches`` tasks (``encode_batch``): each Ray worker process loads the
 VAE once and keeps it for later tasks, with a GPU per task when the cluster has one. Tasks rather than an
 actor pool: Ray Data hands an actor pool its transform by object reference, which makes Ray's core worker
-log an error-level line on every run (ray-project/ray#53727), and a failed task is simply retried. It returns only the noisy tensor ``y = x0 + sigma_n z``
-with z frozen per (row id, noise seed) by ``ambient.core.corrupt``.
-"""
+log an error-level line on every run (ray-project/ray#53727), and a failed task is simply retried. It
+returns only the noisy tensor ``y = x0 + sigma_n z`` with z frozen per (row id, noise seed) by
+``ambient.core.corrupt``."""
 
 from __future__ import annotations
 
