@@ -89,9 +89,10 @@ class Config:
     seed: int = 0
     # Seeds the training and the sampler (and EM's sampling) only: same data, another training run.
     train_seed: int = 0
-    # Data: means uniform in [-scale, scale]^d, isotropic std per component.
+    # Data: means uniform in [-scale, scale]^d, isotropic std per component: one value for every
+    # component, or one per component (a second data shape: clusters of different widths).
     scale: float = 1.0
-    std: float = 0.1
+    std: float | tuple[float, ...] = 0.1
     sigma_data: float = 0.5
     train_size: int = 50_000
     # Budget (the same for every variant).
@@ -196,7 +197,17 @@ def make_denoiser(cfg: Config) -> EDMDenoiser:
 
 
 def make_mixture(cfg: Config) -> GaussianMixture:
-    return GaussianMixture.random(cfg.dim, cfg.components, scale=cfg.scale, std=cfg.std, seed=cfg.seed)
+    if isinstance(cfg.std, float):
+        return GaussianMixture.random(cfg.dim, cfg.components, scale=cfg.scale, std=cfg.std, seed=cfg.seed)
+    if len(cfg.std) != cfg.components:
+        raise ValueError(f"--std: got {len(cfg.std)} values for {cfg.components} components (give 1 or K)")
+    # The same means as the one-std mixture of this seed; only the widths differ.
+    gm = GaussianMixture.random(cfg.dim, cfg.components, scale=cfg.scale, std=1.0, seed=cfg.seed)
+    return GaussianMixture(gm.means, torch.tensor(cfg.std, dtype=gm.means.dtype), gm.weights)
+
+
+def largest_std(cfg: Config) -> float:
+    return cfg.std if isinstance(cfg.std, float) else max(cfg.std)
 
 
 def clean_samples(gm: GaussianMixture, n: int, seed: int) -> Tensor:
@@ -781,7 +792,7 @@ def plot(path: Path, gm: GaussianMixture, outcomes: Sequence[Outcome], cfg: Conf
     per_sigma = max(sum(o.sigma_n == sn for o in outcomes) for sn in cfg.sigma_ns)
     nrows, ncols = len(cfg.sigma_ns), 1 + per_sigma  # truth, then the rows that ran
     fig, axes = plt.subplots(nrows, ncols, figsize=(3 * ncols, 3 * nrows), squeeze=False)
-    lim = cfg.scale + 4 * cfg.std + 0.3
+    lim = cfg.scale + 4 * largest_std(cfg) + 0.3
     for i, sigma_n in enumerate(cfg.sigma_ns):
         rows = [o for o in outcomes if o.sigma_n == sigma_n]
         panels = [("truth", truth, None)] + [(o.label, o.samples.numpy(), o.sw2) for o in rows]
@@ -812,6 +823,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dim", type=int, default=2)
     p.add_argument("--components", type=int, default=8)
+    p.add_argument(
+        "--std",
+        type=float,
+        nargs="+",
+        default=[0.1],
+        help="component std: one value for all, or one per component (default 0.1)",
+    )
     p.add_argument("--sigma-n", type=float, nargs="+", default=[0.2, 0.5, 1.0])
     p.add_argument("--seed", type=int, default=0, help="seeds everything, the mixture included")
     p.add_argument("--train-seed", type=int, default=0, help="reseeds training and sampling only (same data)")
@@ -899,6 +917,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     cfg = Config(
         dim=args.dim,
         components=args.components,
+        std=args.std[0] if len(args.std) == 1 else tuple(args.std),
         sigma_ns=tuple(args.sigma_n),
         seed=args.seed,
         train_seed=args.train_seed,

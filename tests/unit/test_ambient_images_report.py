@@ -81,3 +81,51 @@ def test_the_docs_block_is_replaced_in_place(tmp_path):
 def test_settings_overrides_parse_lists_and_numbers():
     s = bench.apply_settings(bench.FULL, ["sigma_ns=0.5,1", "memo_steps=9", "memo_variants=", "lr=0.001"])
     assert s.sigma_ns == (0.5, 1.0) and s.memo_steps == 9 and s.memo_variants == () and s.lr == 1e-3
+
+
+def test_composed_pictures_put_each_cells_audit_picture_side_by_side(tmp_path, capsys):
+    from PIL import Image
+
+    def cell(name, study, variant, sigma_n, folder):
+        return {
+            "name": name,
+            "study": study,
+            "variant": variant,
+            "sigma_n": sigma_n,
+            "audit_dir": str(folder),
+        }
+
+    colours = {"quality-clean": "red", "quality-naive-s1": "blue", "memorization-clean": "green"}
+    for name in colours:
+        (tmp_path / name).mkdir()
+    # top matches: generations on the left, nearest training image on the right
+    for name in ("quality-clean", "quality-naive-s1"):
+        picture = Image.new("RGB", (64, 96), "white")
+        picture.paste(Image.new("RGB", (32, 96), colours[name]), (0, 0))
+        picture.save(tmp_path / name / f"top_matches_{name}.png")
+    # two attack grids: the one at the highest timestep is used
+    Image.new("RGB", (80, 40), "green").save(
+        tmp_path / "memorization-clean" / "attack_memorization-clean_t900.png"
+    )
+    Image.new("RGB", (80, 40), "black").save(
+        tmp_path / "memorization-clean" / "attack_memorization-clean_t300.png"
+    )
+    cells = [
+        cell("quality-clean", "quality", "clean", 0.0, tmp_path / "quality-clean"),
+        cell("quality-naive-s1", "quality", "naive", 1.0, tmp_path / "quality-naive-s1"),
+        cell("quality-consistency-s1", "quality", "consistency", 1.0, tmp_path / "gone"),
+        cell("memorization-clean", "memorization", "clean", 0.0, tmp_path / "memorization-clean"),
+    ]
+    results = tmp_path / "results"
+    written = bench.compose_pictures(cells, results, None)
+    assert written == {"generations": bench.GENERATIONS_PNG, "attacks": bench.ATTACKS_PNG}
+    assert "no audit picture for quality-consistency-s1" in capsys.readouterr().out
+    generations = Image.open(results / bench.GENERATIONS_PNG).convert("RGB")
+    # two 32-wide left halves (labels are wider: each column takes max(image, label) width) under a header
+    assert generations.height == 22 + 96
+    assert generations.getpixel((5, 60)) == (255, 0, 0)  # clean's generations
+    second = next(x for x in range(33, generations.width) if generations.getpixel((x, 60)) == (0, 0, 255))
+    assert second > 32  # naive's generations, right of clean's, and never the white right halves
+    assert all(generations.getpixel((x, 60)) != (255, 255, 255) for x in range(second, second + 32))
+    attacks = Image.open(results / bench.ATTACKS_PNG).convert("RGB")
+    assert attacks.getpixel((10, 40)) == (0, 128, 0)  # the t900 grid, not the t300 one

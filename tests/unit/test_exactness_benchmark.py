@@ -283,3 +283,21 @@ def test_levers_default_to_the_published_network_and_act_as_documented() -> None
     assert bool((t < sigma_n).all()) and bool((t >= sigma_n / 20 - 1e-6).all())
     z = x_t[:, 0] / (v + t**2).sqrt()
     assert float(z.var()) == pytest.approx(1.0, abs=0.03) and abs(float(z.mean())) < 0.02
+
+
+def test_per_component_stds_give_a_second_data_shape_with_the_same_means() -> None:
+    bench = _load_benchmark()
+    published = bench.config_from_args(bench.parse_args(["--json", "x.json", "--components", "4"]))
+    assert published.std == 0.1  # one value: the published mixture, unchanged
+    shaped = bench.config_from_args(
+        bench.parse_args(["--json", "x.json", "--components", "4", "--std", "0.05", "0.1", "0.15", "0.2"])
+    )
+    gm, base = bench.make_mixture(shaped), bench.make_mixture(published)
+    assert torch.equal(gm.means, base.means)
+    assert gm.stds.tolist() == [0.05, 0.1, 0.15, 0.2]
+    assert bench.largest_std(shaped) == 0.2
+    wrong = bench.config_from_args(
+        bench.parse_args(["--json", "x.json", "--components", "4", "--std", "0.1", "0.2"])
+    )
+    with pytest.raises(ValueError, match="--std: got 2 values for 4 components"):
+        bench.make_mixture(wrong)
