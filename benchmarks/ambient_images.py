@@ -905,7 +905,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     studies = STUDIES if args.study == "both" else (args.study,)
     base_model = resolve_base_model(args.base_model)
     meta = {"mode": mode, "base_model": base_model, "settings": asdict(settings)}
-    report(results, None, meta)  # --report works from here on, even if the study is interrupted
+    report(
+        results, None, meta, work.resolve()
+    )  # --report works from here on, even if the study is interrupted
     start_ray(args.metrics_port, args.ray_start_attempts)
     started = time.perf_counter()
     run_study(settings, studies, base_model, work.resolve(), results.resolve())
