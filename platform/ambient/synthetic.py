@@ -166,6 +166,18 @@ def render_from_id(row_id: str, size: int) -> SyntheticItem:
     return render_synthetic(int(match.group("index")), int(match.group("seed")), size, world)
 
 
+def is_replay(index: int, share: float) -> bool:
+    """Whether item ``index`` of a mixed dataset is drawn from the replay world: evenly spaced, a
+    ``share`` of every run of consecutive indices (share 0.25: items 3, 7, 11, ...)."""
+    return math.floor((index + 1) * share) > math.floor(index * share)
+
+
+def world_of_id(row_id: str) -> str | None:
+    """The synthetic world an item id belongs to (None for any other id)."""
+    match = SYNTHETIC_ID.match(row_id)
+    return (match.group("world") or "shapes") if match else None
+
+
 def synthetic_items(
     count: int, seed: int = 0, size: int = 64, start: int = 0, world: str = "shapes"
 ) -> Iterator[SyntheticItem]:

@@ -50,6 +50,10 @@ def test_encode_workers_reads_the_old_name_actors():
         (["rows_per_shard=0"], "rows_per_shard"),
         (["storage.endpoint=http://x"], "storage.endpoint"),
         (["destination.remove_stale_shards=maybe"], "destination.remove_stale_shards"),
+        (["source.replay_share=0.25"], "source"),  # a share without a world
+        (["source.replay_world=base"], "source"),  # a world without a share
+        (["source.replay_world=cross", "source.replay_share=0.25"], "source"),  # the demo's own world
+        (["source.replay_world=base", "source.replay_share=1"], "source.replay_share"),
     ],
 )
 def test_bad_values_name_the_field(overrides, field):

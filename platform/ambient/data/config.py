@@ -27,6 +27,17 @@ class SourceConfig(Section):
     image_size: int | None = Field(
         default=None, ge=8, description="synthetic: rendered size (None = resolution)"
     )
+    replay_world: Literal["shapes", "base", "heldout", "cross", "star"] | None = Field(
+        default=None,
+        description="synthetic: a second world mixed into the data (rehearsal: a fine-tune on a new "
+        "concept keeps seeing what the base drew, so it forgets less); needs replay_share",
+    )
+    replay_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="synthetic: share of the items from replay_world, evenly spaced",
+    )
     # folder: images with a `.txt` caption beside each, or a captions.jsonl ({"file": ..., "caption": ...})
     # parquet: a local or s3:// prefix of Parquet files with image bytes and captions
     # webdataset: a local or s3:// .tar file or prefix of .tar shards (image + .txt/.json caption per key)
@@ -39,6 +50,14 @@ class SourceConfig(Section):
 
     @model_validator(mode="after")
     def _path_for_kind(self) -> SourceConfig:
+        if (self.replay_world is None) != (self.replay_share == 0):
+            raise ValueError(
+                "source.replay_world and source.replay_share go together: a world and a share > 0, or neither"
+            )
+        if self.replay_world is not None and self.replay_world == self.world:
+            raise ValueError(f"source.replay_world: {self.replay_world!r} is source.world itself")
+        if self.replay_world is not None and self.kind != "synthetic":
+            raise ValueError(f"source.replay_world: only for kind synthetic, got {self.kind!r}")
         if self.kind in ("folder", "parquet", "webdataset") and not self.path:
             raise ValueError(f"source.path is required when source.kind is {self.kind!r}")
         if self.kind == "folder" and self.path and self.path.startswith("s3://"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data.extensions  # noqa: F401  (registers Ray's tensor extension type with pyarrow)
@@ -12,15 +14,24 @@ from .streaming import collate_batch
 from .validate import load_manifest
 
 
-def read_rows(uri: str, storage: StorageConfig | None = None, limit: int = 32) -> dict:
-    """The first ``limit`` rows by id of the dataset at ``uri``, collated like a training batch.
+def read_rows(
+    uri: str,
+    storage: StorageConfig | None = None,
+    limit: int = 32,
+    keep: Callable[[str], bool] | None = None,
+) -> dict:
+    """The first ``limit`` rows by id of the dataset at ``uri`` (only rows whose id ``keep`` accepts,
+    if given), collated like a training batch.
 
     Deterministic whatever the shard layout, so every run that validates on ``uri`` sees the same rows.
     """
     manifest = load_manifest(uri, storage)
     fs, root = resolve_filesystem(uri, storage)
     tables = [pq.read_table(f"{root.rstrip('/')}/{s.file}", filesystem=fs) for s in manifest.shards]
-    table = pa.concat_tables(tables).sort_by("id").slice(0, limit)
+    table = pa.concat_tables(tables).sort_by("id")
+    if keep is not None:
+        table = table.filter(pa.array([keep(str(i)) for i in table.column("id").to_pylist()]))
+    table = table.slice(0, limit)
     batch = {
         name: table.column(name).combine_chunks().to_numpy(zero_copy_only=False)
         for name in table.column_names

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from ambient.storage import StorageConfig, join, list_files, resolve_filesystem, storage_error
-from ambient.synthetic import render_synthetic
+from ambient.synthetic import is_replay, render_synthetic
 
 from .config import SourceConfig
 from .webdataset import webdataset_source
@@ -29,7 +29,8 @@ CAPTIONS_JSONL = "captions.jsonl"
 
 def source_dataset(cfg: SourceConfig, resolution: int, storage: StorageConfig | None) -> ray.data.Dataset:
     if cfg.kind == "synthetic":
-        return synthetic_source(cfg.count, cfg.seed, cfg.image_size or resolution, cfg.world)
+        size = cfg.image_size or resolution
+        return synthetic_source(cfg.count, cfg.seed, size, cfg.world, cfg.replay_world, cfg.replay_share)
     if cfg.kind == "folder":
         return folder_source(Path(str(cfg.path)))
     if cfg.kind == "webdataset":
@@ -37,9 +38,22 @@ def source_dataset(cfg: SourceConfig, resolution: int, storage: StorageConfig | 
     return parquet_source(cfg, storage)
 
 
-def synthetic_source(count: int, seed: int, size: int, world: str = "shapes") -> ray.data.Dataset:
+def synthetic_source(
+    count: int,
+    seed: int,
+    size: int,
+    world: str = "shapes",
+    replay_world: str | None = None,
+    replay_share: float = 0.0,
+) -> ray.data.Dataset:
+    """Items 0 .. count-1 of ``world``; with a replay world, a share of them (evenly spaced) from that
+    world instead (their ids name it, so they re-render and stay distinct)."""
+
+    def world_of(index: int) -> str:
+        return replay_world if replay_world and is_replay(index, replay_share) else world
+
     def render(batch: dict[str, np.ndarray]) -> dict[str, list]:
-        items = [render_synthetic(int(i), seed, size, world) for i in batch["id"]]
+        items = [render_synthetic(int(i), seed, size, world_of(int(i))) for i in batch["id"]]
         return {
             "id": [it.id for it in items],
             "caption": [it.caption for it in items],

@@ -10,6 +10,7 @@ from ambient.data.holdout import read_rows
 from ambient.eval.showcase import SamplingSpec, adherence_line, png_bytes, showcase
 from ambient.models.source import load_model_components
 from ambient.storage import exists, join, read_bytes, write_bytes_atomic
+from ambient.synthetic import world_of_id
 
 from .config import FinetuneConfig
 from .plan import RunPlan
@@ -24,7 +25,14 @@ def write_showcase(cfg: FinetuneConfig, plan: RunPlan) -> tuple[dict, list[str]]
     storage = cfg.storage.resolved()
     base, _ = load_model_components(plan.model_source, storage)
     finetuned, _ = load_model_components(join(plan.outputs_uri, "model"), storage)
-    rows = read_rows(cfg.data.uri, storage, limit=max(section.examples, section.adherence_prompts))
+    # Rows of the retained world (rehearsal mixed into the data) are not the new concept: left out.
+    retained = section.retain_world
+    rows = read_rows(
+        cfg.data.uri,
+        storage,
+        limit=max(section.examples, section.adherence_prompts),
+        keep=None if retained is None else (lambda row_id: world_of_id(row_id) != retained),
+    )
     curve_uri = join(plan.outputs_uri, "loss_curve.png")
     curve = Image.open(io.BytesIO(read_bytes(curve_uri, storage))) if exists(curve_uri, storage) else None
     common = {"steps": section.num_steps, "guidance": section.guidance_scale, "seed": section.seed}

@@ -1,0 +1,46 @@
+"""Rehearsal data: a synthetic dataset with a share of another world mixed in (``source.replay_world``),
+and the showcase's row reader leaving those rows out of the new concept."""
+
+from __future__ import annotations
+
+import pytest
+
+from ambient.config import load_config
+from ambient.data import PrepareShardsConfig, open_dataset, prepare_shards
+from ambient.data.holdout import read_rows
+from ambient.synthetic import is_replay, render_synthetic, world_of_id
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_quarter_of_the_rows_come_from_the_replay_world(ray_session, tmp_path):
+    uri = str(tmp_path / "mixed")
+    overrides = [
+        f"destination.uri={uri}",
+        "encode.space=image",
+        "resolution=16",
+        "source.count=8",
+        "source.world=cross",
+        "source.replay_world=base",
+        "source.replay_share=0.25",
+    ]
+    prepare_shards(load_config(PrepareShardsConfig, overrides=overrides))
+    ds, _ = open_dataset(uri, None)
+    rows = {r["id"]: r["caption"] for r in ds.take_all()}
+    replayed = {render_synthetic(i, 0, 16, "base").id for i in (3, 7)}
+    assert {i for i in rows if world_of_id(i) == "base"} == replayed
+    assert {i for i in rows if world_of_id(i) == "cross"} == {
+        render_synthetic(i, 0, 16, "cross").id for i in (0, 1, 2, 4, 5, 6)
+    }
+    assert all(("cross" in c) == (world_of_id(i) == "cross") for i, c in rows.items())
+    # Sorted by id the base rows come first; the showcase keeps only the new concept's.
+    assert all(world_of_id(i) == "base" for i in read_rows(uri, None, limit=2)["ids"])
+    kept = read_rows(uri, None, limit=8, keep=lambda i: world_of_id(i) != "base")
+    assert len(kept["ids"]) == 6 and all("cross" in c for c in kept["captions"])
+
+
+def test_replay_share_spacing():
+    assert [i for i in range(12) if is_replay(i, 0.25)] == [3, 7, 11]
+    assert sum(is_replay(i, 0.1) for i in range(100)) == 10
+    assert not any(is_replay(i, 0.0) for i in range(10))
+    assert world_of_id("synthetic-3-000001") == "shapes" and world_of_id("abc") is None
