@@ -7,7 +7,7 @@ import pytest
 
 from ambient.config import load_config
 from ambient.data import PrepareShardsConfig, open_dataset, prepare_shards
-from ambient.data.holdout import read_rows
+from ambient.data.holdout import read_rows, row_ids
 from ambient.synthetic import is_replay, render_synthetic, world_of_id
 
 pytestmark = pytest.mark.integration
@@ -27,6 +27,7 @@ def test_a_quarter_of_the_rows_come_from_the_replay_world(ray_session, tmp_path)
     prepare_shards(load_config(PrepareShardsConfig, overrides=overrides))
     ds, _ = open_dataset(uri, None)
     rows = {r["id"]: r["caption"] for r in ds.take_all()}
+    assert sorted(row_ids(uri, None)) == sorted(rows)
     replayed = {render_synthetic(i, 0, 16, "base").id for i in (3, 7)}
     assert {i for i in rows if world_of_id(i) == "base"} == replayed
     assert {i for i in rows if world_of_id(i) == "cross"} == {

@@ -37,3 +37,16 @@ def read_rows(
         for name in table.column_names
     }
     return collate_batch(batch)
+
+
+def row_ids(uri: str, storage: StorageConfig | None = None) -> list[str]:
+    """Every row id of the dataset at ``uri`` (only the id column of each shard is read)."""
+    manifest = load_manifest(uri, storage)
+    fs, root = resolve_filesystem(uri, storage)
+    return [
+        str(row_id)
+        for s in manifest.shards
+        for row_id in pq.read_table(f"{root.rstrip('/')}/{s.file}", columns=["id"], filesystem=fs)
+        .column("id")
+        .to_pylist()
+    ]

@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from ambient.data.holdout import read_rows
+from ambient.data.holdout import read_rows, row_ids
 from ambient.eval.showcase import SamplingSpec, adherence_line, png_bytes, showcase
 from ambient.models.source import load_model_components
 from ambient.storage import exists, join, read_bytes, write_bytes_atomic
@@ -25,13 +25,16 @@ def write_showcase(cfg: FinetuneConfig, plan: RunPlan) -> tuple[dict, list[str]]
     storage = cfg.storage.resolved()
     base, _ = load_model_components(plan.model_source, storage)
     finetuned, _ = load_model_components(join(plan.outputs_uri, "model"), storage)
-    # Rows of the retained world (rehearsal mixed into the data) are not the new concept: left out.
+    # Rows of the retained world (rehearsal mixed into the data) are not the new concept: left out,
+    # unless the data is that world alone (a fine-tune on the base world itself).
     retained = section.retain_world
+    worlds = {world_of_id(i) for i in row_ids(cfg.data.uri, storage)}
+    rehearsal = retained is not None and retained in worlds and len(worlds) > 1
     rows = read_rows(
         cfg.data.uri,
         storage,
         limit=max(section.examples, section.adherence_prompts),
-        keep=None if retained is None else (lambda row_id: world_of_id(row_id) != retained),
+        keep=(lambda row_id: world_of_id(row_id) != retained) if rehearsal else None,
     )
     curve_uri = join(plan.outputs_uri, "loss_curve.png")
     curve = Image.open(io.BytesIO(read_bytes(curve_uri, storage))) if exists(curve_uri, storage) else None
