@@ -29,6 +29,12 @@ def test_demo_config_is_valid():
     assert off.destination.remove_stale_shards is False
 
 
+def test_the_finetune_prepares_missing_demo_data_as_the_demo_config_does():
+    from ambient.train.trainer import DEMO_SOURCE
+
+    assert load_config(PrepareShardsConfig, DEMO).source == DEMO_SOURCE
+
+
 def test_encode_workers_reads_the_old_name_actors():
     assert load_config(PrepareShardsConfig, None, ["encode.actors=3"]).encode.workers == 3
     assert load_config(PrepareShardsConfig, None, ["encode.workers=2"]).encode.workers == 2
@@ -50,8 +56,8 @@ def test_encode_workers_reads_the_old_name_actors():
         (["rows_per_shard=0"], "rows_per_shard"),
         (["storage.endpoint=http://x"], "storage.endpoint"),
         (["destination.remove_stale_shards=maybe"], "destination.remove_stale_shards"),
-        (["source.replay_share=0.25"], "source"),  # a share without a world
-        (["source.replay_world=base"], "source"),  # a world without a share
+        (["source.replay_world=null"], "source"),  # the demo's share without a world
+        (["source.replay_share=0"], "source"),  # the demo's world without a share
         (["source.replay_world=cross", "source.replay_share=0.25"], "source"),  # the demo's own world
         (["source.replay_world=base", "source.replay_share=1"], "source.replay_share"),
     ],

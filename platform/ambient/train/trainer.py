@@ -75,6 +75,11 @@ def check_validation_data(cfg: FinetuneConfig, field: str = "validation.data_uri
             raise ManifestError(f"{field}: {err}") from None
 
 
+# What jobs/configs/prepare_demo.yaml writes (a unit test keeps the two equal): a shape the default base
+# model never drew, with a quarter of the base's own world mixed in (rehearsal).
+DEMO_SOURCE = SourceConfig(kind="synthetic", world="cross", count=512, replay_world="base", replay_share=0.25)
+
+
 def ensure_demo_shards(cfg: FinetuneConfig, model_source: str) -> None:
     """Create the synthetic demo shards at the demo's own data.uri when it holds no dataset yet."""
     if not check_training_data(cfg):
@@ -84,8 +89,7 @@ def ensure_demo_shards(cfg: FinetuneConfig, model_source: str) -> None:
     _log(f"no dataset at {cfg.data.uri}: preparing the synthetic demo shards (noisy crosses)")
     prepare_shards(
         PrepareShardsConfig(
-            # What jobs/configs/prepare_demo.yaml writes: a shape the default base model never drew.
-            source=SourceConfig(kind="synthetic", world="cross", count=512),
+            source=DEMO_SOURCE,
             rows_per_shard=64,
             destination=DestinationConfig(uri=cfg.data.uri),
             encode=EncodeConfig(model=model_source),
