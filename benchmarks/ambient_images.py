@@ -777,9 +777,9 @@ def compose_pictures(cells: list[dict], results: Path, work: Path | None) -> dic
     """generations.png (quality cells) and attacks.png (memorization cells) where the audit pictures
     exist; returns the plots written. A cell whose picture is missing is named in the log."""
     written = {}
-    for study, kind, name, left_half in (
-        ("quality", "generations", GENERATIONS_PNG, True),
-        ("memorization", "attack", ATTACKS_PNG, False),
+    for study, kind, plot, name, left_half in (
+        ("quality", "generations", "generations", GENERATIONS_PNG, True),
+        ("memorization", "attack", "attacks", ATTACKS_PNG, False),
     ):
         rows = [c for c in cells if c["study"] == study]
         panels = [(audit_picture(c, work, kind), cell_label(c)) for c in rows]
@@ -789,7 +789,7 @@ def compose_pictures(cells: list[dict], results: Path, work: Path | None) -> dic
         found = [(picture, label) for picture, label in panels if picture is not None]
         if found:
             compose_columns(found, results / name, left_half=left_half)
-            written[kind if kind == "generations" else "attacks"] = name
+            written[plot] = name
     return written
 
 
@@ -905,9 +905,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     studies = STUDIES if args.study == "both" else (args.study,)
     base_model = resolve_base_model(args.base_model)
     meta = {"mode": mode, "base_model": base_model, "settings": asdict(settings)}
-    report(
-        results, None, meta, work.resolve()
-    )  # --report works from here on, even if the study is interrupted
+    # --report works from here on, even if the study is interrupted
+    report(results, None, meta, work.resolve())
     start_ray(args.metrics_port, args.ray_start_attempts)
     started = time.perf_counter()
     run_study(settings, studies, base_model, work.resolve(), results.resolve())
