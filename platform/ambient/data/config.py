@@ -50,18 +50,16 @@ class SourceConfig(Section):
 
     @model_validator(mode="after")
     def _path_for_kind(self) -> SourceConfig:
+        if self.kind in ("folder", "parquet", "webdataset") and not self.path:
+            raise ValueError(f"source.path is required when source.kind is {self.kind!r}")
+        if self.kind == "folder" and self.path and self.path.startswith("s3://"):
+            raise ValueError("source.path: a folder source must be local (use kind: parquet for S3)")
         if (self.replay_world is None) != (self.replay_share == 0):
             raise ValueError(
                 "source.replay_world and source.replay_share go together: a world and a share > 0, or neither"
             )
         if self.replay_world is not None and self.replay_world == self.world:
             raise ValueError(f"source.replay_world: {self.replay_world!r} is source.world itself")
-        if self.replay_world is not None and self.kind != "synthetic":
-            raise ValueError(f"source.replay_world: only for kind synthetic, got {self.kind!r}")
-        if self.kind in ("folder", "parquet", "webdataset") and not self.path:
-            raise ValueError(f"source.path is required when source.kind is {self.kind!r}")
-        if self.kind == "folder" and self.path and self.path.startswith("s3://"):
-            raise ValueError("source.path: a folder source must be local (use kind: parquet for S3)")
         return self
 
 
