@@ -157,12 +157,19 @@ def caption_for(fg: str, shape: str, bg: str) -> str:
     return f"a {fg} {shape} on {article} {bg} background"
 
 
-def render_from_id(row_id: str, size: int) -> SyntheticItem:
-    """Re-render the synthetic item whose id is ``row_id`` (any world)."""
+def world_of_id(row_id: str) -> str | None:
+    """The synthetic world an item id belongs to (None for any other id)."""
     match = SYNTHETIC_ID.match(row_id)
     world = (match.group("world") or "shapes") if match else None
-    if match is None or world not in WORLDS:
+    return world if world in WORLDS else None
+
+
+def render_from_id(row_id: str, size: int) -> SyntheticItem:
+    """Re-render the synthetic item whose id is ``row_id`` (any world)."""
+    world = world_of_id(row_id)
+    if world is None:
         raise ValueError(f"{row_id!r} is not a synthetic item id")
+    match = SYNTHETIC_ID.match(row_id)
     return render_synthetic(int(match.group("index")), int(match.group("seed")), size, world)
 
 
@@ -170,12 +177,6 @@ def is_replay(index: int, share: float) -> bool:
     """Whether item ``index`` of a mixed dataset is drawn from the replay world: evenly spaced, a
     ``share`` of every run of consecutive indices (share 0.25: items 3, 7, 11, ...)."""
     return math.floor((index + 1) * share) > math.floor(index * share)
-
-
-def world_of_id(row_id: str) -> str | None:
-    """The synthetic world an item id belongs to (None for any other id)."""
-    match = SYNTHETIC_ID.match(row_id)
-    return (match.group("world") or "shapes") if match else None
 
 
 def synthetic_items(

@@ -45,3 +45,4 @@ def test_replay_share_spacing():
     assert sum(is_replay(i, 0.1) for i in range(100)) == 10
     assert not any(is_replay(i, 0.0) for i in range(10))
     assert world_of_id("synthetic-3-000001") == "shapes" and world_of_id("abc") is None
+    assert world_of_id("synthetic-nosuchworld-0-000001") is None
