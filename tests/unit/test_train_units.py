@@ -43,6 +43,34 @@ def test_deepspeed_config_follows_the_job_config():
     assert off["zero_optimization"]["overlap_comm"] is True and off["zero_optimization"]["stage"] == 2
 
 
+def _learning_rates(ds: dict, steps: int) -> list[float]:
+    """The rates DeepSpeed's own scheduler (the one the config names) gives over the first steps."""
+    from deepspeed.runtime import lr_schedules
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=ds["optimizer"]["params"]["lr"])
+    scheduler = getattr(lr_schedules, ds["scheduler"]["type"])(optimizer, **ds["scheduler"]["params"])
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "cosine"])
+def test_zero_warmup_trains_at_the_full_rate_from_the_first_step(schedule):
+    for max_steps in (100, 1):  # a 1-step run has no room for a warm-up either
+        ds = build_deepspeed_config(
+            cfg_with(f"optim.schedule={schedule}", "optim.warmup_steps=0", f"train.max_steps={max_steps}")
+        )
+        rates = _learning_rates(ds, 2)
+        # DeepSpeed's WarmupCosineLR holds the optimizer at 0 until its first step, warm-up or not
+        assert rates[0 if schedule != "cosine" else 1] == pytest.approx(1e-4), (schedule, max_steps, rates)
+    warm = _learning_rates(
+        build_deepspeed_config(cfg_with(f"optim.schedule={schedule}", "optim.warmup_steps=10")), 12
+    )
+    assert warm[0] < 1e-5 and warm[0] < warm[5] < warm[10], schedule  # a real warm-up still ramps up
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [

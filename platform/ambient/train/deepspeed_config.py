@@ -13,11 +13,16 @@ def _scheduler(cfg: FinetuneConfig) -> dict[str, Any]:
     o = cfg.optim
     total = cfg.train.max_steps
     warmup = min(o.warmup_steps, max(total - 1, 0))
+    # DeepSpeed's schedulers reject 0 warm-up steps (and warm up over at least 2): no warm-up is a ramp
+    # that starts at the peak, so `warmup_steps: 0` (or a 1-step run) trains at the full rate at once
+    # (with the cosine schedule from the second step: WarmupCosineLR gives 0 before its first step).
+    start = 0.0 if warmup else 1.0
+    warmup = max(warmup, 1)
     if o.schedule == "constant":
         return {
             "type": "WarmupLR",
             "params": {
-                "warmup_min_lr": 0.0,
+                "warmup_min_lr": start * o.lr,
                 "warmup_max_lr": o.lr,
                 "warmup_num_steps": warmup,
                 "warmup_type": "linear",
@@ -27,7 +32,7 @@ def _scheduler(cfg: FinetuneConfig) -> dict[str, Any]:
         return {
             "type": "WarmupDecayLR",
             "params": {
-                "warmup_min_lr": 0.0,
+                "warmup_min_lr": start * o.lr,
                 "warmup_max_lr": o.lr,
                 "warmup_num_steps": warmup,
                 "total_num_steps": total,
@@ -39,7 +44,7 @@ def _scheduler(cfg: FinetuneConfig) -> dict[str, Any]:
         "params": {
             "total_num_steps": total,
             "warmup_num_steps": warmup,
-            "warmup_min_ratio": 0.0,
+            "warmup_min_ratio": start,
             "cos_min_ratio": 0.0,
         },
     }
