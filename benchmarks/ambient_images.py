@@ -78,6 +78,8 @@ class Settings:
     memo_steps: int = 400
     memo_lr: float = 3e-4  # the memorization study's learning rate (memorizing a small set fast needs more)
     memo_variants: tuple[str, ...] = ("consistency",)
+    # the quality study's cells (clean is one, at sigma_n = 0): fewer reruns one variant on its own
+    quality_variants: tuple[str, ...] = VARIANTS
     batch_size: int = 16
     lr: float = 3e-4
     consistency_weight: float = 1.0
@@ -94,7 +96,7 @@ class Settings:
 
 # Settings a cell's result does not depend on (the cell names its own sigma_n and variant; threads
 # change speed, not results), and those of the other study: changing them keeps the cell.
-NOT_IN_KEY = frozenset({"sigma_ns", "memo_variants", "threads"})
+NOT_IN_KEY = frozenset({"sigma_ns", "memo_variants", "quality_variants", "threads"})
 QUALITY_ONLY = frozenset({"train_count", "quality_steps", "quality_generations", "attack_items"})
 MEMO_ONLY = frozenset({"memo_count", "memo_steps", "memo_lr", "memo_generations"})
 FULL = Settings()
@@ -132,9 +134,10 @@ class Cell:
 def study_cells(settings: Settings, studies: Sequence[str]) -> list[Cell]:
     cells: list[Cell] = []
     if "quality" in studies:
-        cells.append(Cell("quality", "clean", 0.0))
+        if "clean" in settings.quality_variants:
+            cells.append(Cell("quality", "clean", 0.0))
         for s in settings.sigma_ns:
-            cells += [Cell("quality", v, s) for v in ("naive", "early_stop", "consistency")]
+            cells += [Cell("quality", v, s) for v in settings.quality_variants if v != "clean"]
     if "memorization" in studies:
         cells.append(Cell("memorization", "clean", 0.0))
         for s in settings.sigma_ns:
@@ -876,6 +879,11 @@ def apply_settings(base: Settings, assignments: Sequence[str]) -> Settings:
             values[name] = tuple(kind(v) for v in raw.split(",") if v)
         else:
             values[name] = type(default)(raw)
+    # the memorization study always has its clean cell; its noisy variants are the others
+    for name, known in (("quality_variants", VARIANTS), ("memo_variants", VARIANTS[1:])):
+        unknown = [v for v in values.get(name, ()) if v not in known]
+        if unknown:
+            raise SystemExit(f"--set {name}: not a variant: {', '.join(unknown)} (one of {', '.join(known)})")
     return replace(base, **values)
 
 

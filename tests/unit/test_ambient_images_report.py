@@ -8,6 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ambient_images.py"
 
 
@@ -81,6 +83,17 @@ def test_the_docs_block_is_replaced_in_place(tmp_path):
 def test_settings_overrides_parse_lists_and_numbers():
     s = bench.apply_settings(bench.FULL, ["sigma_ns=0.5,1", "memo_steps=9", "memo_variants=", "lr=0.001"])
     assert s.sigma_ns == (0.5, 1.0) and s.memo_steps == 9 and s.memo_variants == () and s.lr == 1e-3
+    with pytest.raises(SystemExit, match="quality_variants: not a variant: cons"):
+        bench.apply_settings(bench.FULL, ["quality_variants=cons"])
+    with pytest.raises(SystemExit, match="memo_variants: not a variant: clean"):
+        bench.apply_settings(bench.FULL, ["memo_variants=clean"])
+
+
+def test_one_quality_variant_runs_alone_with_the_same_key():
+    alone = bench.apply_settings(bench.FULL, ["quality_variants=consistency", "sigma_ns=0.5"])
+    cells = bench.study_cells(alone, ("quality",))
+    assert [c.name for c in cells] == ["quality-consistency-s0.5"]
+    assert bench.cell_key(cells[0], alone, "m") == bench.cell_key(cells[0], bench.FULL, "m")
 
 
 def test_composed_pictures_put_each_cells_audit_picture_side_by_side(tmp_path, capsys):
