@@ -12,7 +12,6 @@ import importlib.util
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -86,7 +85,6 @@ def study(tmp_path_factory, ray_session) -> dict:
         "--ray-start-attempts", "10",
         *[f"--set={k}={v}" for k, v in TINY.items()],
     ]  # fmt: skip
-    started = time.perf_counter()
     payload = bench.main(argv)
     return {
         "bench": bench,
@@ -94,7 +92,6 @@ def study(tmp_path_factory, ray_session) -> dict:
         "payload": payload,
         "results": root / "results",
         "docs": docs,
-        "seconds": time.perf_counter() - started,
     }
 
 
@@ -148,9 +145,8 @@ def test_results_files_and_tables_parse(study):
 def test_rerun_skips_finished_cells_and_report_rebuilds_the_docs(study):
     bench, results, docs = study["bench"], study["results"], study["docs"]
     before = {p.name: p.read_text() for p in (results / "cells").glob("*.json")}
-    started = time.perf_counter()
     again = bench.main(study["argv"])
-    assert time.perf_counter() - started < study["seconds"] / 2, "the rerun trained again"
+    # A cell that ran again would be rewritten (its timings and run differ): the files are untouched.
     assert {p.name: p.read_text() for p in (results / "cells").glob("*.json")} == before
     assert again["cells"] == study["payload"]["cells"]
 
