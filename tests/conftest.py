@@ -5,15 +5,20 @@
 - ``ray_session``: one local in-process Ray cluster per test session (Ray start-up is slow on 2 cores).
 - ``seaweedfs``: a real S3 server (SeaweedFS ``weed mini``) on loopback ports, with a bucket.
 - ``wait_until(predicate, timeout_s, what)``: poll a service until it answers.
+- ``load_script(path, name)``: import a benchmark script (not a package) as a module.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import socket
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -68,6 +73,15 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, what: str) -> 
             pass
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """The script at ``path`` as module ``name`` (registered, so its dataclasses and pickling work)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def ray_metrics_port() -> int:

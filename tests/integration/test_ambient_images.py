@@ -8,13 +8,13 @@ full budgets (docs/benchmarks.md).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "ambient_images.py"
@@ -47,11 +47,7 @@ METRICS = {
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("ambient_images_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "ambient_images_benchmark")
 
 
 def _tables(markdown: str) -> list[list[list[str]]]:

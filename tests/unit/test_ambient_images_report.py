@@ -3,22 +3,18 @@ check, the docs block. The end-to-end run is tests/integration/test_ambient_imag
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ambient_images.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("ambient_images_units", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "ambient_images_units")
 
 
 bench = _bench()

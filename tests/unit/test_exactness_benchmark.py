@@ -3,10 +3,8 @@ known mixture; the settings rows and step costs are recorded."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -14,16 +12,13 @@ import pytest
 import torch
 
 from ambient.core import ConsistencySettings, GaussianMixture
+from tests.conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "exactness.py"
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("exactness_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "exactness_benchmark")
 
 
 @pytest.mark.timeout(120)
@@ -176,11 +171,7 @@ def test_shipped_row_is_the_platform_default_and_recipe_the_documented_one() -> 
 
 def _load_settings_report():
     path = SCRIPT.with_name("exactness_settings.py")
-    spec = importlib.util.spec_from_file_location("exactness_settings_report", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(path, "exactness_settings_report")
 
 
 def test_spearman_and_merge_of_settings_parts() -> None:
