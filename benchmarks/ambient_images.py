@@ -517,6 +517,7 @@ def run_cell(cell: Cell, settings: Settings, base_model: str, work: Path, result
             "evaluate": round(time.perf_counter() - trained, 1),
         },
     }
+    keep_pictures(results, record)
     write_json_atomic(cell_path(results, cell), record)
     log(f"{cell.name}: done in {time.perf_counter() - started:.0f} s -> {cell_path(results, cell)}")
     return record
@@ -734,9 +735,29 @@ def plot_memorization(cells: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def audit_picture(cell: dict, work: Path | None, kind: str) -> Path | None:
+def kept_picture(results: Path, name: str, kind: str) -> Path:
+    """Where a cell's audit picture is kept beside its JSON, so that a report recomposes the pictures
+    after the work folder (shards, models, audits) is gone."""
+    return results / "cells" / f"{name}-{kind}.png"
+
+
+def keep_pictures(results: Path, cell: dict) -> None:
+    """Copy the cell's audit pictures (generations, attack) next to its JSON."""
+    from ambient.storage import write_bytes_atomic
+
+    for kind in ("generations", "attack"):
+        source = audit_picture(cell, None, kind)
+        if source is not None:
+            target = kept_picture(results, cell["name"], kind)
+            write_bytes_atomic(str(target), source.read_bytes())
+
+
+def audit_picture(cell: dict, work: Path | None, kind: str, results: Path | None = None) -> Path | None:
     """A cell's audit picture: ``generations`` (its top matches) or ``attack`` (the grid at the
-    highest attack timestep). Cells written before the audit folder was recorded: ``work``/audits."""
+    highest attack timestep); the copy kept in ``results`` first, then the audit folder (cells written
+    before the audit folder was recorded: ``work``/audits)."""
+    if results is not None and (kept := kept_picture(results, cell["name"], kind)).is_file():
+        return kept
     folder = (
         Path(cell["audit_dir"])
         if cell.get("audit_dir")
@@ -785,7 +806,7 @@ def compose_pictures(cells: list[dict], results: Path, work: Path | None) -> dic
         ("memorization", "attack", "attacks", ATTACKS_PNG, False),
     ):
         rows = [c for c in cells if c["study"] == study]
-        panels = [(audit_picture(c, work, kind), cell_label(c)) for c in rows]
+        panels = [(audit_picture(c, work, kind, results), cell_label(c)) for c in rows]
         missing = [c["name"] for c, (picture, _) in zip(rows, panels, strict=True) if picture is None]
         if missing:
             log(f"{name}: no audit picture for {', '.join(missing)} (audit folders gone?)")

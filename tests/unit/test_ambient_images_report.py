@@ -138,3 +138,31 @@ def test_composed_pictures_put_each_cells_audit_picture_side_by_side(tmp_path, c
     assert all(generations.getpixel((x, 60)) != (255, 255, 255) for x in range(second, second + 32))
     attacks = Image.open(results / bench.ATTACKS_PNG).convert("RGB")
     assert attacks.getpixel((10, 40)) == (0, 128, 0)  # the t900 grid, not the t300 one
+
+
+def test_kept_pictures_recompose_after_the_audit_folders_are_gone(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "audits" / "memorization-clean"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (80, 40), "green").save(folder / "attack_memorization-clean_t900.png")
+    Image.new("RGB", (64, 40), "red").save(folder / "top_matches_memorization-clean.png")
+    cell = {
+        "name": "memorization-clean",
+        "study": "memorization",
+        "variant": "clean",
+        "sigma_n": 0.0,
+        "audit_dir": str(folder),
+    }
+    results = tmp_path / "results"
+    bench.keep_pictures(results, cell)
+    assert sorted(p.name for p in (results / "cells").iterdir()) == [
+        "memorization-clean-attack.png",
+        "memorization-clean-generations.png",
+    ]
+    for picture in folder.iterdir():
+        picture.unlink()
+    folder.rmdir()
+    assert bench.compose_pictures([cell], results, None) == {"attacks": bench.ATTACKS_PNG}
+    attacks = Image.open(results / bench.ATTACKS_PNG).convert("RGB")
+    assert attacks.getpixel((10, 40)) == (0, 128, 0)
