@@ -493,7 +493,7 @@ def run_cell(cell: Cell, settings: Settings, base_model: str, work: Path, result
     trained = time.perf_counter()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads(settings))
-    audit_dir = work / "audits" / cell.name
+    audit_dir = work / "audits" / run_name  # per key: a cell rerun with other settings keeps its own
     try:
         metrics = evaluate(cell, settings, summary["exported_model"], shards, heldout, audit_dir)
     finally:
