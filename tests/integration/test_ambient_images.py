@@ -121,6 +121,9 @@ def test_results_files_and_tables_parse(study):
     ):
         assert (results / name).is_file() and (results / name).stat().st_size > 0, name
     assert sorted(p.stem for p in (results / "cells").glob("*.json")) == sorted(CELLS)
+    # each cell's audit pictures kept beside its JSON (a report recomposes them without the work folder)
+    kept = sorted(p.name for p in (results / "cells").glob("*.png"))
+    assert kept == sorted(f"{c}-{kind}.png" for c in CELLS for kind in ("attack", "generations"))
     assert json.loads((results / "ambient_images.json").read_text())["cells"] == study["payload"]["cells"]
 
     tables = _tables((results / "ambient_images.md").read_text())
