@@ -137,9 +137,14 @@ def test_serve_sampler_is_sample_images_and_seeds_are_per_image(tiny_components)
     # The service calls the library's sampler: the same rows give the same bytes.
     assert [np.asarray(a).tobytes() for a in ours] == [np.asarray(b).tobytes() for b in ref]
     ours = generate(tiny_components, key, ["a", "b"], ["", ""], [11, 12])
-    # The same seed in another batch, with other company, gives the same image.
-    alone = generate(tiny_components, key, ["b"], [""], [12])[0]
-    assert np.array_equal(np.asarray(alone), np.asarray(ours[1]))
+    # The same seed in another batch, with other company, gives the same image: up to rounding, since
+    # CPU kernels may pick another path per batch size (on an AMD EPYC one value in 3,072 was 1 level
+    # off); bit-exact independence of the batch is the fixed-shape path's promise, tested below.
+    alone = np.asarray(generate(tiny_components, key, ["b"], [""], [12])[0]).astype(int)
+    other_seed = np.asarray(generate(tiny_components, key, ["b"], [""], [13])[0]).astype(int)
+    same = np.abs(alone - np.asarray(ours[1]).astype(int))
+    assert same.max() <= 1 and same.mean() < 0.01
+    assert np.abs(other_seed - np.asarray(ours[1]).astype(int)).mean() > 5  # the seed does decide it
     # A negative prompt changes the image (it is the guidance's unconditional branch).
     neg = generate(tiny_components, key, ["b"], ["something else"], [12])[0]
     assert not np.array_equal(np.asarray(neg), np.asarray(ours[1]))
