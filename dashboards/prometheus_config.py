@@ -41,7 +41,10 @@ def render(
             raise ValueError(f"job {job!r} has no service-discovery file to replace")
         chosen["file_sd_configs"] = [{"files": [sd_file]}]
     if interval is not None:
+        # A scrape may take the whole interval: on a busy node Ray's metrics agent answers slowly, and
+        # Prometheus' default timeout (10 s, cut to the interval when shorter) drops every late scrape.
         config["global"]["scrape_interval"] = interval
+        config["global"]["scrape_timeout"] = interval
         config["global"]["evaluation_interval"] = interval
     config["scrape_configs"] = [chosen]
     return config
@@ -52,7 +55,7 @@ def main() -> int:
     parser.add_argument("--job", required=True, choices=["ray", "ray-local"])
     parser.add_argument("--target", help="host:port for ray-local (a --metrics-export-port)")
     parser.add_argument("--sd-file", help="Ray's service-discovery file for the ray job")
-    parser.add_argument("--interval", help="scrape interval, e.g. 1s")
+    parser.add_argument("--interval", help="scrape interval and timeout, e.g. 5s")
     parser.add_argument("--out", help="write here instead of stdout")
     args = parser.parse_args()
     text = yaml.safe_dump(render(args.job, args.target, args.sd_file, args.interval), sort_keys=False)

@@ -104,10 +104,11 @@ def test_prometheus_config_scrapes_ray_discovery_file_and_local_port():
     start = (ROOT / "cluster" / "local" / "start.sh").read_text()
     assert "RAY_METRICS_PORT=${RAY_METRICS_PORT:-8080}" in start
 
-    local = render_prometheus("ray-local", target="127.0.0.1:9999", interval="1s")
+    local = render_prometheus("ray-local", target="127.0.0.1:9999", interval="5s")
     assert [j["job_name"] for j in local["scrape_configs"]] == ["ray-local"]
     assert local["scrape_configs"][0]["static_configs"] == [{"targets": ["127.0.0.1:9999"]}]
-    assert local["global"]["scrape_interval"] == "1s"
+    # The timeout follows the interval: Prometheus would otherwise cut a slow scrape at min(10 s, interval).
+    assert local["global"]["scrape_interval"] == local["global"]["scrape_timeout"] == "5s"
     with pytest.raises(ValueError):
         render_prometheus("ray", target="127.0.0.1:1")
 
@@ -120,8 +121,9 @@ def _promtool(*args: str) -> subprocess.CompletedProcess:
 def test_promtool_accepts_the_config(tmp_path):
     result = _promtool("check", "config", "--syntax-only", str(DASHBOARDS / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
-    for job, kwargs in (("ray", {}), ("ray-local", {"target": "127.0.0.1:8080"})):
-        path = tmp_path / f"{job}.yml"
+    rendered = (("ray", {}), ("ray-local", {"target": "127.0.0.1:8080"}), ("ray-local", {"interval": "5s"}))
+    for i, (job, kwargs) in enumerate(rendered):
+        path = tmp_path / f"{job}-{i}.yml"
         path.write_text(yaml.safe_dump(render_prometheus(job, **kwargs)))
         result = _promtool("check", "config", "--syntax-only", str(path))
         assert result.returncode == 0, result.stdout + result.stderr
