@@ -238,7 +238,7 @@ def traffic(url: str, stop: threading.Event, max_requests: int = 400) -> None:
                     s.post(f"{url}/v1/generate", json=body, timeout=60)
             except requests.RequestException:
                 pass
-            stop.wait(0.5)  # a steady trickle: the dashboards need rates, not load
+            stop.wait(1.0)  # a trickle: the dashboards need rates, not load; the cores are for training
 
 
 def finetune_config(tiny_model: str, shards: str, storage: Path):
