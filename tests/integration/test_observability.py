@@ -11,10 +11,10 @@ exporter). A query naming a metric that nothing exports never answers and fails 
 Why 5 s and not 1 s: the series Ray's metrics agent exports grow through a test session (2,000 at its
 start, 4,100 fourteen minutes in), and on a busy 2-core machine a scrape is slow: this test alone, beside
 another fine-tune, measured 0.77 s mean and 1.89 s max per scrape of 3,100 series. Prometheus cuts a
-scrape at its interval. At 1 s, a full CI run (47 minutes in) saw every training
-counter but no training gauge: counters persist into the scrapes after the run, while Ray's agent drops
-a gauge 20 s after its last report, so scrapes failing only while training explain exactly that.
-A failure message carries Prometheus' own record of its scrapes (up, duration, samples), to tell.
+scrape at its interval. At 1 s, a full CI run (47 minutes in) saw every training counter but no training
+gauge: counters persist into the scrapes after the run, while Ray's agent drops a gauge 20 s after its
+last report, so scrapes failing only while training explain exactly that. A failure message carries
+Prometheus' own record of its scrapes (up, duration, samples), to tell.
 
 Ray exports GPU gauges only from nodes with GPUs: on a CPU-only cluster the GPU panels' queries are
 checked statically instead (their names must be gauges of Ray's own node reporter).
