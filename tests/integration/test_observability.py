@@ -14,8 +14,8 @@ run twice alone beside another fine-tune, this test measured 0.77 and 1.06 s mea
 scrape of 3,100 series. Prometheus cuts a scrape at its interval, here 10 s. At 1 s, a full CI run (47
 minutes in) saw every training counter but no training gauge: counters persist into the scrapes after the
 run, while Ray's agent drops a gauge 20 s after its last report, so scrapes failing only while training
-explain exactly that. A failure message carries Prometheus' own record of its scrapes (up, duration,
-samples), to tell.
+fit exactly that (inferred: that run recorded no scrape timings). A failure message now carries
+Prometheus' own record of its scrapes (up, duration, samples), to tell.
 
 Ray exports GPU gauges only from nodes with GPUs: on a CPU-only cluster the GPU panels' queries are
 checked statically instead (their names must be gauges of Ray's own node reporter).
