@@ -13,21 +13,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ambient import eval as audit  # its names load on first use: the config is checked first
 from ambient.cli import job_parser, parse_job_config, run_job
-from ambient.eval import AuditConfig, dry_run, run_audit
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "audit_demo.yaml"
 
 
 def main() -> None:
     args = job_parser(__doc__.splitlines()[0]).parse_args()
-    config = parse_job_config(AuditConfig, args, str(DEMO_CONFIG))
+    config = parse_job_config(audit.AuditConfig, args, str(DEMO_CONFIG))
     if args.dry_run:
         run_job(
-            dry_run, config
+            audit.dry_run, config
         )  # missing paths are errors in a dry run too; prints the report path it would write
         return
-    run_job(run_audit, config)
+    run_job(audit.run_audit, config)
 
 
 if __name__ == "__main__":

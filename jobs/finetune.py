@@ -11,19 +11,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ambient import train  # its names load on first use: the config is checked before torch loads
 from ambient.cli import job_parser, parse_job_config, print_dry_run, run_job
-from ambient.train import FinetuneConfig, run_finetune
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "finetune_demo.yaml"
 
 
 def main() -> None:
     args = job_parser(__doc__.splitlines()[0]).parse_args()
-    config = parse_job_config(FinetuneConfig, args, str(DEMO_CONFIG))
+    config = parse_job_config(train.FinetuneConfig, args, str(DEMO_CONFIG))
     if args.dry_run:
         print_dry_run(config)
         return
-    run_job(run_finetune, config)
+    run_job(train.run_finetune, config)
 
 
 if __name__ == "__main__":

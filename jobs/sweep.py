@@ -11,19 +11,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ambient import tune  # its names load on first use: the config is checked before torch loads
 from ambient.cli import job_parser, parse_job_config, print_dry_run, run_job
-from ambient.tune import SweepConfig, run_sweep
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "sweep_demo.yaml"
 
 
 def main() -> None:
     args = job_parser(__doc__.splitlines()[0]).parse_args()
-    config = parse_job_config(SweepConfig, args, str(DEMO_CONFIG))
+    config = parse_job_config(tune.SweepConfig, args, str(DEMO_CONFIG))
     if args.dry_run:
         print_dry_run(config)
         return
-    run_job(run_sweep, config)
+    run_job(tune.run_sweep, config)
 
 
 if __name__ == "__main__":

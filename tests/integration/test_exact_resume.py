@@ -55,7 +55,9 @@ def run_in_two_parts(storage: Path, model: str, shards: str, name: str, split: s
     run_finetune(make_config(storage, model, shards, name, **{**values, "train.max_steps": 4}))
     summary_uri = run_finetune(make_config(storage, model, shards, name, **{**values, "train.max_steps": 8}))
     summary = json.loads(Path(summary_uri).read_text())
+    # A larger budget under the same name continues the step count (and the history) from the checkpoint.
     assert summary["resumed_from_step"] == 4 and summary["steps"] == 8
+    assert [h["step"] for h in summary["history"]] == [2, 4, 6, 8]
     return summary, coverage(recorded_rows(summary["outputs"]), 4)
 
 

@@ -1,10 +1,30 @@
-"""Memorization audit and quality evaluation (see docs/audit.md)."""
+"""Memorization audit and quality evaluation (see docs/audit.md).
 
-from .api import ModelAudit, audit_model, dry_run, memorization_score, run_audit
-from .config import AuditConfig, check_paths
-from .features import BuiltinFeatures, DinoV2Features, FeatureSpace, build_extractor, cosine_similarity
-from .items import AuditItems, load_items
+Names are imported on first use (ambient.lazy): a job validates its config before torch loads.
+"""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_exports
+
+_EXPORTS = {
+    "ModelAudit": "api",
+    "audit_model": "api",
+    "dry_run": "config",
+    "memorization_score": "api",
+    "run_audit": "api",
+    "AuditConfig": "config",
+    "check_paths": "config",
+    "BuiltinFeatures": "features",
+    "DinoV2Features": "features",
+    "FeatureSpace": "features",
+    "build_extractor": "features",
+    "cosine_similarity": "features",
+    "AuditItems": "items",
+    "load_items": "items",
+}
 __all__ = [
     "AuditConfig",
     "AuditItems",
@@ -21,3 +41,11 @@ __all__ = [
     "memorization_score",
     "run_audit",
 ]
+assert sorted(__all__) == sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .api import ModelAudit, audit_model, memorization_score, run_audit
+    from .config import AuditConfig, check_paths, dry_run
+    from .features import BuiltinFeatures, DinoV2Features, FeatureSpace, build_extractor, cosine_similarity
+    from .items import AuditItems, load_items

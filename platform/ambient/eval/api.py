@@ -225,15 +225,6 @@ def run_audit(cfg: AuditConfig) -> Path:
         return write_report(Path(cfg.output_dir), cfg, items, to_uint8(originals), audits)
 
 
-def dry_run(cfg: AuditConfig) -> str:
-    """Validate the paths as a real run would, print the resolved config; nothing is loaded."""
-    from ambient.cli import print_dry_run
-
-    check_paths(cfg)
-    print_dry_run(cfg)
-    return str(Path(cfg.output_dir) / "report.md")
-
-
 def memorization_score(
     model_dir: str | None,
     items: AuditItems | ItemsSection | str,

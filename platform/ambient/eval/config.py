@@ -191,3 +191,13 @@ def check_paths(cfg: AuditConfig) -> None:
         check_file("quality.inception", cfg.quality.inception)
     if cfg.quality.reference_stats:
         check_file("quality.reference_stats", cfg.quality.reference_stats)
+
+
+def dry_run(cfg: AuditConfig) -> str:
+    """Validate the paths as a real run would, print the resolved config (here, not in
+    ambient.eval.api: a dry run loads neither torch nor a model)."""
+    from ambient.cli import print_dry_run
+
+    check_paths(cfg)
+    print_dry_run(cfg)
+    return str(Path(cfg.output_dir) / "report.md")
