@@ -83,7 +83,7 @@ def test_default_model_is_the_base_in_float32_and_draws_held_out_colour_pairs(tm
 
     torch.manual_seed(0)
     comps.unet = build_unet()
-    untrained = model_adherence(comps, "heldout", 32, SPEC)  # about 0.14
+    untrained = model_adherence(comps, "heldout", 16, SPEC)  # about 0.14 (chance: 16 prompts tell it)
     assert untrained["adherence"] < 0.3, untrained
     assert held_out["adherence"] >= 0.6 and held_out["adherence"] >= untrained["adherence"] + 0.3, (
         held_out,
