@@ -82,10 +82,11 @@ def _ray_worker(config_: dict) -> None:
     import deepspeed
 
     from ambient.models.denoiser import SDXLDenoiser
-    from ambient.train.deepspeed_config import build_deepspeed_config
+    from ambient.train.deepspeed_config import build_deepspeed_config, skip_shm_comm_op
     from ambient.train.objective import training_loss
 
     torch.set_num_threads(config_["threads"])
+    skip_shm_comm_op()
     inputs, alphas, unet = make_inputs(config_["batch"])
     unet.train()
     cfg = config(False, config_["batch"])

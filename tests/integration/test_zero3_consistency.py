@@ -34,10 +34,11 @@ def _rank(rank: int, port: int, results) -> None:
         from ambient.models.denoiser import SDXLDenoiser
         from ambient.train.batch import ModelInputs, conditioning
         from ambient.train.config import FinetuneConfig
-        from ambient.train.deepspeed_config import build_deepspeed_config
+        from ambient.train.deepspeed_config import build_deepspeed_config, skip_shm_comm_op
         from ambient.train.objective import training_loss
 
         torch.set_num_threads(1)
+        skip_shm_comm_op()
         deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
         cfg = load_config(
             FinetuneConfig,

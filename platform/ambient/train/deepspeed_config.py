@@ -77,3 +77,17 @@ def build_deepspeed_config(cfg: FinetuneConfig) -> dict[str, Any]:
     if o.grad_clip > 0:
         config["gradient_clipping"] = o.grad_clip
     return deep_merge(config, ds.extra)
+
+
+def skip_shm_comm_op() -> None:
+    """Keep DeepSpeed from compiling its CPU shared-memory all-reduce op.
+
+    On a CPU machine every DeepSpeed process group JIT-builds ``deepspeed_shm_comm`` with the C++
+    compiler (measured here: 55-135 s of both cores alone, over 300 s under load, and again whenever
+    its build flags differ from the cached build's), yet only ``inference_all_reduce`` uses it: training
+    never does. Marked incompatible, DeepSpeed uses torch.distributed's collectives, as it does on
+    machines where the op cannot build. No effect on GPU accelerators, which offer no such op.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # the probed dict; edits persist

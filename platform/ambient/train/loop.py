@@ -31,7 +31,7 @@ from ambient.storage import join, upload_directory, write_bytes_atomic
 from . import checkpointing
 from .batch import model_inputs
 from .config import FinetuneConfig
-from .deepspeed_config import build_deepspeed_config
+from .deepspeed_config import build_deepspeed_config, skip_shm_comm_op
 from .due import Due
 from .ema import EMA
 from .metrics import TrainMetrics
@@ -149,6 +149,7 @@ class TrainingWorker:
             unet.enable_gradient_checkpointing()
         unet.train()
         params = [p for p in unet.parameters() if p.requires_grad]
+        skip_shm_comm_op()
         engine, _, _, lr_scheduler = deepspeed.initialize(
             model=unet, model_parameters=params, config=build_deepspeed_config(cfg)
         )
