@@ -86,8 +86,12 @@ def skip_shm_comm_op() -> None:
     compiler (measured here: 55-135 s of both cores alone, over 300 s under load, and again whenever
     its build flags differ from the cached build's), yet only ``inference_all_reduce`` uses it: training
     never does. Marked incompatible, DeepSpeed uses torch.distributed's collectives, as it does on
-    machines where the op cannot build. No effect on GPU accelerators, which offer no such op.
+    machines where the op cannot build. GPU accelerators offer no such op: there it returns at once,
+    before DeepSpeed's probe of every op (which DeepSpeed itself skips there too).
     """
     import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
 
+    if get_accelerator().get_op_builder("ShareMemCommBuilder") is None:
+        return
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # the probed dict; edits persist
