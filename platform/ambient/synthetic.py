@@ -157,6 +157,32 @@ def caption_for(fg: str, shape: str, bg: str) -> str:
     return f"a {fg} {shape} on {article} {bg} background"
 
 
+# What a partial caption names (see ``partial_caption``): the foreground and shape, the shape and the
+# background, or the background alone.
+PARTIAL_FORMS = ("foreground", "background", "background_only")
+
+
+def partial_caption(item: SyntheticItem, seed: int, index: int) -> str:
+    """A caption of ``item`` that names only some of its attributes, the form chosen by (seed, index).
+
+    Real captions say more or less about an image; here each colour word also comes without the other.
+    Tried as a further pre-training stage of the base against its wrong backgrounds on held-out colour
+    pairs: it made them worse (docs/benchmarks.md, "The demo and the base model")."""
+    form = random.Random(f"partial-caption:{seed}:{index}").choice(PARTIAL_FORMS)
+    article = "an" if item.bg[0] in "aeiou" else "a"
+    if form == "foreground":
+        return f"a {item.fg} {item.shape}"
+    if form == "background":
+        return f"a {item.shape} on {article} {item.bg} background"
+    return f"{article} {item.bg} background"
+
+
+def has_partial_caption(seed: int, index: int, share: float) -> bool:
+    """Whether item ``index`` gets a partial caption when a ``share`` of the items do (drawn per item, so
+    independent of ``is_replay``'s evenly spaced replay items)."""
+    return share > 0 and random.Random(f"partial-share:{seed}:{index}").random() < share
+
+
 def world_of_id(row_id: str) -> str | None:
     """The synthetic world an item id belongs to (None for any other id)."""
     match = SYNTHETIC_ID.match(row_id)

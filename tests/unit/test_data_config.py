@@ -60,6 +60,8 @@ def test_encode_workers_reads_the_old_name_actors():
         (["source.replay_share=0"], "source"),  # the demo's world without a share
         (["source.replay_world=cross", "source.replay_share=0.25"], "source"),  # the demo's own world
         (["source.replay_world=base", "source.replay_share=1"], "source.replay_share"),
+        (["source.partial_captions=1.5"], "source.partial_captions"),
+        (["source.kind=folder", "source.path=/tmp", "source.partial_captions=0.5"], "source"),
     ],
 )
 def test_bad_values_name_the_field(overrides, field):

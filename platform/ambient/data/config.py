@@ -38,6 +38,14 @@ class SourceConfig(Section):
         lt=1.0,
         description="synthetic: share of the items from replay_world, evenly spaced",
     )
+    partial_captions: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="synthetic: share of the items (drawn per item) whose caption names only some of "
+        "the attributes: 'a red circle', 'a circle on a blue background' or 'a blue background' "
+        "(tried for the base model's held-out colour pairs; it did not help: docs/benchmarks.md)",
+    )
     # folder: images with a `.txt` caption beside each, or a captions.jsonl ({"file": ..., "caption": ...})
     # parquet: a local or s3:// prefix of Parquet files with image bytes and captions
     # webdataset: a local or s3:// .tar file or prefix of .tar shards (image + .txt/.json caption per key)
@@ -57,6 +65,10 @@ class SourceConfig(Section):
         if (self.replay_world is None) != (self.replay_share == 0):
             raise ValueError(
                 "source.replay_world and source.replay_share go together: a world and a share > 0, or neither"
+            )
+        if self.partial_captions and self.kind != "synthetic":
+            raise ValueError(
+                f"source.partial_captions applies to the synthetic source only (source.kind is {self.kind!r})"
             )
         if self.replay_world is not None and self.replay_world == self.world:
             raise ValueError(f"source.replay_world: {self.replay_world!r} is source.world itself")

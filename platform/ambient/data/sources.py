@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from ambient.storage import StorageConfig, join, list_files, resolve_filesystem, storage_error
-from ambient.synthetic import is_replay, render_synthetic
+from ambient.synthetic import has_partial_caption, is_replay, partial_caption, render_synthetic
 
 from .config import SourceConfig
 from .webdataset import webdataset_source
@@ -30,7 +30,9 @@ CAPTIONS_JSONL = "captions.jsonl"
 def source_dataset(cfg: SourceConfig, resolution: int, storage: StorageConfig | None) -> ray.data.Dataset:
     if cfg.kind == "synthetic":
         size = cfg.image_size or resolution
-        return synthetic_source(cfg.count, cfg.seed, size, cfg.world, cfg.replay_world, cfg.replay_share)
+        return synthetic_source(
+            cfg.count, cfg.seed, size, cfg.world, cfg.replay_world, cfg.replay_share, cfg.partial_captions
+        )
     if cfg.kind == "folder":
         return folder_source(Path(str(cfg.path)))
     if cfg.kind == "webdataset":
@@ -45,18 +47,25 @@ def synthetic_source(
     world: str = "shapes",
     replay_world: str | None = None,
     replay_share: float = 0.0,
+    partial_captions: float = 0.0,
 ) -> ray.data.Dataset:
     """Items 0 .. count-1 of ``world``; with a replay world, a share of them (evenly spaced) from that
-    world instead (their ids name it, so they re-render and stay distinct)."""
+    world instead (their ids name it, so they re-render and stay distinct); with ``partial_captions``, a
+    share of the captions name only some of the item's attributes (the image and id are the same)."""
 
     def world_of(index: int) -> str:
         return replay_world if replay_world and is_replay(index, replay_share) else world
 
     def render(batch: dict[str, np.ndarray]) -> dict[str, list]:
-        items = [render_synthetic(int(i), seed, size, world_of(int(i))) for i in batch["id"]]
+        indices = [int(i) for i in batch["id"]]
+        items = [render_synthetic(i, seed, size, world_of(i)) for i in indices]
+        captions = [
+            partial_caption(it, seed, i) if has_partial_caption(seed, i, partial_captions) else it.caption
+            for it, i in zip(items, indices, strict=True)
+        ]
         return {
             "id": [it.id for it in items],
-            "caption": [it.caption for it in items],
+            "caption": captions,
             "image": [_png(it.image) for it in items],
             "reject": [""] * len(items),
         }
