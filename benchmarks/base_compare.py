@@ -21,7 +21,7 @@ from ambient.eval.adherence import adherence_prompts, parse_prompt, prompt_adher
 from ambient.eval.showcase import SamplingSpec, comparison_picture, sample
 from ambient.models.loading import load_components
 from ambient.models.vae import tensor_to_pil
-from ambient.synthetic import HELD_OUT_PAIRS, caption_for
+from ambient.synthetic import HELD_OUT_PAIRS, SHAPES, caption_for
 
 SPEC = SamplingSpec(mode="full", sigma_n=0.0, steps=20, guidance=3.0)
 PROMPTS = 64
@@ -29,8 +29,7 @@ PROMPTS = 64
 
 def picture_prompts() -> list[str]:
     """One held-out prompt per colour pair, the shapes taken in turn."""
-    shapes = ("circle", "square", "triangle", "diamond", "ring")
-    return [caption_for(fg, shapes[i % len(shapes)], bg) for i, (fg, bg) in enumerate(sorted(HELD_OUT_PAIRS))]
+    return [caption_for(fg, SHAPES[i % len(SHAPES)], bg) for i, (fg, bg) in enumerate(sorted(HELD_OUT_PAIRS))]
 
 
 def evaluate(path: str) -> tuple[dict, list]:

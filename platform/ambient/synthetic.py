@@ -153,8 +153,12 @@ def render_synthetic(index: int, seed: int = 0, size: int = 64, world: str = "sh
 
 
 def caption_for(fg: str, shape: str, bg: str) -> str:
+    return f"a {fg} {shape} on {_background(bg)}"
+
+
+def _background(bg: str) -> str:
     article = "an" if bg[0] in "aeiou" else "a"
-    return f"a {fg} {shape} on {article} {bg} background"
+    return f"{article} {bg} background"
 
 
 # What a partial caption names (see ``partial_caption``): the foreground and shape, the shape and the
@@ -169,12 +173,11 @@ def partial_caption(item: SyntheticItem, seed: int, index: int) -> str:
     Tried as a further pre-training stage of the base against its wrong backgrounds on held-out colour
     pairs: it made them worse (docs/benchmarks.md, "The demo and the base model")."""
     form = random.Random(f"partial-caption:{seed}:{index}").choice(PARTIAL_FORMS)
-    article = "an" if item.bg[0] in "aeiou" else "a"
     if form == "foreground":
         return f"a {item.fg} {item.shape}"
     if form == "background":
-        return f"a {item.shape} on {article} {item.bg} background"
-    return f"{article} {item.bg} background"
+        return f"a {item.shape} on {_background(item.bg)}"
+    return _background(item.bg)
 
 
 def has_partial_caption(seed: int, index: int, share: float) -> bool:

@@ -13,20 +13,19 @@ from ambient.synthetic import has_partial_caption, is_replay, partial_caption, r
 pytestmark = pytest.mark.integration
 
 
-def test_a_quarter_of_the_rows_come_from_the_replay_world(ray_session, tmp_path):
-    uri = str(tmp_path / "mixed")
-    overrides = [
-        f"destination.uri={uri}",
-        "encode.space=image",
-        "resolution=16",
-        "source.count=8",
-        "source.world=cross",
-        "source.replay_world=base",
-        "source.replay_share=0.25",
-    ]
+def _prepare_16px(uri: str, *source_overrides: str) -> dict[str, str]:
+    """Prepare a small synthetic image-space dataset at ``uri``; its captions by row id."""
+    overrides = [f"destination.uri={uri}", "encode.space=image", "resolution=16", *source_overrides]
     prepare_shards(load_config(PrepareShardsConfig, overrides=overrides))
     ds, _ = open_dataset(uri, None)
-    rows = {r["id"]: r["caption"] for r in ds.take_all()}
+    return {r["id"]: r["caption"] for r in ds.take_all()}
+
+
+def test_a_quarter_of_the_rows_come_from_the_replay_world(ray_session, tmp_path):
+    uri = str(tmp_path / "mixed")
+    rows = _prepare_16px(
+        uri, "source.count=8", "source.world=cross", "source.replay_world=base", "source.replay_share=0.25"
+    )
     assert sorted(row_ids(uri, None)) == sorted(rows)
     replayed = {render_synthetic(i, 0, 16, "base").id for i in (3, 7)}
     assert {i for i in rows if world_of_id(i) == "base"} == replayed
@@ -49,18 +48,9 @@ def test_replay_share_spacing():
 
 
 def test_partial_captions_name_some_attributes_of_the_same_images(ray_session, tmp_path):
-    uri = str(tmp_path / "partial")
-    overrides = [
-        f"destination.uri={uri}",
-        "encode.space=image",
-        "resolution=16",
-        "source.count=16",
-        "source.world=base",
-        "source.partial_captions=0.5",
-    ]
-    prepare_shards(load_config(PrepareShardsConfig, overrides=overrides))
-    ds, _ = open_dataset(uri, None)
-    rows = {r["id"]: r["caption"] for r in ds.take_all()}
+    rows = _prepare_16px(
+        str(tmp_path / "partial"), "source.count=16", "source.world=base", "source.partial_captions=0.5"
+    )
     items = [render_synthetic(i, 0, 16, "base") for i in range(16)]
     assert sorted(rows) == sorted(it.id for it in items)  # the same images, only some captions differ
     partial = [i for i in range(16) if has_partial_caption(0, i, 0.5)]
