@@ -36,15 +36,18 @@ demo: setup
 	rm -rf runs/ray/demo
 	$(PY) jobs/finetune.py
 
-# Reproduce the committed base model (platform/ambient/models/base_weights/, about two hours on 2 CPU
-# cores): clean shards of the base world encoded by the untrained model's VAE, a from-scratch UNet
-# pre-training with jobs/finetune.py, then packaging (float16 UNet, SHA-256 of every file, adherence).
+# Reproduce the committed base model (platform/ambient/models/base_weights/, about two and a half hours
+# on 2 CPU cores): clean shards of the base world encoded by the untrained model's VAE, a from-scratch
+# UNet pre-training with jobs/finetune.py (two stages of one run), a refining run on the same shards
+# from its export, then packaging (float16 UNet, SHA-256 of every file, adherence, each stage's record).
 base-model: setup
 	untrained=$$($(PY) -m ambient.models.base_model untrained) && \
 	$(PY) jobs/prepare_shards.py --config jobs/configs/base_prepare.yaml --set encode.model=$$untrained && \
 	$(PY) jobs/finetune.py --config jobs/configs/base_pretrain.yaml --set model.path=$$untrained && \
 	$(PY) jobs/finetune.py --config jobs/configs/base_pretrain.yaml --set model.path=$$untrained \
 	    --set train.max_steps=6500 --set loss.sigma_sampling=timesteps && \
+	$(PY) jobs/finetune.py --config jobs/configs/base_refine.yaml \
+	    --set model.path=runs/base/ray/base-pretrain/outputs/model && \
 	$(PY) jobs/package_base.py
 
 test: setup system-deps

@@ -1,9 +1,10 @@
 """Package a pre-trained export as the committed default base model (the last step of `make base-model`).
 
-    python jobs/package_base.py [EXPORT_DIR] [--summary SUMMARY_JSON]
+    python jobs/package_base.py [EXPORT_DIR] [--summary SUMMARY_JSON ...]
 
 Measures the export's prompt adherence, converts its UNet to float16 and writes it with the SHA-256 of
-every file to platform/ambient/models/base_weights/. The last line printed is that folder.
+every file to platform/ambient/models/base_weights/, with one training record per --summary (the
+stages' runs, in training order). The last line printed is that folder.
 """
 
 from __future__ import annotations
@@ -14,13 +15,19 @@ import json
 from ambient.eval.base_release import release_base
 from ambient.models.base_model import read_manifest
 
-DEFAULT_RUN = "runs/base/ray/base-pretrain/outputs"
+RUNS = "runs/base/ray"
+STAGES = ("base-pretrain", "base-refine")  # `make base-model`: pre-training (two stages of one run), refining
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("export_dir", nargs="?", default=f"{DEFAULT_RUN}/model")
-    parser.add_argument("--summary", default=f"{DEFAULT_RUN}/summary.json")
+    parser.add_argument("export_dir", nargs="?", default=f"{RUNS}/{STAGES[-1]}/outputs/model")
+    parser.add_argument(
+        "--summary",
+        nargs="+",
+        default=[f"{RUNS}/{stage}/outputs/summary.json" for stage in STAGES],
+        help="the summary.json of each training stage, in order",
+    )
     args = parser.parse_args()
     folder = release_base(args.export_dir, args.summary)
     print(json.dumps(read_manifest(folder)["adherence"], indent=2))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from ambient.models.base_model import BASE_DIR, package_base
@@ -14,27 +15,32 @@ REPRODUCE = "make base-model"
 ADHERENCE_PROMPTS = 64
 
 
+def stage_record(summary_path: str | Path) -> dict:
+    """One training stage of the base, read from its run's summary.json."""
+    summary = json.loads(Path(summary_path).read_text())
+    keys = ("steps", "images_seen", "first_loss", "final_loss", "images_per_second", "wall_seconds")
+    record = {key: summary.get(key) for key in keys}
+    record["run"] = summary.get("run")
+    record["model"] = summary.get("model_source")
+    record["data"] = summary.get("data", {}).get("uri")
+    return record
+
+
 def release_base(
-    export_dir: str | Path, summary_path: str | Path | None = None, out_dir: Path = BASE_DIR
+    export_dir: str | Path, summary_paths: Sequence[str | Path] = (), out_dir: Path = BASE_DIR
 ) -> Path:
     """Measure the export's prompt adherence (full sampling, 20 steps, guidance 3) on the base world and
-    on the held-out colour pairs, then write it as the committed base with those numbers and the run's
-    training record in BASE.json."""
+    on the held-out colour pairs, then write it as the committed base with those numbers and one
+    training record per stage (the runs' summary.json, in training order) in BASE.json."""
     export_dir = Path(export_dir)
     comps = load_components(export_dir)
     spec = SamplingSpec(mode="full", sigma_n=0.0, steps=20, guidance=3.0)
     adherence = {
         world: model_adherence(comps, world, ADHERENCE_PROMPTS, spec) for world in ("base", "heldout")
     }
-    training = {}
-    if summary_path is not None:
-        summary = json.loads(Path(summary_path).read_text())
-        keys = ("steps", "images_seen", "first_loss", "final_loss", "images_per_second", "wall_seconds")
-        training = {key: summary.get(key) for key in keys}
-        training["data"] = summary.get("data", {}).get("uri")
     provenance = {
         "reproduce": REPRODUCE,
-        "training": training,
+        "training": [stage_record(path) for path in summary_paths],
         "adherence": adherence,
         "adherence_sampling": {"mode": "full", "steps": 20, "guidance": 3.0, "prompts": ADHERENCE_PROMPTS},
         "unet_dtype": "float16",
