@@ -40,11 +40,13 @@ def overfit(untrained_model, tmp_path_factory) -> str:
         items,
         tmp_path_factory.mktemp("overfit") / "model",
         steps=OVERFIT_STEPS,
-        lr=3e-3,
+        lr=1e-3,
         t_range=(800, 999),
     )
     # It did learn its 4 images: the tiny model predicts v, so the first x0 error is about the latents'
-    # variance (measured 0.97) and 120 steps bring it to 0.15.
+    # variance (measured 0.91) and 120 steps bring it to 0.07. lr 3e-3 reached 0.15 on one machine and
+    # oscillated at 0.48 on another with the same weights and seed (a different CPU's float rounding):
+    # it was at the edge of stability.
     assert report["loss_last10"] < report["loss_first"] / 4
     return str(out)
 
@@ -70,7 +72,7 @@ def test_attack_scores_the_overfit_model_higher(untrained_model, overfit):
     memorized = memorization_score(overfit, items)
     print(f"memorization score (Tweedie at t=900): untrained {untrained:.3f}, overfit {memorized:.3f}")
     assert -1 <= untrained <= 1 and -1 <= memorized <= 1
-    assert memorized > untrained + 0.3  # measured (v prediction, 120 steps): 0.01 vs 0.72
+    assert memorized > untrained + 0.3  # measured (v prediction, 120 steps, lr 1e-3): 0.02 vs 0.87
 
 
 def test_compare_report_side_by_side(tmp_path, untrained_model, overfit):
