@@ -4,10 +4,10 @@ picture of one held-out prompt per pair drawn by each.
     python benchmarks/base_compare.py committed=/root/.cache/ambient/tiny-sdxl-base-<hash> \\
         candidate=runs/base/ray/<run>/outputs/model --out docs/results/<name>
 
-Writes <out>.json (adherence of each model, --prompts per world (64, as BASE.json), and what it drew for every failed
-held-out background) and <out>.png (rows: the held-out pairs; columns: the models). The sampling is the
-committed base's (full, 20 Euler steps, guidance 3, seed i for prompt i), so the numbers compare with
-BASE.json's.
+Writes <out>.json (adherence of each model, --prompts per world (64, as BASE.json), and what it drew
+for every failed held-out background) and <out>.png (rows: the held-out pairs; columns: the models).
+The sampling is the committed base's (full, 20 Euler steps, guidance 3, seed i for prompt i), so the
+numbers compare with BASE.json's.
 """
 
 from __future__ import annotations
