@@ -392,8 +392,9 @@ def test_node_loss_mid_run_resumes_from_s3_at_the_exact_row(cluster, s3_inputs, 
         assert str(s[key]).startswith("s3://"), (key, s[key])
     files = file_infos(outputs, storage)
     assert "loss_curve.png" in files and "model/ambient_metadata.json" in files
-    assert "model/unet/diffusion_pytorch_model.safetensors" in files  # LoRA merged for the pipeline
-    assert any(f.startswith("model/lora/") for f in files)  # and the adapter on its own
+    # A LoRA run exports its adapter (with rank and alpha) and the base's reference, not a base copy.
+    assert "model/lora/pytorch_lora_weights.safetensors" in files
+    assert not any(f.startswith("model/unet/") for f in files)
     assert json.loads(read_text(join(outputs, "model", "ambient_metadata.json"), storage))["lora_rank"] == 4
     assert any(f.startswith("samples/") and f.endswith(".png") for f in files)
     assert all(c.startswith("s3://") for c in s["checkpoints"])

@@ -17,6 +17,7 @@ from ambient.models import (
     SDXLDenoiser,
     add_lora,
     build_tiny_pipeline,
+    check_model_dir,
     decode_latents,
     drop_captions,
     encode_images,
@@ -38,6 +39,7 @@ from ambient.models import (
     sample_latents,
     tensor_to_pil,
 )
+from ambient.models.export import export_adapter
 from ambient.synthetic import COLORS, SHAPES, synthetic_items
 from ambient.threads import default_threads
 
@@ -277,7 +279,7 @@ def test_lora_trains_only_attention(base_dir):
 
 def test_export_lora_run_loads_in_diffusers(base_dir, tmp_path):
     unet = load_components(base_dir).unet
-    add_lora(unet, rank=2)
+    add_lora(unet, rank=2, alpha=6)  # alpha != rank: the saved config must carry it
     _perturb_lora(unet)
     tuned = _unet_out(unet)
     out = export_pipeline(
@@ -294,6 +296,44 @@ def test_export_lora_run_loads_in_diffusers(base_dir, tmp_path):
     torch.testing.assert_close(_unet_out(base.unet), _unet_out(load_components(base_dir).unet))
     base.load_lora_weights(out / "lora")
     torch.testing.assert_close(_unet_out(base.unet), tuned, rtol=1e-4, atol=1e-4)
+
+
+def test_adapter_export_holds_no_base_copy_and_loads_as_the_tuned_model(base_dir, tmp_path):
+    unet = load_components(base_dir).unet
+    add_lora(unet, rank=4, alpha=1)  # scale 1/4: loading it as alpha = rank would quadruple the adapter
+    _perturb_lora(unet)
+    tuned = _unet_out(unet)
+    out = export_adapter(str(base_dir), unet, tmp_path / "adapter", {"sigma_n": 0.5, "lora_rank": 4})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+    assert sorted(p.name for p in out.iterdir()) == ["ambient_metadata.json", "lora"]
+    meta = read_metadata(out)
+    assert meta["export_kind"] == "lora_adapter" and meta["base_model"] == str(base_dir) and meta["has_lora"]
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    assert size < 0.2 * sum(f.stat().st_size for f in (base_dir / "unet").rglob("*"))
+
+    # Every loader of the platform folds the adapter into the named base ...
+    assert check_model_dir(out) == out
+    loaded = load_components(out)
+    assert not has_lora(loaded.unet)
+    torch.testing.assert_close(_unet_out(loaded.unet), tuned, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(_unet_out(load_pipeline(out).unet), tuned, rtol=1e-4, atol=1e-4)
+    # ... and diffusers loads it on the base, alpha included.
+    base = StableDiffusionXLPipeline.from_pretrained(base_dir, use_safetensors=True)
+    base.load_lora_weights(out / "lora")
+    torch.testing.assert_close(_unet_out(base.unet), tuned, rtol=1e-4, atol=1e-4)
+
+
+def test_adapter_export_errors_name_what_is_missing(base_dir, tmp_path):
+    unet = load_components(base_dir).unet
+    with pytest.raises(ValueError, match="LoRA"):
+        export_adapter(str(base_dir), unet, tmp_path / "plain", {})
+    add_lora(unet, rank=2)
+    out = export_adapter(str(tmp_path / "gone"), unet, tmp_path / "adapter", {})
+    with pytest.raises(FileNotFoundError, match=r"its base model .*gone"):
+        load_components(out)
+    shutil.rmtree(out / "lora")
+    with pytest.raises(FileNotFoundError, match="pytorch_lora_weights"):
+        check_model_dir(out)
 
 
 def test_export_full_run_samples_and_refuses_overwrite(base_dir, tmp_path):

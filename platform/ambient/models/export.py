@@ -7,20 +7,53 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import UNet2DConditionModel
 from torch import Tensor
 
 from ..core import SamplingMode, default_sampling_mode
-from .loading import COMPONENTS, check_model_dir
-from .lora import has_lora, lora_state_dict, merge_lora
+from .loading import ADAPTER_EXPORT, COMPONENTS, LORA_DIR, METADATA_FILE, PIPELINE_EXPORT, check_model_dir
+from .lora import has_lora, lora_config, lora_state_dict, merge_lora, save_lora
 
-METADATA_FILE = "ambient_metadata.json"
-LORA_DIR = "lora"
 EXPORT_FORMAT = 1
+
+
+def _export_metadata(metadata: dict[str, Any], kind: str, has_lora_weights: bool) -> str:
+    meta = {
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **metadata,
+        "ambient_export_format": EXPORT_FORMAT,
+        "export_kind": kind,
+        "has_lora": has_lora_weights,
+    }
+    try:
+        return json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    except TypeError as e:
+        raise ValueError(f"metadata must be JSON-serialisable: {e}") from e
+
+
+@contextmanager
+def _staged(out_dir: str | Path, overwrite: bool) -> Iterator[Path]:
+    """A temporary folder beside ``out_dir``, renamed into place when the block ends without error
+    (removed otherwise). An existing non-empty ``out_dir`` is refused unless ``overwrite``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"export target {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"export target {out} is not empty (pass overwrite=True to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def export_pipeline(
@@ -30,59 +63,62 @@ def export_pipeline(
     metadata: dict[str, Any],
     lora_state: dict[str, Tensor] | None = None,
     *,
+    lora_settings: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``out_dir``: the base folder's other components, the trained UNet, ``ambient_metadata.json``.
 
     ``unet`` is the trained UNet. If it still carries LoRA adapters, a merged copy is saved (the
-    caller's UNet is left as it is) and its adapters go to ``<out>/lora/`` unless ``lora_state``
-    (diffusers-format LoRA weights, e.g. from ``lora_state_dict``) is given; pass ``lora_state`` with
-    an already merged UNet to ship both. The folder then loads with from_pretrained as a full model,
-    or the base plus ``load_lora_weights(<out>/lora)``.
+    caller's UNet is left as it is) and its adapters go to ``<out>/lora/`` with their config (rank and
+    alpha) unless ``lora_state`` (diffusers-format LoRA weights, e.g. from ``lora_state_dict``) is given;
+    pass ``lora_state`` and ``lora_settings`` (``lora_config``) with an already merged UNet to ship
+    both. The folder then loads with from_pretrained as a full model, or the base plus
+    ``load_lora_weights(<out>/lora)``.
 
     Atomic: everything is written to a temporary folder beside ``out_dir`` and renamed into place.
     An existing non-empty ``out_dir`` is refused unless ``overwrite``.
     """
     base = check_model_dir(base_model_dir)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"export target {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"export target {out} is not empty (pass overwrite=True to replace it)")
-    meta = {
-        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **metadata,
-        "ambient_export_format": EXPORT_FORMAT,
-        "has_lora": lora_state is not None or has_lora(unet),
-    }
-    try:
-        meta_text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
-    except TypeError as e:
-        raise ValueError(f"metadata must be JSON-serialisable: {e}") from e
-
+    meta_text = _export_metadata(metadata, PIPELINE_EXPORT, lora_state is not None or has_lora(unet))
     if has_lora(unet):
-        if lora_state is None:
-            lora_state = lora_state_dict(unet)
+        lora_state = lora_state if lora_state is not None else lora_state_dict(unet)
+        lora_settings = lora_settings if lora_settings is not None else lora_config(unet)
         unet = merge_lora(copy.deepcopy(unet))
+    if lora_state is not None and lora_settings is None:
+        raise ValueError("lora_state needs lora_settings (the adapter's rank and alpha): see lora_config")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with _staged(out_dir, overwrite) as tmp:
         shutil.copy2(base / "model_index.json", tmp / "model_index.json")
         for name in COMPONENTS:
             if name != "unet":
                 shutil.copytree(base / name, tmp / name)
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         if lora_state is not None:
-            StableDiffusionXLPipeline.save_lora_weights(
-                tmp / LORA_DIR, unet_lora_layers=lora_state, safe_serialization=True
-            )
+            save_lora(tmp / LORA_DIR, lora_state, lora_settings)
         (tmp / METADATA_FILE).write_text(meta_text)
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir)
+
+
+def export_adapter(
+    base_model: str,
+    unet: UNet2DConditionModel,
+    out_dir: str | Path,
+    metadata: dict[str, Any],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``out_dir`` for a LoRA run without copying the base: ``lora/`` (diffusers-format weights
+    with the adapter's rank and alpha) and ``ambient_metadata.json`` naming ``base_model`` (a local
+    folder or s3:// prefix). ``load_components`` loads it as the base with the adapter folded in; in
+    diffusers it is ``from_pretrained(base_model)`` then ``load_lora_weights(<out>/lora)``. Atomic, as
+    ``export_pipeline``."""
+    if not has_lora(unet):
+        raise ValueError("export_adapter needs a UNet that carries LoRA adapters")
+    meta_text = _export_metadata({**metadata, "base_model": str(base_model)}, ADAPTER_EXPORT, True)
+    with _staged(out_dir, overwrite) as tmp:
+        save_lora(tmp / LORA_DIR, lora_state_dict(unet), lora_config(unet))
+        (tmp / METADATA_FILE).write_text(meta_text)
+    return Path(out_dir)
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

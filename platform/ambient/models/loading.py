@@ -10,8 +10,14 @@ import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from .lora import load_lora
+
 MODEL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 COMPONENTS = (*MODEL_COMPONENTS, "tokenizer", "tokenizer_2", "scheduler")
+METADATA_FILE = "ambient_metadata.json"  # an export's ambient metadata
+LORA_DIR = "lora"
+PIPELINE_EXPORT = "pipeline"  # export_kind of a complete diffusers folder
+ADAPTER_EXPORT = "lora_adapter"  # export_kind of a LoRA run's adapter alone (the base is referenced)
 
 
 @dataclass
@@ -46,13 +52,35 @@ class SDXLComponents:
         return cls(**{f.name: getattr(pipe, f.name) for f in fields(cls)})
 
 
+def adapter_base(path: str | Path) -> str | None:
+    """The base model an adapter export refers to; None for any other folder."""
+    file = Path(path) / METADATA_FILE
+    if not file.is_file():
+        return None
+    try:
+        meta = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file} is not valid JSON: {e}") from e
+    if meta.get("export_kind") != ADAPTER_EXPORT:
+        return None
+    if not meta.get("base_model"):
+        raise ValueError(f"{file} is a LoRA adapter export without base_model: its base is unknown")
+    return str(meta["base_model"])
+
+
 def check_model_dir(path: str | Path) -> Path:
-    """Validate a local SDXL diffusers folder; errors name the path and what is missing."""
+    """Validate a local SDXL diffusers folder, or a LoRA adapter export (its ``lora/`` weights and the
+    base it names; the base itself is checked when it is loaded). Errors name the path and what is
+    missing."""
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"model folder {root} does not exist")
     if not root.is_dir():
         raise ValueError(f"model path {root} is not a folder (expected a diffusers folder)")
+    if adapter_base(root) is not None:
+        if not (root / LORA_DIR / "pytorch_lora_weights.safetensors").is_file():
+            raise FileNotFoundError(f"{root} is a LoRA adapter export without {LORA_DIR}/pytorch_lora_weights.safetensors")
+        return root
     index = root / "model_index.json"
     if not index.is_file():
         raise FileNotFoundError(f"{root} is not a diffusers folder: {index.name} is missing")
@@ -75,19 +103,39 @@ def check_model_dir(path: str | Path) -> Path:
     return root
 
 
+def _local_base(adapter_dir: Path, base: str) -> Path:
+    """The adapter's base model as a local folder (an s3:// base is fetched into the cache)."""
+    from .source import resolve_model  # source builds on this module
+
+    try:
+        return resolve_model(base)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"LoRA adapter export {adapter_dir}: its base model {base}: {err}") from None
+
+
 def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32) -> StableDiffusionXLPipeline:
-    """StableDiffusionXLPipeline from a local diffusers folder (local paths only; S3 is fetched elsewhere)."""
+    """StableDiffusionXLPipeline from a local diffusers folder (local paths only; S3 is fetched elsewhere).
+    A LoRA adapter export loads as its base with the adapter folded in."""
     root = check_model_dir(path)
+    base = adapter_base(root)
     pipe = StableDiffusionXLPipeline.from_pretrained(
-        root, dtype=dtype, use_safetensors=True, local_files_only=True
+        _local_base(root, base) if base else root, dtype=dtype, use_safetensors=True, local_files_only=True
     )
+    if base:
+        load_lora(pipe.unet, root / LORA_DIR)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 def load_components(path: str | Path, dtype: torch.dtype = torch.float32) -> SDXLComponents:
-    """The seven SDXL components of a local diffusers folder, each loaded on its own."""
+    """The seven SDXL components of a local diffusers folder, each loaded on its own. A LoRA adapter
+    export loads as its base with the adapter folded into the UNet."""
     root = check_model_dir(path)
+    base = adapter_base(root)
+    if base is not None:
+        comps = load_components(_local_base(root, base), dtype)
+        load_lora(comps.unet, root / LORA_DIR)
+        return comps
     weights = {"dtype": dtype, "use_safetensors": True, "local_files_only": True}
     return SDXLComponents(
         unet=UNet2DConditionModel.from_pretrained(root, subfolder="unet", **weights),

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-from diffusers import UNet2DConditionModel
+from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from torch import Tensor
 
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' file name in a LoRA folder
 
 
 def add_lora(
@@ -55,3 +58,33 @@ def merge_lora(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     unet.fuse_lora(lora_scale=1.0)
     unet.unload_lora()  # keeps the fused weights, drops the adapter modules
     return unet
+
+
+def lora_config(unet: UNet2DConditionModel) -> dict[str, Any]:
+    """The adapter's PEFT config as JSON-able data (rank, alpha, targets). Saved beside the weights:
+    without it a loader assumes alpha = rank and rescales an adapter trained with another alpha."""
+    if not has_lora(unet):
+        raise ValueError("this UNet carries no LoRA adapter (call add_lora first)")
+    config = next(iter(unet.peft_config.values())).to_dict()
+    return {k: sorted(v) if isinstance(v, set) else v for k, v in config.items()}
+
+
+def save_lora(folder: str | Path, state: dict[str, Tensor], config: dict[str, Any]) -> Path:
+    """``folder/pytorch_lora_weights.safetensors``: diffusers-format weights with the adapter's config
+    (so ``load_lora_weights`` restores its alpha)."""
+    StableDiffusionXLPipeline.save_lora_weights(
+        folder, unet_lora_layers=state, unet_lora_adapter_metadata=config, safe_serialization=True
+    )
+    return Path(folder) / LORA_WEIGHTS
+
+
+def load_lora(unet: UNet2DConditionModel, folder: str | Path) -> UNet2DConditionModel:
+    """Attach the adapter saved in ``folder`` (by ``save_lora`` or diffusers) to ``unet`` and fold it in
+    (in place): a plain UNet that computes base + adapter."""
+    weights = Path(folder) / LORA_WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder} has no {LORA_WEIGHTS}")
+    unet.load_lora_adapter(
+        str(folder), prefix="unet", weight_name=LORA_WEIGHTS, use_safetensors=True, local_files_only=True
+    )
+    return merge_lora(unet)

@@ -25,7 +25,7 @@ from pathlib import Path
 from ambient.storage import StorageConfig, download_prefix, exists, file_infos, is_s3, join
 
 from .base_model import ensure_default_model
-from .loading import SDXLComponents, check_model_dir, load_components
+from .loading import METADATA_FILE, SDXLComponents, check_model_dir, load_components
 from .vae_pretrain import default_cache_dir
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -53,8 +53,10 @@ def check_model(ref: str | None, storage: StorageConfig | None = None, field: st
         return str(ensure_default_model())
     with _naming(field):
         if is_s3(ref):
-            if not exists(join(ref, "model_index.json"), storage):
-                raise FileNotFoundError(f"model {ref}: model_index.json not found under that prefix")
+            if not (exists(join(ref, "model_index.json"), storage) or exists(join(ref, METADATA_FILE), storage)):
+                raise FileNotFoundError(
+                    f"model {ref}: neither model_index.json nor {METADATA_FILE} (an adapter export) under that prefix"
+                )
         else:
             check_model_dir(ref)
     return ref
@@ -68,7 +70,7 @@ def resolve_model(ref: str | None, storage: StorageConfig | None = None, field: 
         if not is_s3(ref):
             return check_model_dir(ref)
         files = _remote_files(ref, storage)
-        if "model_index.json" not in files:
+        if "model_index.json" not in files and METADATA_FILE not in files:
             raise FileNotFoundError(f"{ref} is not a diffusers folder: model_index.json is missing")
         return check_model_dir(_download(ref, storage, files))
 
@@ -102,14 +104,14 @@ def _cache_dir(source: str, storage: StorageConfig | None, files: dict[str, tupl
 def _download(source: str, storage: StorageConfig | None, files: dict[str, tuple[int, int]]) -> Path:
     """The cache folder holding ``files`` of ``source``, downloaded unless already complete."""
     local = _cache_dir(source, storage, files)
-    if (local / "model_index.json").is_file():
+    if (local / "model_index.json").is_file() or (local / METADATA_FILE).is_file():
         return local
     tmp = local.with_name(f"{local.name}.partial-{os.getpid()}")
     try:
         download_prefix(source, tmp, storage, files=sorted(files))
         tmp.replace(local)
     except OSError:
-        if not (local / "model_index.json").is_file():
+        if not ((local / "model_index.json").is_file() or (local / METADATA_FILE).is_file()):
             raise
         # another worker on this node finished first; theirs is complete
     finally:

@@ -20,7 +20,13 @@ class ModelSection(Section):
     lora_rank: int = Field(
         0, ge=0, description="0 trains the whole UNet; > 0 trains LoRA adapters of this rank"
     )
-    lora_alpha: float | None = Field(None, gt=0)
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha (scale alpha / rank); None = rank")
+    lora_export: Literal["adapter", "merged"] = Field(
+        "adapter",
+        description="LoRA runs: adapter exports the LoRA weights (with rank and alpha) and a reference to "
+        "the base model, not a copy of it (SDXL's base is about 7 GB); merged also writes the full "
+        "diffusers folder with the adapter folded into the UNet",
+    )
     gradient_checkpointing: bool = False
 
 

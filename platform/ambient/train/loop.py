@@ -22,8 +22,8 @@ from ambient.data.holdout import read_rows
 from ambient.data.row_stream import RankSlice, StreamPlan, rank_stream
 from ambient.data.streaming import iter_training_batches
 from ambient.models.denoiser import SDXLDenoiser
-from ambient.models.export import export_pipeline
-from ambient.models.lora import add_lora, lora_state_dict
+from ambient.models.export import export_adapter, export_pipeline
+from ambient.models.lora import add_lora
 from ambient.models.sampling import image_grid, sample_images
 from ambient.models.source import load_model_components
 from ambient.storage import join, upload_directory, write_bytes_atomic
@@ -432,10 +432,14 @@ class TrainingWorker:
                 "base_model": self.plan.model_source,
                 "steps": self.state.step,
                 "lora_rank": self.cfg.model.lora_rank,
+                "lora_alpha": self.cfg.model.lora_alpha or self.cfg.model.lora_rank or None,
                 "ema_decay": self.cfg.train.ema_decay,
             }
-            lora = lora_state_dict(module) if self.cfg.model.lora_rank else None
-            export_pipeline(self.model_dir, module, self.out_dir / "model", metadata, lora_state=lora)
+            out = self.out_dir / "model"
+            if self.cfg.model.lora_rank and self.cfg.model.lora_export == "adapter":
+                export_adapter(self.plan.model_source, module, out, metadata)
+            else:  # export_pipeline saves a LoRA UNet merged, with its adapter beside it
+                export_pipeline(self.model_dir, module, out, metadata)
 
     def _write_outputs(self) -> None:
         """Rank 0: the loss curve and the worker summary, uploaded with the export and the grids."""
