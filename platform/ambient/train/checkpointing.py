@@ -32,7 +32,9 @@ class LoopState:
 
 
 def save(engine, directory: Path, state: LoopState, ema: dict[str, torch.Tensor] | None, rank: int) -> None:
-    engine.save_checkpoint(str(directory), tag=DS_TAG)  # collective: every rank writes its shard
+    # Collective: every rank writes its shard. Frozen weights (a LoRA run's base UNet, 10 GB at SDXL's
+    # size) come from the base model on resume and are left out.
+    engine.save_checkpoint(str(directory), tag=DS_TAG, exclude_frozen_parameters=True)
     if rank == 0:
         (directory / STATE_FILE).write_text(json.dumps(asdict(state)))
         if ema is not None:
@@ -40,7 +42,9 @@ def save(engine, directory: Path, state: LoopState, ema: dict[str, torch.Tensor]
 
 
 def load(engine, directory: Path) -> tuple[LoopState, dict[str, torch.Tensor] | None]:
-    path, _ = engine.load_checkpoint(str(directory), tag=DS_TAG)
+    # Strict where every weight is trained; a LoRA run's checkpoint holds only its trainable weights.
+    strict = all(p.requires_grad for p in engine.module.parameters())
+    path, _ = engine.load_checkpoint(str(directory), tag=DS_TAG, load_module_strict=strict)
     if path is None:
         raise RuntimeError(f"checkpoint {directory} holds no DeepSpeed state under tag {DS_TAG!r}")
     raw = json.loads((directory / STATE_FILE).read_text())
