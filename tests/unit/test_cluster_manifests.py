@@ -234,3 +234,69 @@ def test_ray_up_config_validates_against_rays_schema_and_names_existing_files():
     assert commands.count("--metrics-export-port=8080") == 2 and "ray stop" not in commands
     for path in re.findall(r"(/app/\S+\.py)", commands):
         assert project_path(path).is_file(), path
+
+
+# ---- the capacity plan (docs/capacity.md, from benchmarks/capacity.py) decides the GPU types --------------
+
+PLAN = ROOT / "docs" / "results" / "capacity.json"
+LORA_CONFIG, FULL_CONFIG = "jobs/configs/sdxl_lora.yaml", "jobs/configs/sdxl_full.yaml"
+
+
+def plan_fits(config: str, world: int | None = None) -> dict[str, bool]:
+    """GPU name -> whether ``config`` runs as configured (its ZeRO stage, no offload, its micro-batch) on
+    ``world`` GPUs (default: its own world size) according to the generated plan."""
+    entry = next(c for c in json.loads(PLAN.read_text())["configs"] if c["shape"]["name"] == config)
+    world = world or entry["shape"]["num_workers"]
+    stage = entry["configured_zero_stage"]
+    return {
+        r["gpu"]: r["configured_batch_fits"]
+        for r in entry["plan"]
+        if r["world"] == world and r["zero_stage"] == stage and not r["offload"]
+    }
+
+
+def gpu_of_instance(instance: str):
+    from ambient.capacity import GPUS
+
+    (gpu,) = [g for g in GPUS if instance in (g.instance_1, g.instance_8)]
+    return gpu
+
+
+def test_ray_up_gpu_node_types_follow_the_capacity_plan():
+    types = yaml.safe_load(AWS.read_text())["available_node_types"]
+    gpu_types = {n: t for n, t in types.items() if n.startswith("gpu")}
+    full = {n for n, t in gpu_types.items() if t["resources"].get("gpu_80gb")}
+    assert full and full != set(gpu_types), "node types for both the full fine-tune and LoRA"
+    # The full fine-tune's nodes: GPUs on which it fits even unsharded (1 GPU), so 80 GB ones.
+    lora_fits, full_fits = plan_fits(LORA_CONFIG), plan_fits(FULL_CONFIG, world=1)
+    for name, t in gpu_types.items():
+        gpu = gpu_of_instance(t["node_config"]["InstanceType"])
+        if name in full:
+            assert gpu.memory_bytes >= 79 * 2**30 and full_fits[gpu.name], (name, gpu.name)
+            assert t["resources"]["gpu_80gb"] == 8 and gpu.instance_8 == t["node_config"]["InstanceType"]
+        else:
+            assert lora_fits[gpu.name], (name, gpu.name)
+
+
+def affinity_min_mib(group: dict) -> int:
+    terms = group["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    (expr,) = [e for t in terms["nodeSelectorTerms"] for e in t["matchExpressions"]]
+    assert expr["key"] == "nvidia.com/gpu.memory" and expr["operator"] == "Gt"
+    return int(expr["values"][0])
+
+
+@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
+def test_kuberay_gpu_groups_admit_only_gpus_the_plan_fits(kind):
+    from ambient.capacity import GPUS
+
+    groups = {g["groupName"]: g for g in cluster_specs()[kind]["workerGroupSpecs"]}
+    for group, config, world in (("gpu", LORA_CONFIG, None), ("gpu-80gb", FULL_CONFIG, 1)):
+        floor = affinity_min_mib(groups[group])
+        admitted = [g for g in GPUS if g.memory_bytes / 2**20 > floor]
+        fits = plan_fits(config, world)
+        assert admitted and all(fits[g.name] for g in admitted), (group, [g.name for g in admitted])
+    assert affinity_min_mib(groups["gpu-80gb"]) >= 79000  # the full fine-tune's group: 80 GB GPUs
+    # KubeRay passes the value to `ray start --resources` as written: a quoted JSON object.
+    assert json.loads(json.loads(groups["gpu-80gb"]["rayStartParams"]["resources"])) == {"gpu_80gb": 1}
