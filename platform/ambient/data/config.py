@@ -115,12 +115,20 @@ class NoiseConfig(Section):
         return self
 
 
+ENCODE_MICRO_BATCH = 4
+
+
 class EncodeConfig(Section):
     space: Literal["latent", "image"] = "latent"  # image: pixel-space dataset, no VAE
     model: OptionalPathOrUri = Field(
         default=None, description="diffusers SDXL folder (local or s3://); None = tiny default"
     )
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="images per encoder task's batch (Ray map_batches)")
+    micro_batch: int = Field(
+        default=ENCODE_MICRO_BATCH,
+        ge=1,
+        description="images per VAE call within a batch; peak memory follows it, not batch_size",
+    )
     workers: int = Field(
         default=1,
         ge=1,

@@ -4,7 +4,8 @@ The encoder runs as ``Dataset.map_batches`` tasks (``encode_batch``): each Ray w
 VAE once and keeps it for later tasks, with a GPU per task when the cluster has one. Tasks rather than an
 actor pool: Ray Data hands an actor pool its transform by object reference, which makes Ray's core worker
 log an error-level line on every run (ray-project/ray#53727), and a failed task is simply retried. It
-returns only the noisy tensor ``y = x0 + sigma_n z`` with z frozen per (row id, noise seed) by
+encodes ``micro_batch`` images per VAE call (a task's batch may be much larger) and returns only the
+noisy tensor ``y = x0 + sigma_n z`` with z frozen per (row id, noise seed) by
 ``ambient.core.corrupt``."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from ambient.core import corrupt
 from ambient.storage import StorageConfig, download_prefix, is_s3, join, read_bytes, read_text
 
+from .config import ENCODE_MICRO_BATCH
 from .schema import VaeIdentity
 
 
@@ -102,10 +104,13 @@ class EncoderSpec:
     sigma_n: float
     seed: int
     shape: tuple[int, ...]
+    micro_batch: int = ENCODE_MICRO_BATCH  # images per VAE call
 
     def key(self) -> str:
         storage = self.storage.model_dump_json() if self.storage is not None else None
-        return json.dumps([self.space, self.model, storage, self.sigma_n, self.seed, list(self.shape)])
+        return json.dumps(
+            [self.space, self.model, storage, self.sigma_n, self.seed, list(self.shape), self.micro_batch]
+        )
 
 
 _PROCESS_ENCODER: dict[str, NoisyEncoder] = {}  # this worker process's encoder, by EncoderSpec.key()
@@ -119,7 +124,7 @@ def encode_batch(batch: dict[str, np.ndarray], spec: EncoderSpec) -> dict[str, n
     if encoder is None:
         _PROCESS_ENCODER.clear()
         encoder = _PROCESS_ENCODER[key] = NoisyEncoder(
-            spec.space, spec.model, spec.storage, spec.sigma_n, spec.seed, spec.shape
+            spec.space, spec.model, spec.storage, spec.sigma_n, spec.seed, spec.shape, spec.micro_batch
         )
     return encoder(batch)
 
@@ -135,8 +140,12 @@ class NoisyEncoder:
         sigma_n: float,
         seed: int,
         shape: tuple[int, ...],
+        micro_batch: int = ENCODE_MICRO_BATCH,
     ):
+        if micro_batch < 1:
+            raise ValueError(f"encode.micro_batch must be >= 1, got {micro_batch}")
         self.space, self.sigma_n, self.seed, self.shape = space, sigma_n, seed, tuple(shape)
+        self.micro_batch = micro_batch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.vae = load_vae(model, storage, self.device) if space == "latent" else None
 
@@ -154,7 +163,7 @@ class NoisyEncoder:
         if self.vae is not None:
             from ambient.models.vae import encode_images  # diffusers only in latent space
 
-            x0 = encode_images(self.vae, x0).float().cpu()
+            x0 = encode_images(self.vae, x0, self.micro_batch).float().cpu()
         kept_ids = [i for i, k in zip(ids, keep, strict=True) if k]
         y = corrupt(x0, self.sigma_n, kept_ids, self.seed)
         if tuple(y.shape[1:]) != self.shape:

@@ -141,7 +141,13 @@ def _prepare(
             encode_batch,
             fn_args=(
                 EncoderSpec(
-                    cfg.encode.space, vae.model if vae else None, storage, sigma_n, cfg.noise.seed, shape
+                    cfg.encode.space,
+                    vae.model if vae else None,
+                    storage,
+                    sigma_n,
+                    cfg.noise.seed,
+                    shape,
+                    micro_batch=cfg.encode.micro_batch,
                 ),
             ),
             batch_size=cfg.encode.batch_size,

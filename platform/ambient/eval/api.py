@@ -87,11 +87,12 @@ def default_resolution(comps: SDXLComponents) -> int:
     return int(comps.unet.config.sample_size) * comps.vae_scale_factor
 
 
-def originals_of(items: AuditItems, comps: SDXLComponents) -> Tensor:
-    """The originals as pixels in [-1, 1]: given, or decoded from clean latents with the model's VAE."""
+def originals_of(items: AuditItems, comps: SDXLComponents, micro_batch: int | None = None) -> Tensor:
+    """The originals as pixels in [-1, 1]: given, or decoded from clean latents with the model's VAE
+    (``micro_batch`` latents per VAE call; None: all at once)."""
     if items.pixels is not None:
         return items.pixels.float()
-    return decode_latents(comps.vae, items.latents).float() / 127.5 - 1
+    return decode_latents(comps.vae, items.latents, micro_batch).float() / 127.5 - 1
 
 
 @contextmanager
@@ -130,8 +131,8 @@ def audit_model(
 ) -> ModelAudit:
     comps.unet.eval()
     truth = to_uint8(originals)
-    round_trip = torch.cat(
-        [decode_latents(comps.vae, encode_images(comps.vae, c)) for c in originals.split(cfg.batch_size)]
+    round_trip = decode_latents(
+        comps.vae, encode_images(comps.vae, originals, cfg.batch_size), cfg.batch_size
     )
     ceiling = {
         "similarity_mean": float(space.paired(round_trip, truth).mean()),
@@ -217,7 +218,7 @@ def run_audit(cfg: AuditConfig) -> Path:
             comps = load_components(folder)
             if items is None:
                 items = load_items(cfg.items, default_resolution(comps))
-                originals = originals_of(items, comps)
+                originals = originals_of(items, comps, cfg.batch_size)
                 extractor = build_extractor(cfg.features.kind, cfg.features.weights)
                 space = FeatureSpace(extractor, to_uint8(originals), cfg.batch_size)
             audits.append(audit_model(comps, items, originals, space, cfg, label=label, path=path))
@@ -255,6 +256,7 @@ def memorization_score(
             items = from_dataset(items, cfg.items.count, None, storage)
         elif isinstance(items, ItemsSection):
             items = load_items(items, default_resolution(comps))
-        originals = originals_of(items, comps)
-        space = FeatureSpace(build_extractor(cfg.features.kind, cfg.features.weights), to_uint8(originals))
+        originals = originals_of(items, comps, cfg.batch_size)
+        extractor = build_extractor(cfg.features.kind, cfg.features.weights)
+        space = FeatureSpace(extractor, to_uint8(originals), cfg.batch_size)
         return audit_model(comps, items, originals, space, cfg, path=path).score

@@ -133,7 +133,12 @@ class AuditConfig(Section):
     )
     output_dir: PathOrUri = "runs/audit"
     seed: int = 0
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="items or prompts per text-encoder, UNet and VAE call (two UNet rows each with "
+        "guidance) and images per feature-extractor call; peak memory follows it, not items.count",
+    )
     threads: int | None = Field(None, ge=1, description="torch threads (None = 1 on a busy machine, else 2)")
     storage: StorageConfig = StorageConfig()  # reaches s3:// models and items (else the AWS_* variables)
 

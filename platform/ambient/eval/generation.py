@@ -54,7 +54,8 @@ def generate_from_captions(
     width: int,
     batch_size: int = 8,
 ) -> tuple[list[str], list[int], Tensor]:
-    """n images, caption i % len(captions), sample i seeded with seed + i (independent of batching)."""
+    """n images, caption i % len(captions), sample i seeded with seed + i (independent of batching).
+    ``batch_size`` prompts are sampled and decoded at a time."""
     prompts = [captions[i % len(captions)] for i in range(n)]
     seeds = [seed + i for i in range(n)]
     images = []
@@ -71,7 +72,7 @@ def generate_from_captions(
             height=height,
             width=width,
         )
-        images.append(decode_latents(comps.vae, latents))
+        images.append(decode_latents(comps.vae, latents, batch_size))
     return prompts, seeds, torch.cat(images)
 
 

@@ -35,6 +35,7 @@ class SamplingSpec:
     steps: int
     guidance: float
     seed: int = 0
+    micro_batch: int = 4  # prompts per sampling call and images per VAE decode
 
 
 def sample(comps: SDXLComponents, prompts: list[str], spec: SamplingSpec, height: int) -> Tensor:
@@ -50,6 +51,7 @@ def sample(comps: SDXLComponents, prompts: list[str], spec: SamplingSpec, height
         seed=spec.seed,
         height=height,
         width=height,
+        batch_size=spec.micro_batch,
     )
     return images
 
@@ -110,7 +112,7 @@ def showcase(
     latents = rows["latent"].float()
     height = latents.shape[-1] * (2 ** (len(finetuned.vae.config.block_out_channels) - 1))
     shown = captions[:examples]
-    noisy = tensor_to_pil(decode_latents(finetuned.vae, latents[:examples]))
+    noisy = tensor_to_pil(decode_latents(finetuned.vae, latents[:examples], finetuned_spec.micro_batch))
     columns = {
         "noisy training example": noisy,
         "base model": tensor_to_pil(sample(base, shown, base_spec, height)),

@@ -79,7 +79,9 @@ def check_model_dir(path: str | Path) -> Path:
         raise ValueError(f"model path {root} is not a folder (expected a diffusers folder)")
     if adapter_base(root) is not None:
         if not (root / LORA_DIR / "pytorch_lora_weights.safetensors").is_file():
-            raise FileNotFoundError(f"{root} is a LoRA adapter export without {LORA_DIR}/pytorch_lora_weights.safetensors")
+            raise FileNotFoundError(
+                f"{root} is a LoRA adapter export without {LORA_DIR}/pytorch_lora_weights.safetensors"
+            )
         return root
     index = root / "model_index.json"
     if not index.is_file():

@@ -5,11 +5,14 @@ seed[i], and so is every fresh noise draw of the stochastic ("posterior") sample
 image depends on its seed alone, not on the batch it is drawn in (up to float rounding of batched
 matmuls). That is why this module steps ambient.core's samplers itself instead of calling
 ambient.core.generate, which draws the whole batch's noise from one generator; the schedules, the
-integrators and the early-stop Tweedie finish are core's.
+integrators and the early-stop Tweedie finish are core's. The same property lets ``micro_batch``
+prompts run at a time (text encoders, UNet and VAE decode): memory follows the micro-batch, not the
+number of prompts, and the images do not change (up to that rounding).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -65,28 +68,70 @@ def sample_latents(
     uncond: Literal["empty", "zeros"] = "empty",
     negative_prompts: list[str] | None = None,
     rho: float = 7.0,
+    micro_batch: int | None = None,
 ) -> Tensor:
     """Diffusion-space latents (B, C, H/f, W/f) for ``prompts``; see ``sample_images``."""
     _check_arguments(prompts, negative_prompts, uncond, mode, method)
     height, width = _image_size(components, height, width)
+    seeds = _seeds(seed, len(prompts))
+    settings = _Settings(mode, sigma_n, num_steps, guidance_scale, method, uncond, rho, height, width)
+    parts = []
+    for chunk in _chunks(len(prompts), micro_batch):
+        negatives = None if negative_prompts is None else list(negative_prompts[chunk])
+        parts.append(_sample_chunk(components, list(prompts[chunk]), seeds[chunk], negatives, settings))
+    return torch.cat(parts)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What every micro-batch of one sampling call shares."""
+
+    mode: Mode
+    sigma_n: float
+    num_steps: int
+    guidance_scale: float
+    method: Method
+    uncond: str
+    rho: float
+    height: int
+    width: int
+
+
+def _chunks(count: int, micro_batch: int | None) -> list[slice]:
+    """Slices of at most ``micro_batch`` prompts (None: one slice of all)."""
+    if micro_batch is not None and micro_batch < 1:
+        raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
+    if micro_batch is None or count == 0:
+        return [slice(0, count)]
+    return [slice(lo, lo + micro_batch) for lo in range(0, count, micro_batch)]
+
+
+def _sample_chunk(
+    components: SDXLComponents,
+    prompts: list[str],
+    seeds: list[int],
+    negative_prompts: list[str] | None,
+    s: _Settings,
+) -> Tensor:
+    """Latents for one micro-batch of prompts, each from its own seed."""
     unet = components.unet
     device = unet.device
-    gens = [torch.Generator().manual_seed(s) for s in _seeds(seed, len(prompts))]
-    cond, neg = _conditioning(components, prompts, negative_prompts, uncond, (height, width), device)
+    gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+    cond, neg = _conditioning(components, prompts, negative_prompts, s.uncond, (s.height, s.width), device)
     base = SDXLDenoiser(unet, components.alphas_cumprod, components.scheduler.config.prediction_type)
-    denoiser = guided(base, cond, neg, guidance_scale)
-    early = mode == "early_stop" and sigma_n > 0
-    sigmas = _schedule(base, sigma_n if early else None, num_steps, rho)
+    denoiser = guided(base, cond, neg, s.guidance_scale)
+    early = s.mode == "early_stop" and s.sigma_n > 0
+    sigmas = _schedule(base, s.sigma_n if early else None, s.num_steps, s.rho)
 
     f = components.vae_scale_factor
-    shape = (unet.config.in_channels, height // f, width // f)
+    shape = (unet.config.in_channels, s.height // f, s.width // f)
     x = _per_sample_noise(gens, shape, device) * base.sigma_max
-    if method == "posterior":
+    if s.method == "posterior":
         x = _posterior_sample(denoiser, x, sigmas, gens)
     else:
-        x = sample(denoiser, x, sigmas, method=method)
+        x = sample(denoiser, x, sigmas, method=s.method)
     if early:  # one Tweedie step from sigma_n: the model is not trusted below the data's noise
-        x = denoiser(x, torch.full((len(prompts),), float(sigma_n), device=device))
+        x = denoiser(x, torch.full((len(prompts),), float(s.sigma_n), device=device))
     return x
 
 
@@ -175,6 +220,7 @@ def sample_images(
     method: Method = "heun",
     uncond: Literal["empty", "zeros"] = "empty",
     negative_prompts: list[str] | None = None,
+    micro_batch: int | None = None,
 ) -> list[Image.Image]:
     """Images for ``prompts``. mode "full" samples to sigma = 0 (a model trained with consistency);
     "early_stop" samples down to ``sigma_n`` and finishes with one Tweedie step. ``seed`` is one int
@@ -182,7 +228,8 @@ def sample_images(
     sample size times the VAE factor. ``uncond`` is the unconditional branch of
     classifier-free guidance: the embedding of "" (matching caption dropout in training) or zeros
     (diffusers' default for SDXL base). ``negative_prompts`` (one per prompt, with ``uncond="empty"``)
-    replaces that "" per image: prompt i is guided away from negative_prompts[i].
+    replaces that "" per image: prompt i is guided away from negative_prompts[i]. ``micro_batch``
+    prompts are sampled and decoded at a time (None: all in one call); an image does not depend on it.
     """
     latents = sample_latents(
         components,
@@ -197,8 +244,9 @@ def sample_images(
         method=method,
         uncond=uncond,
         negative_prompts=negative_prompts,
+        micro_batch=micro_batch,
     )
-    return tensor_to_pil(decode_latents(components.vae, latents))
+    return tensor_to_pil(decode_latents(components.vae, latents, micro_batch))
 
 
 def image_grid(images: list[Image.Image], rows: int) -> Image.Image:

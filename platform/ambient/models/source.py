@@ -53,7 +53,9 @@ def check_model(ref: str | None, storage: StorageConfig | None = None, field: st
         return str(ensure_default_model())
     with _naming(field):
         if is_s3(ref):
-            if not (exists(join(ref, "model_index.json"), storage) or exists(join(ref, METADATA_FILE), storage)):
+            if not (
+                exists(join(ref, "model_index.json"), storage) or exists(join(ref, METADATA_FILE), storage)
+            ):
                 raise FileNotFoundError(
                     f"model {ref}: neither model_index.json nor {METADATA_FILE} (an adapter export) under that prefix"
                 )

@@ -48,7 +48,12 @@ CPU_CALL_ROWS = 4
 
 class BatchingSection(Section):
     enabled: bool = True
-    max_batch_images: int = Field(8, ge=1, description="images (not requests) per model call")
+    max_batch_images: int = Field(
+        8,
+        ge=1,
+        description="images (not requests) per Serve batch, and per UNet and VAE call without fixed_shape "
+        "(two UNet rows per image with guidance): it bounds the replica's model memory",
+    )
     batch_wait_timeout_s: float = Field(0.02, ge=0, le=10)
     fixed_shape: bool = Field(
         True,

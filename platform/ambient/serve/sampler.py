@@ -49,7 +49,9 @@ def generate(
     one level. With ``call_rows`` the images run in model calls of exactly that many rows (the last
     call padded with filler rows, which are dropped): a row's result depends on the call's shape, not
     on its position or its neighbours, so an image is bitwise the same whatever batch it lands in.
-    Without it, all images run in one call of their own size.
+    Without it, all images run in one call of their own size. Either way the text encoders, UNet and
+    VAE see at most that call's rows: the caller bounds them by config (``batching.call_rows``, or the
+    Serve batch's ``batching.max_batch_images``).
     """
     if not len(prompts) == len(negative_prompts) == len(seeds):
         raise ValueError("prompts, negative_prompts and seeds must have the same length")

@@ -178,6 +178,18 @@ class ValidationSection(Section):
         None, description="held-out noisy shards; the validation ambient loss is computed on them"
     )
     rows: int = Field(32, ge=1, description="held-out rows used (the first by id)")
+    micro_batch: int = Field(
+        8,
+        ge=1,
+        description="held-out evaluations (rows x 4 noise draws) per text-encoder and UNet call of the "
+        "validation loss; peak memory follows it, not rows",
+    )
+    sample_micro_batch: int = Field(
+        4,
+        ge=1,
+        description="prompts per sampling call (two UNet rows each with guidance) and images per VAE "
+        "decode of the sample grids",
+    )
 
 
 class ShowcaseSection(Section):
@@ -194,6 +206,12 @@ class ShowcaseSection(Section):
     num_steps: int = Field(20, ge=1)
     guidance_scale: float = Field(3.0, ge=0)
     seed: int = 0
+    micro_batch: int = Field(
+        4,
+        ge=1,
+        description="prompts per sampling call (two UNet rows each with guidance) and images per VAE "
+        "decode of the picture and its adherence samples",
+    )
 
 
 class ScalingSection(Section):

@@ -26,6 +26,7 @@ from ambient.models.export import export_adapter, export_pipeline
 from ambient.models.lora import add_lora
 from ambient.models.sampling import image_grid, sample_images
 from ambient.models.source import load_model_components
+from ambient.models.vae import vae_dtype
 from ambient.storage import join, upload_directory, write_bytes_atomic
 
 from . import checkpointing
@@ -100,6 +101,11 @@ class _Sums:
         )
 
 
+# The frozen text encoders and VAE on GPU, per deepspeed.precision (vae_dtype keeps a float16-unsafe VAE
+# in float32).
+FROZEN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 class TrainingWorker:
     """One Ray Train worker's fine-tuning: the DeepSpeed engine and the loop over optimizer steps."""
 
@@ -138,8 +144,11 @@ class TrainingWorker:
     def _build_engine(self):
         """Frozen VAE and text encoders; the UNet (or its LoRA) trainable, wrapped by DeepSpeed."""
         cfg = self.cfg
-        for frozen in (self.comps.vae, self.comps.text_encoder, self.comps.text_encoder_2):
-            frozen.requires_grad_(False).eval().to(self.device)
+        dtype = self._frozen_dtype()
+        for encoder in (self.comps.text_encoder, self.comps.text_encoder_2):
+            encoder.requires_grad_(False).eval().to(self.device, dtype)
+        vae = self.comps.vae
+        vae.requires_grad_(False).eval().to(self.device, vae_dtype(vae, dtype))
         unet = self.comps.unet
         if cfg.model.lora_rank:
             add_lora(unet, rank=cfg.model.lora_rank, alpha=cfg.model.lora_alpha)
@@ -154,6 +163,13 @@ class TrainingWorker:
             model=unet, model_parameters=params, config=build_deepspeed_config(cfg)
         )
         return engine, lr_scheduler
+
+    def _frozen_dtype(self) -> torch.dtype:
+        """The frozen parts run in the training precision on GPU (half their float32 memory), in
+        float32 on CPU."""
+        if not self.cfg.scaling.use_gpu:
+            return torch.float32
+        return FROZEN_DTYPES[self.cfg.deepspeed.precision]
 
     def _restore(self) -> tuple[checkpointing.LoopState, dict | None]:
         """The loop state and EMA weights of Ray Train's latest checkpoint (loaded into the engine), or
@@ -363,6 +379,7 @@ class TrainingWorker:
                 self.train_sigmas,
                 seed=self.cfg.validation.seed,
                 device=self.device,
+                micro_batch=self.cfg.validation.micro_batch,
             )
         finally:
             module.train()
@@ -398,6 +415,10 @@ class TrainingWorker:
                 num_steps=v.num_steps,
                 guidance_scale=v.guidance_scale,
                 seed=v.seed,
+                micro_batch=v.sample_micro_batch,
+                # the size the run trains at (the UNet's configured size may be another: SDXL's is 1024)
+                height=self.plan.resolution,
+                width=self.plan.resolution,
             )
         finally:
             module.train()

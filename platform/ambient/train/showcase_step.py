@@ -38,7 +38,12 @@ def write_showcase(cfg: FinetuneConfig, plan: RunPlan) -> tuple[dict, list[str]]
     )
     curve_uri = join(plan.outputs_uri, "loss_curve.png")
     curve = Image.open(io.BytesIO(read_bytes(curve_uri, storage))) if exists(curve_uri, storage) else None
-    common = {"steps": section.num_steps, "guidance": section.guidance_scale, "seed": section.seed}
+    common = {
+        "steps": section.num_steps,
+        "guidance": section.guidance_scale,
+        "seed": section.seed,
+        "micro_batch": section.micro_batch,
+    }
     picture, numbers = showcase(
         base,
         finetuned,

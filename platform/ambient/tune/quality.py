@@ -4,6 +4,8 @@ Only noisy held-out latents exist (y = x0 + sigma_n z). If a model samples the c
 then its samples plus fresh noise at sigma_n have the law of y; so the distance between
 {sample + sigma_n z} and the held-out {y} measures sample quality on the data's own terms. It is
 computed the same way for every trial (same prompts, seeds and noise), whatever level a trial trained at.
+The samples are drawn and decoded ``micro_batch`` prompts at a time; per-prompt seeds keep them
+independent of it.
 """
 
 from __future__ import annotations
@@ -19,20 +21,29 @@ from ambient.models.vae import decode_latents
 
 @torch.no_grad()
 def trial_quality(
-    model_dir: str, holdout: dict, *, mode: str, sampling_sigma_n: float, num_steps: int, seed: int = 0
+    model_dir: str,
+    holdout: dict,
+    *,
+    mode: str,
+    sampling_sigma_n: float,
+    num_steps: int,
+    seed: int = 0,
+    micro_batch: int = 4,
 ) -> dict[str, float | None]:
     """{"quality_sw": the noisy-space distance, "adherence": prompt adherence of the same samples where
     the held-out captions belong to the synthetic shape world, else None}."""
     comps = load_components(model_dir)
-    latents = _samples(comps, holdout, mode, sampling_sigma_n, num_steps, seed)
+    latents = _samples(comps, holdout, mode, sampling_sigma_n, num_steps, seed, micro_batch)
     captions = [str(c) for c in holdout["captions"]]
     adherence = None
     if all(parse_prompt(c) for c in captions):
-        adherence = prompt_adherence(decode_latents(comps.vae, latents), captions).adherence
+        adherence = prompt_adherence(decode_latents(comps.vae, latents, micro_batch), captions).adherence
     return {"quality_sw": _distance(latents, holdout, seed), "adherence": adherence}
 
 
-def _samples(comps, holdout: dict, mode: str, sampling_sigma_n: float, num_steps: int, seed: int):
+def _samples(
+    comps, holdout: dict, mode: str, sampling_sigma_n: float, num_steps: int, seed: int, micro_batch: int
+):
     captions = list(holdout["captions"])
     latents = sample_latents(
         comps,
@@ -42,6 +53,7 @@ def _samples(comps, holdout: dict, mode: str, sampling_sigma_n: float, num_steps
         num_steps=num_steps,
         guidance_scale=1.0,
         seed=list(range(seed, seed + len(captions))),
+        micro_batch=micro_batch,
     )
     return latents
 

@@ -106,6 +106,7 @@ def run_trial(
         mode=prepared.plan.sampling_mode,
         sampling_sigma_n=prepared.plan.sigma_n,
         num_steps=quality["steps"],
+        micro_batch=cfg.validation.sample_micro_batch,
     )
     memorized = trial_memorization(summary.exported_model, cfg, memorization)
     trial = TrialResult.of(
