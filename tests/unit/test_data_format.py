@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -161,3 +163,105 @@ def test_epoch_orders_for_many_epochs_equal_one_epoch_at_a_time():
         assert epoch_orders(files, 4, [12, 3]) == [many[12], many[3]]
         if n >= 2:
             assert all(a != b for a, b in zip(many, many[1:], strict=False)), "epochs in a row differ"
+
+
+def _text_batch(n: int, length: int = 77, dim: int = 64, pooled: int = 32) -> dict[str, np.ndarray]:
+    """An encoder task's output with text embeddings; row 1 is rejected (zero placeholders)."""
+    rng = np.random.default_rng(0)
+    return {
+        "id": np.array([f"r{i}" for i in range(n)], dtype=object),
+        "reject": np.array(["" if i != 1 else "unreadable image" for i in range(n)], dtype=object),
+        "caption": np.array([f"caption {i}" for i in range(n)], dtype=object),
+        "tensor": rng.standard_normal((n, 4, 2, 2)).astype(np.float16),
+        "original_size_hw": np.array([[64, 64]] * n, np.int32),
+        "crop_top_left": np.array([[0, 0]] * n, np.int32),
+        "prompt_embeds": rng.standard_normal((n, length, dim)).astype(np.float16),
+        "pooled_prompt_embeds": rng.standard_normal((n, pooled)).astype(np.float16),
+    }
+
+
+def _commit(uri: str, reports: list[dict], empty_file: str):
+    """The manifest a preparation with encode.text_embeddings commits for these writer reports."""
+    from ambient.data.schema import SCHEMA_VERSION, Manifest, NoiseInfo, TextEmbeddingsInfo, utc_now
+    from ambient.data.writer import fold_reports, write_manifest
+
+    report = fold_reports([r["report"][0] for r in reports])
+    manifest = Manifest(
+        dataset_id="test",
+        schema_version=SCHEMA_VERSION,
+        complete=True,
+        created_at=utc_now(),
+        space="latent",
+        tensor_shape=[4, 2, 2],
+        resolution=16,
+        num_rows=report.rows,
+        num_shards=len(report.shards),
+        shards=report.shards,
+        sigma_n=report.sigma,
+        noise=NoiseInfo(seed=0, sigma_n=0.5),
+        text_embeddings=TextEmbeddingsInfo(
+            model="tiny", sequence_length=77, prompt_dim=64, pooled_dim=32, empty_caption_file=empty_file
+        ),
+    )
+    write_manifest(uri, manifest, None)
+    return manifest
+
+
+def test_rows_with_text_embeddings_round_trip_through_the_writer_and_reader(tmp_path):
+    from ambient.data.holdout import read_rows
+    from ambient.data.streaming import inspect_dataset
+    from ambient.data.text import read_empty_caption, write_empty_caption
+    from ambient.data.writer import ShardWriter, remove_stale_shards
+
+    uri, run_id = str(tmp_path / "ds"), new_run_id()
+    (tmp_path / "ds").mkdir()
+    batch = _text_batch(4)
+    written = ShardWriter(uri, None, run_id, "latent", 0.5, noise_seed=3)(batch)
+    empty = np.full((77, 64), 0.25, np.float16), np.full(32, -1.0, np.float16)
+    empty_file = write_empty_caption(uri, run_id, *empty, None)
+    old_empty = write_empty_caption(uri, "20000101000000-0000abcd", *empty, None)  # an older run's
+    manifest = _commit(uri, [written], empty_file)
+
+    info = inspect_dataset(uri)  # validates every shard's columns and the empty-caption file
+    assert dataset_schema_names(info) == [*arrow_schema("latent", (4, 2, 2)).names, *TEXT]
+    rows = read_rows(uri, limit=10)  # the held-out reader: the kept rows, sorted by id, collated
+    keep = [0, 2, 3]
+    assert rows["ids"] == ["r0", "r2", "r3"]
+    assert rows["prompt_embeds"].dtype == torch.float16 and rows["prompt_embeds"].shape == (3, 77, 64)
+    assert np.array_equal(rows["prompt_embeds"].numpy(), batch["prompt_embeds"][keep])
+    assert np.array_equal(rows["pooled_prompt_embeds"].numpy(), batch["pooled_prompt_embeds"][keep])
+    got = read_empty_caption(uri, manifest)
+    assert np.array_equal(got[0], empty[0]) and np.array_equal(got[1], empty[1])
+    # The cleanup after the commit removes an older run's empty-caption file, never the manifest's.
+    removed = remove_stale_shards(uri, {s.file for s in manifest.shards} | {empty_file}, None)
+    assert removed.removed_files == 1 and not (tmp_path / "ds" / old_empty).exists()
+    assert (tmp_path / "ds" / empty_file).exists()
+
+
+TEXT = ["prompt_embeds", "pooled_prompt_embeds"]
+
+
+def dataset_schema_names(info) -> list[str]:
+    from ambient.data.schema import dataset_schema
+
+    return dataset_schema(info.manifest).names
+
+
+def test_validation_names_the_shard_and_the_text_column_of_the_wrong_shape(tmp_path):
+    from ambient.data.errors import ShardError
+    from ambient.data.streaming import inspect_dataset
+    from ambient.data.text import write_empty_caption
+    from ambient.data.writer import ShardWriter
+
+    uri, run_id = str(tmp_path / "ds"), new_run_id()
+    (tmp_path / "ds").mkdir()
+    good = ShardWriter(uri, None, run_id, "latent", 0.5, noise_seed=3)(_text_batch(3))
+    bad = ShardWriter(uri, None, run_id, "latent", 0.5, noise_seed=3)(_text_batch(3, dim=48))
+    empty_file = write_empty_caption(uri, run_id, np.zeros((77, 64)), np.zeros(32), None)
+    _commit(uri, [good, bad], empty_file)
+    bad_file = json.loads(bad["report"][0])["file"]
+    with pytest.raises(ShardError, match=rf"{bad_file}.*column prompt_embeds is .*shape=\(77, 48\)"):
+        inspect_dataset(uri)
+    (tmp_path / "ds" / empty_file).unlink()
+    with pytest.raises(Exception, match=f"{empty_file}.*missing"):
+        inspect_dataset(uri, skip_bad_shards=True)

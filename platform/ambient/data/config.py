@@ -138,6 +138,12 @@ class EncodeConfig(Section):
     num_gpus: float | None = Field(
         default=None, ge=0, description="GPUs per encoder task; None = 1 when the cluster has GPUs"
     )
+    text_embeddings: bool = Field(
+        default=False,
+        description="also store each row's text embeddings (both encoders' prompt_embeds and the pooled "
+        "one, float16) and the empty caption's, from encode.model's text encoders: training then loads "
+        "no text encoders (about 318 KB more per row at SDXL's size)",
+    )
 
 
 class PrepareShardsConfig(Section):

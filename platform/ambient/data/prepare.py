@@ -1,8 +1,9 @@
 """prepare_shards: images + captions -> noisy-latent Parquet shards, as one Ray Data pipeline.
 
 checks (before Ray: source, model, destination, lock, no dataset there unless destination.overwrite)
--> source -> decode/resize/crop (tasks) -> VAE encode + frozen noise (tasks) -> write shards (tasks)
--> manifest.json (the commit) -> stale shard cleanup -> summary.json
+-> source -> decode/resize/crop (tasks) -> VAE encode + frozen noise [+ text embeddings] (tasks)
+-> write shards (tasks) [-> the empty caption's embedding file] -> manifest.json (the commit)
+-> stale shard cleanup -> summary.json
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ambient.ray_init import init_ray
 from ambient.storage import StorageConfig, ensure_dir, exists, join, write_bytes_atomic
 
 from .config import NoiseConfig, PrepareShardsConfig
-from .encode import EncoderSpec, encode_batch, vae_identity
+from .encode import EncoderSpec, TextEncoderSpec, embed_on_cluster, encode_batch, vae_identity
 from .errors import DataError, NoValidRowsError
 from .lock import destination_lock
 from .preprocess import Preprocess
@@ -32,10 +33,12 @@ from .schema import (
     Manifest,
     NoiseInfo,
     SigmaStats,
+    TextEmbeddingsInfo,
     VaeIdentity,
     utc_now,
 )
 from .sources import folder_items, parquet_files, source_dataset
+from .text import text_shape, write_empty_caption
 from .webdataset import webdataset_files
 from .writer import ShardWriter, fold_reports, new_run_id, remove_stale_shards, write_manifest
 
@@ -81,6 +84,15 @@ def plan_tensor(
     return (vae.latent_channels, side, side), vae
 
 
+def plan_text(cfg: PrepareShardsConfig, storage: StorageConfig) -> TextEncoderSpec | None:
+    """encode.text_embeddings: the text encoders' model and output shape, from their configs alone
+    (a model without them fails here, naming encode.model)."""
+    if not cfg.encode.text_embeddings:
+        return None
+    model = encode_model(cfg)
+    return TextEncoderSpec(model=model, shape=text_shape(model, storage))
+
+
 def _encoder_gpus(requested: float | None) -> float:
     if requested is not None:
         return requested
@@ -116,15 +128,36 @@ def prepare_shards(cfg: PrepareShardsConfig) -> PrepareResult:
     preparation at a time holds the destination (its lock object)."""
     storage = cfg.storage.resolved()
     shape, vae = plan_tensor(cfg, storage)  # a missing model fails here, naming encode.model
+    text = plan_text(cfg, storage)
     ensure_dir(cfg.destination.uri, storage)  # unreachable endpoint / bad credentials fail here
     check_source(cfg, storage)
     with destination_lock(cfg.destination.uri, storage, cfg.destination.lock_stale_after_s):
         check_destination(cfg, storage)
-        return _prepare(cfg, storage, shape, vae)
+        return _prepare(cfg, storage, shape, vae, text)
+
+
+def write_text_info(
+    cfg: PrepareShardsConfig, storage: StorageConfig, run_id: str, text: TextEncoderSpec
+) -> TextEmbeddingsInfo:
+    """Embed the empty caption once (a Ray task, like the rows) and write it beside the shards."""
+    gpus = _encoder_gpus(cfg.encode.num_gpus)
+    prompt, pooled = embed_on_cluster(text.model, storage, [""], num_gpus=gpus)
+    name = write_empty_caption(cfg.destination.uri, run_id, prompt[0], pooled[0], storage)
+    return TextEmbeddingsInfo(
+        model=text.model,
+        sequence_length=text.shape.length,
+        prompt_dim=text.shape.dim,
+        pooled_dim=text.shape.pooled,
+        empty_caption_file=name,
+    )
 
 
 def _prepare(
-    cfg: PrepareShardsConfig, storage: StorageConfig, shape: tuple[int, int, int], vae: VaeIdentity | None
+    cfg: PrepareShardsConfig,
+    storage: StorageConfig,
+    shape: tuple[int, int, int],
+    vae: VaeIdentity | None,
+    text: TextEncoderSpec | None = None,
 ) -> PrepareResult:
     uri = cfg.destination.uri
     sigma_n = noise_sigma(cfg.noise)
@@ -148,6 +181,7 @@ def _prepare(
                     cfg.noise.seed,
                     shape,
                     micro_batch=cfg.encode.micro_batch,
+                    text=text,
                 ),
             ),
             batch_size=cfg.encode.batch_size,
@@ -178,6 +212,7 @@ def _prepare(
         raise NoValidRowsError(
             f"no valid rows to write to {uri}: all {len(report.rejected)} rejected ({reasons})"
         )
+    text_info = write_text_info(cfg, storage, run_id, text) if text is not None else None
 
     manifest = Manifest(
         dataset_id=run_id,
@@ -193,11 +228,14 @@ def _prepare(
         sigma_n=report.sigma or SigmaStats(min=0, max=0, mean=0, clean_rows=0),
         noise=NoiseInfo(seed=cfg.noise.seed, sigma_n=sigma_n, t_n=cfg.noise.t_n),
         vae=vae,
+        text_embeddings=text_info,
         source=redacted(cfg.source),
     )
     manifest_uri = write_manifest(uri, manifest, storage)  # the commit: the new dataset is complete
     if cfg.destination.remove_stale_shards:
         keep = {s.file for s in manifest.shards}
+        if text_info is not None:
+            keep.add(text_info.empty_caption_file)
         summary["stale_shards"] = asdict(remove_stale_shards(uri, keep, storage))
     write_summary(uri, summary, storage)  # after the commit: a summary always describes a manifest
     return PrepareResult(manifest_uri=manifest_uri, manifest=manifest, summary=summary)

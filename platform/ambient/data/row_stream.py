@@ -34,7 +34,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from ambient.storage import StorageConfig, resolve_filesystem
 
-from .schema import arrow_schema
+from .schema import dataset_schema
 from .shard_source import read_shards
 
 if TYPE_CHECKING:  # streaming imports torch, which read tasks should not pay for
@@ -129,7 +129,7 @@ class StreamPlan:
             files=tuple(info.files),
             rows={f: shards[f].rows for f in info.files},
             bytes={f: shards[f].bytes for f in info.files},
-            schema=arrow_schema(info.manifest.space, tuple(info.manifest.tensor_shape)),
+            schema=dataset_schema(info.manifest),
             shuffle_seed=shuffle_seed,
             window_rows=window_rows,
         )

@@ -13,7 +13,7 @@ import torch
 
 from ambient.storage import StorageConfig, resolve_filesystem
 
-from .schema import Manifest, arrow_schema
+from .schema import TEXT_COLUMNS, Manifest, dataset_schema
 from .shard_source import DEFAULT_MIN_TASK_BYTES, ShardDatasource
 from .validate import ValidationReport, load_manifest, validate_dataset
 
@@ -98,6 +98,10 @@ def inspect_dataset(
     report: ValidationReport = validate_dataset(
         fs, root, manifest, skip_bad_shards=skip_bad_shards, expected_latent_shape=expected_latent_shape
     )
+    if manifest.text_embeddings is not None:
+        from .text import read_empty_caption
+
+        read_empty_caption(uri, manifest, storage)  # a missing or malformed file fails here, named
     return DatasetInfo(
         uri=uri,
         manifest=manifest,
@@ -142,7 +146,7 @@ def stream_epochs(
     fs, root = resolve_filesystem(info.uri, storage)
     shards = {s.file: (s.rows, s.bytes) for s in info.manifest.shards}
     passes = epoch_orders(info.files, shuffle_seed, epochs)
-    schema = arrow_schema(info.manifest.space, tuple(info.manifest.tensor_shape))
+    schema = dataset_schema(info.manifest)
     return ray.data.read_datasource(
         ShardDatasource(fs, root, passes, shards, schema, min_task_bytes=min_task_bytes)
     )
@@ -170,7 +174,9 @@ def collate_batch(batch: dict[str, np.ndarray]) -> dict:
     """A numpy batch from ``iter_batches(batch_format="numpy")`` -> torch tensors + captions and ids.
 
     Keys: ``latent`` (or ``image``) float32 (B, C, H, W); ``sigma_n`` float32 (B,); ``original_size_hw``
-    and ``crop_top_left`` int64 (B, 2); ``noise_seed`` int64 (B,); ``captions`` and ``ids`` list[str].
+    and ``crop_top_left`` int64 (B, 2); ``noise_seed`` int64 (B,); ``captions`` and ``ids`` list[str];
+    with stored text embeddings also ``prompt_embeds`` (B, L, D) and ``pooled_prompt_embeds`` (B, D2),
+    kept float16 (the conditioning casts them).
     """
     out: dict = {}
     for name in TENSOR_COLUMNS:
@@ -180,6 +186,9 @@ def collate_batch(batch: dict[str, np.ndarray]) -> dict:
     out["sigma_n"] = torch.from_numpy(np.array(batch["sigma_n"], dtype=np.float32))
     for name in ("original_size_hw", "crop_top_left"):
         out[name] = torch.from_numpy(np.stack(batch[name]).astype(np.int64).reshape(-1, 2))
+    for name in TEXT_COLUMNS:
+        if name in batch:
+            out[name] = torch.from_numpy(np.array(batch[name], dtype=np.float16))
     if "noise_seed" in batch:
         out["noise_seed"] = torch.from_numpy(np.array(batch["noise_seed"], dtype=np.int64))
     out["captions"] = [str(c) for c in batch["caption"]]

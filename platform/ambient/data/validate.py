@@ -1,5 +1,6 @@
 """Validation before training: the manifest is complete and of our schema version, and every listed
-shard has the schema, row count, tensor shape and sigma_n (finite, >= 0) the manifest promises.
+shard has the schema, row count, tensor shape and sigma_n (finite, >= 0) the manifest promises (and,
+when the manifest records text embeddings, their two columns with its shapes, float16).
 
 A bad shard raises ShardError naming the file and the problem, or, with ``skip_bad_shards``, is left
 out and counted. Nothing is dropped silently: the report carries rows read and rows skipped.
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 from ambient.storage import StorageConfig, join, read_text
 
 from .errors import DataError, ManifestError, ShardError
-from .schema import MANIFEST_NAME, SCHEMA_VERSION, Manifest, ShardEntry, arrow_schema
+from .schema import MANIFEST_NAME, SCHEMA_VERSION, Manifest, ShardEntry, dataset_schema
 
 
 def load_manifest(uri: str, storage: StorageConfig | None = None) -> Manifest:
@@ -74,13 +75,13 @@ class ValidationReport:
 def check_shard(fs: pafs.FileSystem, root: str, manifest: Manifest, entry: ShardEntry) -> str | None:
     """The problem with one shard, or None when it is good (reads the footer and sigma_n only)."""
     path = f"{root.rstrip('/')}/{entry.file}"
-    expected = arrow_schema(manifest.space, tuple(manifest.tensor_shape))
+    expected = dataset_schema(manifest)
     try:
         with fs.open_input_file(path) as f:
             pf = pq.ParquetFile(f)
             schema = pf.schema_arrow
             if _columns(schema) != _columns(expected):
-                return f"schema mismatch: got {_describe(schema)}, expected {_describe(expected)}"
+                return _schema_problem(schema, expected)
             if pf.metadata.num_rows != entry.rows:
                 return f"has {pf.metadata.num_rows} rows, the manifest lists {entry.rows}"
             sigma = pf.read(columns=["sigma_n"]).column("sigma_n").to_numpy(zero_copy_only=False)
@@ -95,6 +96,17 @@ def check_shard(fs: pafs.FileSystem, root: str, manifest: Manifest, entry: Shard
     if (sigma < 0).any():
         return f"sigma_n has {int((sigma < 0).sum())} negative values"
     return None
+
+
+def _schema_problem(schema, expected) -> str:
+    """What differs, column by column first (a wrong text-embedding shape names its column)."""
+    got = dict(_columns(schema))
+    for name, kind in _columns(expected):
+        if name not in got:
+            return f"column {name} is missing (expected {kind}); schema: {_describe(schema)}"
+        if got[name] != kind:
+            return f"column {name} is {got[name]}, expected {kind}"
+    return f"schema mismatch: got {_describe(schema)}, expected {_describe(expected)}"
 
 
 def _columns(schema) -> list[tuple[str, str]]:

@@ -20,7 +20,18 @@ import pyarrow.parquet as pq
 
 from ambient.storage import StorageConfig, join, resolve_filesystem, storage_error, write_bytes_atomic
 
-from .schema import MANIFEST_NAME, SHARD_SUFFIX, Manifest, ShardEntry, SigmaStats, Space, make_table
+from .schema import (
+    MANIFEST_NAME,
+    POOLED_EMBEDS,
+    PROMPT_EMBEDS,
+    SHARD_SUFFIX,
+    Manifest,
+    ShardEntry,
+    SigmaStats,
+    Space,
+    make_table,
+)
+from .text import EMPTY_CAPTION_PATTERN
 
 # shard-<run id: local time %Y%m%d%H%M%S-8 hex>-<12 hex>.parquet: the only files cleanup may delete.
 SHARD_PATTERN = re.compile(rf"shard-\d{{14}}-[0-9a-f]{{8}}-[0-9a-f]{{12}}{re.escape(SHARD_SUFFIX)}")
@@ -61,6 +72,7 @@ class ShardWriter:
         n = int(keep.sum())
         if n:
             sigma = np.full(n, self.sigma_n, np.float32)
+            text = PROMPT_EMBEDS in batch  # encode.text_embeddings: the encoder added both columns
             table = make_table(
                 self.space,
                 ids=[str(i) for i in batch["id"][keep]],
@@ -70,6 +82,8 @@ class ShardWriter:
                 original_size_hw=batch["original_size_hw"][keep],
                 crop_top_left=batch["crop_top_left"][keep],
                 noise_seed=self.noise_seed,
+                prompt_embeds=batch[PROMPT_EMBEDS][keep] if text else None,
+                pooled_prompt_embeds=batch[POOLED_EMBEDS][keep] if text else None,
             )
             name = shard_name(self.run_id)
             target = join(self.uri, name)
@@ -145,8 +159,14 @@ class StaleShards:
     error: str | None = None
 
 
+def is_run_file(name: str) -> bool:
+    """A file a preparation run names after itself: a shard, or an empty-caption embedding file."""
+    return bool(SHARD_PATTERN.fullmatch(name) or EMPTY_CAPTION_PATTERN.fullmatch(name))
+
+
 def remove_stale_shards(uri: str, keep: set[str], storage: StorageConfig | None) -> StaleShards:
-    """Delete the shard files directly in ``uri`` (named by ``SHARD_PATTERN``) that are not in ``keep``.
+    """Delete the shard files directly in ``uri`` (named by ``SHARD_PATTERN``, and the empty-caption
+    embedding files named by ``EMPTY_CAPTION_PATTERN``) that are not in ``keep``.
 
     Call only after the manifest listing ``keep`` is committed: the removed files are then shards of
     superseded or crashed runs, which no current manifest lists. Other files and subfolders are never
@@ -158,7 +178,7 @@ def remove_stale_shards(uri: str, keep: set[str], storage: StorageConfig | None)
         infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=False))
         for info in infos:
             name = info.base_name
-            if info.type != pafs.FileType.File or name in keep or not SHARD_PATTERN.fullmatch(name):
+            if info.type != pafs.FileType.File or name in keep or not is_run_file(name):
                 continue
             try:
                 fs.delete_file(info.path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -56,11 +57,63 @@ def make_add_time_ids(
     return torch.cat([original.to(dtype), crop.to(original.device, dtype), target], dim=1)
 
 
+def drop_mask(count: int, probability: float, generator: torch.Generator | None = None) -> Tensor:
+    """(count,) bool: which rows lose their caption. One draw per row from ``generator``, whether the
+    captions are strings or stored embeddings, so both paths drop the same rows."""
+    if not 0 <= probability <= 1:
+        raise ValueError(f"caption dropout probability must be in [0, 1], got {probability}")
+    return torch.rand(count, generator=generator) < probability
+
+
 def drop_captions(
     captions: Sequence[str], probability: float, generator: torch.Generator | None = None
 ) -> list[str]:
     """Replace each caption by "" with ``probability`` (the unconditional branch of CFG)."""
-    if not 0 <= probability <= 1:
-        raise ValueError(f"caption dropout probability must be in [0, 1], got {probability}")
-    drop = torch.rand(len(captions), generator=generator) < probability
+    drop = drop_mask(len(captions), probability, generator)
     return ["" if d else c for c, d in zip(captions, drop.tolist(), strict=True)]
+
+
+@dataclass(frozen=True)
+class TextEmbeddings:
+    """Precomputed text conditioning, one row per caption: what ``encode_prompts`` returns."""
+
+    prompt_embeds: Tensor  # (N, L, D1 + D2)
+    pooled: Tensor  # (N, D2)
+
+    def __post_init__(self) -> None:
+        if self.prompt_embeds.ndim != 3 or self.pooled.ndim != 2:
+            raise ValueError(
+                f"text embeddings need prompt_embeds (N, L, D) and pooled (N, D2), got "
+                f"{tuple(self.prompt_embeds.shape)} and {tuple(self.pooled.shape)}"
+            )
+        if len(self.prompt_embeds) != len(self.pooled):
+            raise ValueError(f"{len(self.prompt_embeds)} prompt_embeds rows for {len(self.pooled)} pooled")
+
+    def __len__(self) -> int:
+        return len(self.prompt_embeds)
+
+    def rows(self, index: slice | Tensor) -> TextEmbeddings:
+        return TextEmbeddings(self.prompt_embeds[index], self.pooled[index])
+
+    def repeat_to(self, count: int) -> TextEmbeddings:
+        """``count`` rows: a one-row embedding (the empty caption's) repeated, else the rows themselves."""
+        if len(self) == count:
+            return self
+        if len(self) != 1:
+            raise ValueError(f"{len(self)} embedding rows for {count} prompts (give one, or one per prompt)")
+        return TextEmbeddings(self.prompt_embeds.expand(count, -1, -1), self.pooled.expand(count, -1))
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> TextEmbeddings:
+        return TextEmbeddings(self.prompt_embeds.to(device, dtype), self.pooled.to(device, dtype))
+
+
+def drop_embeddings(embeds: TextEmbeddings, drop: Tensor, empty: TextEmbeddings) -> TextEmbeddings:
+    """The rows where ``drop`` is set replaced by the one-row ``empty`` (the empty caption's)."""
+    empty = empty.to(embeds.prompt_embeds.device, embeds.prompt_embeds.dtype)
+    mask = drop.to(embeds.prompt_embeds.device)
+    return TextEmbeddings(
+        torch.where(mask[:, None, None], empty.prompt_embeds, embeds.prompt_embeds),
+        torch.where(mask[:, None], empty.pooled, embeds.pooled),
+    )

@@ -10,6 +10,7 @@ import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from .conditioning import encode_prompts
 from .lora import load_lora
 
 MODEL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -21,16 +22,47 @@ ADAPTER_EXPORT = "lora_adapter"  # export_kind of a LoRA run's adapter alone (th
 
 
 @dataclass
+class TextEncoders:
+    """SDXL's two tokenizers and frozen CLIP text encoders: captions -> (prompt_embeds, pooled)."""
+
+    tokenizer: CLIPTokenizer
+    tokenizer_2: CLIPTokenizer
+    text_encoder: CLIPTextModel
+    text_encoder_2: CLIPTextModelWithProjection
+
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return encode_prompts(
+            [self.tokenizer, self.tokenizer_2], [self.text_encoder, self.text_encoder_2], captions
+        )
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> TextEncoders:
+        for encoder in (self.text_encoder, self.text_encoder_2):
+            encoder.requires_grad_(False).eval().to(device=device, dtype=dtype)
+        return self
+
+
+@dataclass
 class SDXLComponents:
-    """The parts of an SDXL pipeline, loaded one by one (training workers need no pipeline object)."""
+    """The parts of an SDXL pipeline, loaded one by one (training workers need no pipeline object).
+    The text encoders and tokenizers are None where a run trains on precomputed text embeddings."""
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL
-    text_encoder: CLIPTextModel
-    text_encoder_2: CLIPTextModelWithProjection
-    tokenizer: CLIPTokenizer
-    tokenizer_2: CLIPTokenizer
+    text_encoder: CLIPTextModel | None
+    text_encoder_2: CLIPTextModelWithProjection | None
+    tokenizer: CLIPTokenizer | None
+    tokenizer_2: CLIPTokenizer | None
     scheduler: EulerDiscreteScheduler
+
+    @property
+    def text_encoders(self) -> TextEncoders:
+        """The text half, for encoding captions; an error names what to do when it was not loaded."""
+        if self.text_encoder is None or self.text_encoder_2 is None:
+            raise ValueError(
+                "no text encoders loaded (components loaded with text_encoders=False): pass precomputed "
+                "text embeddings instead of captions"
+            )
+        return TextEncoders(self.tokenizer, self.tokenizer_2, self.text_encoder, self.text_encoder_2)
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
@@ -44,7 +76,9 @@ class SDXLComponents:
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> SDXLComponents:
         for name in MODEL_COMPONENTS:
-            getattr(self, name).to(device=device, dtype=dtype)
+            module = getattr(self, name)
+            if module is not None:
+                module.to(device=device, dtype=dtype)
         return self
 
     @classmethod
@@ -129,25 +163,45 @@ def load_pipeline(path: str | Path, dtype: torch.dtype = torch.float32) -> Stabl
     return pipe
 
 
-def load_components(path: str | Path, dtype: torch.dtype = torch.float32) -> SDXLComponents:
-    """The seven SDXL components of a local diffusers folder, each loaded on its own. A LoRA adapter
-    export loads as its base with the adapter folded into the UNet."""
-    root = check_model_dir(path)
-    base = adapter_base(root)
+def load_text_encoders(path: str | Path, dtype: torch.dtype = torch.float32) -> TextEncoders:
+    """The tokenizers and text encoders of a local diffusers folder, or of the folder holding only
+    those four subfolders (what encode.py stages from S3); an adapter export's are its base's."""
+    root = Path(path)
+    base = adapter_base(root) if root.is_dir() else None
     if base is not None:
-        comps = load_components(_local_base(root, base), dtype)
-        load_lora(comps.unet, root / LORA_DIR)
-        return comps
+        root = _local_base(root, base)
     weights = {"dtype": dtype, "use_safetensors": True, "local_files_only": True}
-    return SDXLComponents(
-        unet=UNet2DConditionModel.from_pretrained(root, subfolder="unet", **weights),
-        vae=AutoencoderKL.from_pretrained(root, subfolder="vae", **weights),
+    return TextEncoders(
+        tokenizer=CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True),
+        tokenizer_2=CLIPTokenizer.from_pretrained(root, subfolder="tokenizer_2", local_files_only=True),
         text_encoder=CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **weights),
         text_encoder_2=CLIPTextModelWithProjection.from_pretrained(
             root, subfolder="text_encoder_2", **weights
         ),
-        tokenizer=CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True),
-        tokenizer_2=CLIPTokenizer.from_pretrained(root, subfolder="tokenizer_2", local_files_only=True),
+    )
+
+
+def load_components(
+    path: str | Path, dtype: torch.dtype = torch.float32, *, text_encoders: bool = True
+) -> SDXLComponents:
+    """The seven SDXL components of a local diffusers folder, each loaded on its own. A LoRA adapter
+    export loads as its base with the adapter folded into the UNet. ``text_encoders=False`` leaves the
+    text encoders and tokenizers None (a run on precomputed text embeddings never needs them)."""
+    root = check_model_dir(path)
+    base = adapter_base(root)
+    if base is not None:
+        comps = load_components(_local_base(root, base), dtype, text_encoders=text_encoders)
+        load_lora(comps.unet, root / LORA_DIR)
+        return comps
+    weights = {"dtype": dtype, "use_safetensors": True, "local_files_only": True}
+    text = load_text_encoders(root, dtype) if text_encoders else None
+    return SDXLComponents(
+        unet=UNet2DConditionModel.from_pretrained(root, subfolder="unet", **weights),
+        vae=AutoencoderKL.from_pretrained(root, subfolder="vae", **weights),
+        text_encoder=text.text_encoder if text else None,
+        text_encoder_2=text.text_encoder_2 if text else None,
+        tokenizer=text.tokenizer if text else None,
+        tokenizer_2=text.tokenizer_2 if text else None,
         # Only alphas_cumprod is read from the scheduler (the samplers are ambient.core's), so any
         # DDPM-family scheduler config loads as Euler.
         scheduler=EulerDiscreteScheduler.from_pretrained(root, subfolder="scheduler", local_files_only=True),

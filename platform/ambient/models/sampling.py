@@ -7,7 +7,9 @@ matmuls). That is why this module steps ambient.core's samplers itself instead o
 ambient.core.generate, which draws the whole batch's noise from one generator; the schedules, the
 integrators and the early-stop Tweedie finish are core's. The same property lets ``micro_batch``
 prompts run at a time (text encoders, UNet and VAE decode): memory follows the micro-batch, not the
-number of prompts, and the images do not change (up to that rounding).
+number of prompts, and the images do not change (up to that rounding). Precomputed prompt embeddings
+(``embeddings``, ``negative_embeddings``) replace the text encoders: a training worker that loads none
+samples its grids from the embeddings the driver computed once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..core import Denoiser, early_stop_schedule, full_schedule, posterior_step, sample
-from .conditioning import encode_prompts, make_add_time_ids
+from .conditioning import TextEmbeddings, make_add_time_ids
 from .denoiser import SDXLDenoiser, guided
 from .loading import SDXLComponents
 from .vae import decode_latents, tensor_to_pil
@@ -55,7 +57,7 @@ def _posterior_sample(denoiser: Denoiser, x: Tensor, sigmas: Tensor, gens: list[
 @torch.no_grad()
 def sample_latents(
     components: SDXLComponents,
-    prompts: list[str],
+    prompts: list[str] | None,
     *,
     mode: Mode = "full",
     sigma_n: float = 0.0,
@@ -69,17 +71,66 @@ def sample_latents(
     negative_prompts: list[str] | None = None,
     rho: float = 7.0,
     micro_batch: int | None = None,
+    embeddings: TextEmbeddings | None = None,
+    negative_embeddings: TextEmbeddings | None = None,
 ) -> Tensor:
-    """Diffusion-space latents (B, C, H/f, W/f) for ``prompts``; see ``sample_images``."""
+    """Diffusion-space latents (B, C, H/f, W/f) for ``prompts`` (or their precomputed ``embeddings``);
+    see ``sample_images``."""
     _check_arguments(prompts, negative_prompts, uncond, mode, method)
+    text = _Text.of(prompts, embeddings, negative_prompts, negative_embeddings, uncond)
     height, width = _image_size(components, height, width)
-    seeds = _seeds(seed, len(prompts))
+    seeds = _seeds(seed, text.count)
     settings = _Settings(mode, sigma_n, num_steps, guidance_scale, method, uncond, rho, height, width)
     parts = []
-    for chunk in _chunks(len(prompts), micro_batch):
-        negatives = None if negative_prompts is None else list(negative_prompts[chunk])
-        parts.append(_sample_chunk(components, list(prompts[chunk]), seeds[chunk], negatives, settings))
+    for chunk in _chunks(text.count, micro_batch):
+        parts.append(_sample_chunk(components, text.chunk(chunk), seeds[chunk], settings))
     return torch.cat(parts)
+
+
+@dataclass(frozen=True)
+class _Text:
+    """One sampling call's prompts: captions to encode, or precomputed embeddings, for either branch."""
+
+    count: int
+    prompts: list[str] | None = None
+    embeddings: TextEmbeddings | None = None
+    negative_prompts: list[str] | None = None
+    negative_embeddings: TextEmbeddings | None = None
+
+    @classmethod
+    def of(
+        cls,
+        prompts: list[str] | None,
+        embeddings: TextEmbeddings | None,
+        negative_prompts: list[str] | None,
+        negative_embeddings: TextEmbeddings | None,
+        uncond: str,
+    ) -> _Text:
+        if (prompts is None) == (embeddings is None):
+            raise ValueError("give exactly one of prompts or embeddings")
+        if negative_prompts is not None and negative_embeddings is not None:
+            raise ValueError("give at most one of negative_prompts or negative_embeddings")
+        if negative_embeddings is not None and uncond != "empty":
+            raise ValueError("negative_embeddings are the embedded unconditional branch: use uncond='empty'")
+        count = len(prompts) if prompts is not None else len(embeddings)
+        if negative_embeddings is not None:
+            negative_embeddings = negative_embeddings.repeat_to(count)
+        return cls(count, prompts, embeddings, negative_prompts, negative_embeddings)
+
+    def chunk(self, part: slice) -> _Text:
+        return _Text(
+            len(range(self.count)[part]),
+            _part(self.prompts, part),
+            _part(self.embeddings, part),
+            _part(self.negative_prompts, part),
+            _part(self.negative_embeddings, part),
+        )
+
+
+def _part(values: list[str] | TextEmbeddings | None, part: slice) -> list[str] | TextEmbeddings | None:
+    if values is None:
+        return None
+    return values.rows(part) if isinstance(values, TextEmbeddings) else list(values[part])
 
 
 @dataclass(frozen=True)
@@ -106,18 +157,12 @@ def _chunks(count: int, micro_batch: int | None) -> list[slice]:
     return [slice(lo, lo + micro_batch) for lo in range(0, count, micro_batch)]
 
 
-def _sample_chunk(
-    components: SDXLComponents,
-    prompts: list[str],
-    seeds: list[int],
-    negative_prompts: list[str] | None,
-    s: _Settings,
-) -> Tensor:
+def _sample_chunk(components: SDXLComponents, text: _Text, seeds: list[int], s: _Settings) -> Tensor:
     """Latents for one micro-batch of prompts, each from its own seed."""
     unet = components.unet
     device = unet.device
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
-    cond, neg = _conditioning(components, prompts, negative_prompts, s.uncond, (s.height, s.width), device)
+    cond, neg = _conditioning(components, text, s.uncond, (s.height, s.width), device)
     base = SDXLDenoiser(unet, components.alphas_cumprod, components.scheduler.config.prediction_type)
     denoiser = guided(base, cond, neg, s.guidance_scale)
     early = s.mode == "early_stop" and s.sigma_n > 0
@@ -131,16 +176,18 @@ def _sample_chunk(
     else:
         x = sample(denoiser, x, sigmas, method=s.method)
     if early:  # one Tweedie step from sigma_n: the model is not trusted below the data's noise
-        x = denoiser(x, torch.full((len(prompts),), float(s.sigma_n), device=device))
+        x = denoiser(x, torch.full((text.count,), float(s.sigma_n), device=device))
     return x
 
 
 def _check_arguments(
-    prompts: list[str], negative_prompts: list[str] | None, uncond: str, mode: str, method: str
+    prompts: list[str] | None, negative_prompts: list[str] | None, uncond: str, mode: str, method: str
 ) -> None:
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings")
     if negative_prompts is not None:
+        if prompts is None:
+            raise ValueError("negative_prompts go with prompts; with embeddings give negative_embeddings")
         if isinstance(negative_prompts, str) or len(negative_prompts) != len(prompts):
             raise ValueError(f"negative_prompts must be a list of {len(prompts)} strings, one per prompt")
         if uncond != "empty":
@@ -161,32 +208,33 @@ def _image_size(components: SDXLComponents, height: int | None, width: int | Non
     return height, width
 
 
+def _embed(components: SDXLComponents, prompts: list[str]) -> TextEmbeddings:
+    return TextEmbeddings(*components.text_encoders(list(prompts)))
+
+
 def _conditioning(
-    components: SDXLComponents,
-    prompts: list[str],
-    negative_prompts: list[str] | None,
-    uncond: str,
-    size_hw: tuple[int, int],
-    device: torch.device,
+    components: SDXLComponents, text: _Text, uncond: str, size_hw: tuple[int, int], device: torch.device
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """The conditional and unconditional branches of classifier-free guidance."""
-    batch = len(prompts)
-    tokenizers = [components.tokenizer, components.tokenizer_2]
-    encoders = [components.text_encoder, components.text_encoder_2]
-    embeds, pooled = encode_prompts(tokenizers, encoders, list(prompts))
+    batch = text.count
+    embeds = text.embeddings if text.embeddings is not None else _embed(components, text.prompts)
+    embeds = embeds.to(device, torch.float32)
     size = torch.tensor([list(size_hw)] * batch)
     time_ids = make_add_time_ids(size, torch.zeros(batch, 2), size_hw).to(device)
     cond = {
-        "encoder_hidden_states": embeds.to(device),
-        "text_embeds": pooled.to(device),
+        "encoder_hidden_states": embeds.prompt_embeds,
+        "text_embeds": embeds.pooled,
         "time_ids": time_ids,
     }
     if uncond == "zeros":  # what diffusers does for SDXL base (force_zeros_for_empty_prompt)
         neg = {k: torch.zeros_like(v) for k, v in cond.items() if k != "time_ids"}
     elif uncond == "empty":  # what a model trained with drop_captions(...) -> "" has learnt
-        negatives = [""] * batch if negative_prompts is None else list(negative_prompts)
-        e, p = encode_prompts(tokenizers, encoders, negatives)
-        neg = {"encoder_hidden_states": e.to(device), "text_embeds": p.to(device)}
+        negative = text.negative_embeddings
+        if negative is None:
+            negatives = [""] * batch if text.negative_prompts is None else list(text.negative_prompts)
+            negative = _embed(components, negatives)
+        negative = negative.to(device, torch.float32)
+        neg = {"encoder_hidden_states": negative.prompt_embeds, "text_embeds": negative.pooled}
     else:
         raise ValueError(f"uncond must be 'empty' or 'zeros', got {uncond!r}")
     neg["time_ids"] = time_ids
@@ -221,6 +269,8 @@ def sample_images(
     uncond: Literal["empty", "zeros"] = "empty",
     negative_prompts: list[str] | None = None,
     micro_batch: int | None = None,
+    embeddings: TextEmbeddings | None = None,
+    negative_embeddings: TextEmbeddings | None = None,
 ) -> list[Image.Image]:
     """Images for ``prompts``. mode "full" samples to sigma = 0 (a model trained with consistency);
     "early_stop" samples down to ``sigma_n`` and finishes with one Tweedie step. ``seed`` is one int
@@ -230,6 +280,8 @@ def sample_images(
     (diffusers' default for SDXL base). ``negative_prompts`` (one per prompt, with ``uncond="empty"``)
     replaces that "" per image: prompt i is guided away from negative_prompts[i]. ``micro_batch``
     prompts are sampled and decoded at a time (None: all in one call); an image does not depend on it.
+    ``embeddings`` (precomputed ``TextEmbeddings``, prompts None) and ``negative_embeddings`` (one row,
+    repeated, or one per prompt) take the text encoders' place, which then need not be loaded.
     """
     latents = sample_latents(
         components,
@@ -245,6 +297,8 @@ def sample_images(
         uncond=uncond,
         negative_prompts=negative_prompts,
         micro_batch=micro_batch,
+        embeddings=embeddings,
+        negative_embeddings=negative_embeddings,
     )
     return tensor_to_pil(decode_latents(components.vae, latents, micro_batch))
 

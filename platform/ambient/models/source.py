@@ -77,9 +77,12 @@ def resolve_model(ref: str | None, storage: StorageConfig | None = None, field: 
         return check_model_dir(_download(ref, storage, files))
 
 
-def load_model_components(ref: str, storage: StorageConfig | None = None) -> tuple[SDXLComponents, Path]:
+def load_model_components(
+    ref: str, storage: StorageConfig | None = None, *, text_encoders: bool = True
+) -> tuple[SDXLComponents, Path]:
+    """The model's components (without text encoders and tokenizers when ``text_encoders`` is False)."""
     folder = resolve_model(ref, storage)
-    return load_components(folder), folder
+    return load_components(folder, text_encoders=text_encoders), folder
 
 
 def cached_model_dir(source: str, storage: StorageConfig | None = None) -> Path:

@@ -38,7 +38,7 @@ from .ema import EMA
 from .metrics import TrainMetrics
 from .objective import LossParts, training_loss
 from .outputs import plot_loss_curve
-from .plan import RunPlan
+from .plan import RunPlan, StoredText
 from .records import WORKER_SUMMARY, StepRecord, WorkerSummary
 from .validation import validation_ambient_loss
 
@@ -109,8 +109,16 @@ FROZEN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.fl
 class TrainingWorker:
     """One Ray Train worker's fine-tuning: the DeepSpeed engine and the loop over optimizer steps."""
 
-    def __init__(self, cfg: FinetuneConfig, plan: RunPlan, stream: StreamPlan | None, out_dir: Path) -> None:
+    def __init__(
+        self,
+        cfg: FinetuneConfig,
+        plan: RunPlan,
+        stream: StreamPlan | None,
+        out_dir: Path,
+        text: StoredText | None = None,
+    ) -> None:
         self.cfg, self.plan, self.stream = cfg, plan, stream
+        self.text = text  # stored text embeddings: no text encoders are loaded
         self.out_dir = out_dir  # local staging for outputs; run.storage_path is where they live
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -120,7 +128,9 @@ class TrainingWorker:
         self.storage = cfg.storage.resolved()
 
         self._register()
-        self.comps, self.model_dir = load_model_components(plan.model_source, self.storage)
+        self.comps, self.model_dir = load_model_components(
+            plan.model_source, self.storage, text_encoders=text is None
+        )
         self.engine, self.lr_scheduler = self._build_engine()
         self.denoiser = SDXLDenoiser(self.engine, self.comps.alphas_cumprod, plan.prediction_type)
         self.train_sigmas = self.denoiser.train_sigmas
@@ -142,11 +152,12 @@ class TrainingWorker:
         )
 
     def _build_engine(self):
-        """Frozen VAE and text encoders; the UNet (or its LoRA) trainable, wrapped by DeepSpeed."""
+        """Frozen VAE and text encoders (when loaded); the UNet (or its LoRA) trainable, wrapped by DeepSpeed."""
         cfg = self.cfg
         dtype = self._frozen_dtype()
         for encoder in (self.comps.text_encoder, self.comps.text_encoder_2):
-            encoder.requires_grad_(False).eval().to(self.device, dtype)
+            if encoder is not None:
+                encoder.requires_grad_(False).eval().to(self.device, dtype)
         vae = self.comps.vae
         vae.requires_grad_(False).eval().to(self.device, vae_dtype(vae, dtype))
         unet = self.comps.unet
@@ -301,6 +312,7 @@ class TrainingWorker:
             ignore_data_noise=cfg.loss.data_noise == "ignored",
             generator=self.gen,
             device=self.device,
+            empty_caption=self.text.empty_caption if self.text is not None else None,
         )
         parts = training_loss(self.denoiser, inputs, cfg, self.state.step, self.train_sigmas, self.gen)
         total = parts.total.item()
@@ -363,7 +375,7 @@ class TrainingWorker:
         consistency = "-" if r.consistency_loss is None else f"{r.consistency_loss:.4f}"
         self._log(
             f"step {r.step}/{self.cfg.train.max_steps}  loss {r.loss:.4f}  ambient {r.ambient_loss:.4f}  "
-            f"consistency {consistency}  lr {r.lr:.2e}  {r.images_per_second:.1f} img/s  "
+            f"consistency {consistency}  lr {r.lr:.2e}  {r.images_per_second:.3g} img/s  "
             f"data wait {wait:.0%}  eta {_format_eta(eta)}"
         )
 
@@ -407,9 +419,12 @@ class TrainingWorker:
         module.eval()
         try:
             comps = dataclasses.replace(self.comps, unet=module)
+            stored = self.text
             images = sample_images(
                 comps,
-                list(v.prompts),
+                list(v.prompts) if stored is None else None,
+                embeddings=stored.prompts if stored is not None else None,
+                negative_embeddings=stored.empty_caption if stored is not None else None,
                 mode=self.plan.sampling_mode,
                 sigma_n=self.plan.sigma_n,
                 num_steps=v.num_steps,
@@ -489,4 +504,4 @@ def train_loop_per_worker(config: dict) -> None:
     # The staging folder goes with the worker: every output is uploaded to the run's storage, and a
     # node's disk would otherwise keep a model export per run.
     with tempfile.TemporaryDirectory(prefix="ambient-outputs-") as staging:
-        TrainingWorker(cfg, plan, config.get("stream"), Path(staging)).run()
+        TrainingWorker(cfg, plan, config.get("stream"), Path(staging), config.get("text")).run()

@@ -1,8 +1,10 @@
-"""What the driver resolved before starting the workers (plain data, sent to every worker)."""
+"""What the driver resolved before starting the workers (sent to every worker)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ambient.models.conditioning import TextEmbeddings
 
 
 @dataclass(frozen=True)
@@ -15,3 +17,12 @@ class RunPlan:
     resolution: int
     outputs_uri: str  # where samples, the loss curve, the export and the summary go
     data_split: str = "exact"  # data.split: "exact" (the worker streams its share) or "ray_split"
+
+
+@dataclass(frozen=True)
+class StoredText:
+    """A run on a dataset that carries text embeddings (``encode.text_embeddings``): what the workers
+    condition on in place of the text encoders, which they then never load."""
+
+    empty_caption: TextEmbeddings  # one row: the dataset's empty caption (caption dropout, CFG's negative)
+    prompts: TextEmbeddings  # validation.prompts in order, for the sample grids

@@ -12,6 +12,7 @@ from pathlib import Path
 import ray
 import ray.data
 import ray.train
+import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -21,16 +22,18 @@ from ambient.data.config import DestinationConfig, EncodeConfig, PrepareShardsCo
 from ambient.data.encode import describe_vae, downsample_factor, vae_config, vae_differences, vae_identity
 from ambient.data.errors import ManifestError, VaeMismatchError
 from ambient.data.row_stream import StreamPlan
-from ambient.data.schema import MANIFEST_NAME, SUMMARY_NAME
+from ambient.data.schema import MANIFEST_NAME, SUMMARY_NAME, Manifest
 from ambient.data.streaming import DatasetInfo, inspect_dataset, stream_epochs
+from ambient.data.text import read_empty_caption
 from ambient.data.validate import load_manifest
+from ambient.models.conditioning import TextEmbeddings
 from ambient.models.source import check_model
 from ambient.ray_init import init_ray
 from ambient.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
 
 from .config import DEMO_DATA_URI, FinetuneConfig
 from .loop import train_loop_per_worker
-from .plan import RunPlan
+from .plan import RunPlan, StoredText
 from .records import WORKER_SUMMARY, RunSummary, WorkerSummary
 
 
@@ -138,6 +141,7 @@ class PreparedRun:
     train_ds: ray.data.Dataset | None  # data.split ray_split: the dataset Ray Train splits
     stream: StreamPlan | None  # data.split exact: each worker streams its own share of this plan
     data_counts: dict
+    text: StoredText | None = None  # the dataset carries text embeddings: no worker loads text encoders
 
 
 def expected_latent_shape(model_source: str, resolution: int, storage) -> tuple[int, int, int]:
@@ -183,6 +187,54 @@ def streaming_epochs(cfg: FinetuneConfig, storage, info: DatasetInfo) -> ray.dat
     )
 
 
+def check_stored_text(cfg: FinetuneConfig, manifest: Manifest, model_source: str, storage) -> None:
+    """A dataset with text embeddings: they fit the model's UNet, and the held-out set carries them
+    too (the workers load no text encoders to embed its captions)."""
+    info = manifest.text_embeddings
+    try:
+        unet = json.loads(read_text(join(model_source, "unet", "config.json"), storage))
+    except FileNotFoundError:
+        unet = {}  # an adapter export: its base's UNet is checked when it is loaded
+    width = unet.get("cross_attention_dim")
+    if width is not None and int(width) != info.prompt_dim:
+        raise ValueError(
+            f"data.uri {cfg.data.uri} carries text embeddings of width {info.prompt_dim} (from "
+            f"{info.model}); model {model_source}'s UNet takes {width}: prepare the shards with "
+            "encode.model set to this model"
+        )
+    if not cfg.validation.data_uri:
+        return
+    held_out = load_manifest(cfg.validation.data_uri, storage).text_embeddings
+    if held_out is None or held_out.columns() != info.columns():
+        found = "no text embeddings" if held_out is None else f"text embeddings of shape {held_out.columns()}"
+        raise ManifestError(
+            f"validation.data_uri {cfg.validation.data_uri} carries {found}, while data.uri {cfg.data.uri} "
+            f"carries text embeddings of shape {info.columns()}: a run on stored embeddings loads no text "
+            "encoders, so prepare the held-out set with encode.text_embeddings: true and the same encode.model"
+        )
+
+
+def stored_text(cfg: FinetuneConfig, info: DatasetInfo, model_source: str, storage) -> StoredText | None:
+    """The empty-caption embedding of a dataset that carries text embeddings, and the embeddings of
+    validation.prompts, computed once here (in a Ray task, with the code that embeds the dataset)."""
+    if info.manifest.text_embeddings is None:
+        return None
+    from ambient.data.encode import embed_on_cluster
+
+    check_stored_text(cfg, info.manifest, model_source, storage)
+    empty = read_empty_caption(info.uri, info.manifest, storage)
+    gpus = 1.0 if cfg.scaling.use_gpu and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    prompts = embed_on_cluster(model_source, storage, list(cfg.validation.prompts), num_gpus=gpus)
+    return StoredText(
+        empty_caption=_embeddings(empty[0][None], empty[1][None]),
+        prompts=_embeddings(*prompts),
+    )
+
+
+def _embeddings(prompt_embeds, pooled) -> TextEmbeddings:
+    return TextEmbeddings(torch.from_numpy(prompt_embeds.copy()), torch.from_numpy(pooled.copy()))
+
+
 def training_sigma_n(cfg: FinetuneConfig, data_sigma_n: float) -> float:
     """The level the model is trained at: the data's, raised to loss.sigma_train, or 0 for the naive
     baseline (loss.data_noise 'ignored')."""
@@ -219,8 +271,9 @@ def prepare_run(cfg: FinetuneConfig, model_source: str) -> PreparedRun:
         outputs_uri=outputs_uri if is_s3(outputs_uri) else str(Path(outputs_uri).absolute()),
         data_split=cfg.data.split,
     )
+    text = stored_text(cfg, info, model_source, storage)
     _log_block(start_banner(cfg, plan, info))
-    return PreparedRun(plan=plan, train_ds=train_ds, stream=stream, data_counts=info.counts())
+    return PreparedRun(plan=plan, train_ds=train_ds, stream=stream, data_counts=info.counts(), text=text)
 
 
 def start_banner(cfg: FinetuneConfig, plan: RunPlan, info: DatasetInfo) -> list[str]:
@@ -231,6 +284,12 @@ def start_banner(cfg: FinetuneConfig, plan: RunPlan, info: DatasetInfo) -> list[
         f"{cfg.train.max_steps} steps, ZeRO-{cfg.deepspeed.zero_stage} {cfg.deepspeed.precision}",
         f"data       {plan.data_uri}: {info.rows} rows ({info.rows_skipped} skipped)",
         f"model      {plan.model_source}",
+        "text       "
+        + (
+            "stored embeddings (the workers load no text encoders)"
+            if info.manifest.text_embeddings is not None
+            else "text encoders on every worker"
+        ),
         f"sigma_n    {plan.sigma_n:.4g}, sampling {plan.sampling_mode}",
         f"outputs    {plan.outputs_uri}",
     ]
@@ -248,7 +307,7 @@ def final_summary(summary: RunSummary, summary_uri: str) -> list[str]:
         f"steps      {summary.steps}" + (f" (resumed from step {resumed})" if resumed else ""),
         f"loss       {num(summary.first_loss, '.4g')} -> {num(summary.final_loss, '.4g')} "
         "(first -> last logged step)",
-        f"speed      {num(summary.images_per_second, '.1f')} img/s, "
+        f"speed      {num(summary.images_per_second, '.3g')} img/s, "
         f"{summary.images_seen} images in {summary.wall_seconds} s",
         f"model      {summary.exported_model}",
         f"samples    {summary.sample_grids}",
@@ -272,6 +331,7 @@ def build_trainer(cfg: FinetuneConfig, prepared: PreparedRun, callbacks: list | 
             "finetune": cfg.model_copy(update={"storage": cfg.storage.resolved()}).model_dump(),
             "plan": prepared.plan.__dict__,
             "stream": prepared.stream,
+            "text": prepared.text,
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers,

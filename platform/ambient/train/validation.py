@@ -7,7 +7,8 @@ true E[x0 | x_t] at every level, so runs trained at different noise levels, weig
 are compared on the same proper score.
 
 The rows x REPEATS evaluations run ``micro_batch`` at a time (text encoders and UNet alike), so memory
-does not grow with the number of held-out rows. The draws are made for the whole set at once and then
+does not grow with the number of held-out rows. A held-out set prepared with ``encode.text_embeddings``
+is conditioned on the embeddings its rows carry, and needs no text encoders. The draws are made for the whole set at once and then
 sliced, so the loss does not depend on the micro-batch (up to float rounding).
 """
 
@@ -19,7 +20,7 @@ from torch import Tensor
 from ambient.core import Denoiser, ambient_loss, sample_training_sigmas
 from ambient.models.loading import SDXLComponents
 
-from .batch import conditioning
+from .batch import condition_on, conditioning, stored_embeddings
 
 MAX_WEIGHT = 100.0
 REPEATS = 4  # noise draws per held-out row
@@ -71,13 +72,13 @@ def _chunk_losses(
     y = batch["latent"][rows].to(device)
     sigma_n = batch["sigma_n"][rows].to(device)
     scale = comps.vae_scale_factor
-    cond = conditioning(
-        comps,
-        [batch["captions"][i] for i in rows.tolist()],
-        batch["original_size_hw"][rows],
-        batch["crop_top_left"][rows],
-        (y.shape[-2] * scale, y.shape[-1] * scale),
-    )
+    target_hw = (y.shape[-2] * scale, y.shape[-1] * scale)
+    sizes, crops = batch["original_size_hw"][rows], batch["crop_top_left"][rows]
+    stored = stored_embeddings(batch)
+    if stored is not None:
+        cond = condition_on(stored.rows(rows), sizes, crops, target_hw)
+    else:
+        cond = conditioning(comps, [batch["captions"][i] for i in rows.tolist()], sizes, crops, target_hw)
     cond = {k: v.to(device) for k, v in cond.items()}
     return ambient_loss(
         denoiser,
