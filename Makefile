@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup system-deps demo base-model test test-fast lint bench-exactness clean
+.PHONY: setup system-deps demo base-model test test-fast lint bench-exactness sdxl-scale gpu-check clean
 
 setup: $(STAMP)
 
@@ -63,6 +63,17 @@ lint: setup
 
 bench-exactness: setup
 	$(PY) benchmarks/exactness.py --dim 2 --components 8 --sigma-n 0.2 0.5 1.0 --json docs/results/exactness_d2.json --plot docs/results/exactness_d2.png
+
+# The whole path (prepare, LoRA fine-tune with consistency, export, serve, audit) at SDXL's real size with
+# random weights, on this machine's CPU at 256 px: about half an hour and most of 24 GiB of RAM (run it
+# alone). Results: docs/results/sdxl_scale_cpu.json.
+sdxl-scale: setup
+	$(PY) benchmarks/sdxl_scale.py --profile cpu
+
+# The first-GPU acceptance check: the same path at 1024 px on one 80 GB GPU (LoRA 20 steps, the full UNet
+# under ZeRO-2 10 steps), images/s and peak GPU memory per phase; exits 2 without CUDA.
+gpu-check: setup
+	$(PY) benchmarks/sdxl_scale.py --profile gpu
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
