@@ -1,6 +1,7 @@
 """The whole platform path at SDXL's real size (2.6 B-parameter UNet, random weights), one phase at a time.
 
-    python benchmarks/sdxl_scale.py                       # this machine: CPU, 256 px (about 30 minutes)
+    python benchmarks/sdxl_scale.py                       # this machine: CPU, 256 px (about 17 minutes)
+    python benchmarks/sdxl_scale.py --text-embeddings --phases prepare finetune   # on stored embeddings
     python benchmarks/sdxl_scale.py --profile gpu         # the GPU acceptance check (make gpu-check)
 
 Each phase runs the platform's own job as a user would (``jobs/*.py`` with ``--set`` overrides) on a
@@ -16,9 +17,11 @@ random-weight diffusers folder with SDXL's published architecture (``ambient.mod
 
 Per phase it records wall seconds and the peak resident memory of the job's whole process tree (the
 driver, its local Ray cluster and workers; RSS summed and sampled every 0.5 s, so shared pages count
-once per process), and on GPU the peak device memory (nvidia-smi); per training step the seconds from
-the run's summary. The first phase that fails stops the run with its log's tail. Results go to
-``--json`` after every phase. The gpu profile exits with status 2 where no CUDA GPU is present.
+once per process) and of its largest process (the train worker, the Serve replica), and on GPU the peak
+device memory (nvidia-smi); per training step the seconds from the run's summary. The first phase that
+fails stops the run with its log's tail. Results go to ``--json`` after every phase. The gpu profile
+exits with status 2 where no CUDA GPU is present, and refuses to start on a disk with less room than
+the run writes (about 80 GiB with the full fine-tune's checkpoint; ``--skip-full`` leaves it out).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -378,6 +382,21 @@ class Bench:
         )
 
 
+def disk_needed_bytes(profile: Profile) -> int:
+    """Disk the run writes at most: the model folder (float16), and per fine-tune its checkpoint twice
+    (Ray Train copies the worker's folder into run storage) plus its export (ambient.capacity's sizes)."""
+    from ambient import capacity
+    from ambient.models.real_size import PUBLISHED_PARAMETERS as P
+
+    counts = capacity.ModelCounts(P["unet"], 0, 0, P["vae"], P["text_encoder"], P["text_encoder_2"])
+    full = capacity.RunShape("full", 0, profile.precision, profile.batch, 1, 1, None, 1.0, 1.0)
+    total = 2 * sum(P.values())
+    if profile.full_steps:
+        store = capacity.storage(counts, full, zero_stage=2)
+        total += 2 * store.checkpoint_bytes + store.export_bytes
+    return total
+
+
 def _folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else 0
 
@@ -402,18 +421,37 @@ def main() -> None:
         help="prepare and fine-tune on shards with stored text embeddings (phases *_text; the workers "
         "load no text encoders), to compare with the default run",
     )
+    parser.add_argument(
+        "--skip-full",
+        action="store_true",
+        help="gpu: leave out the full fine-tune (its 34 GiB checkpoint needs about 80 GiB of free disk)",
+    )
     parser.add_argument("--port", type=int, default=8731)
     parser.add_argument("--phase-timeout", type=float, default=3600.0)
     args = parser.parse_args()
     args.work = args.work or ROOT / "runs" / f"sdxl_scale_{args.profile}"
     args.json = args.json or ROOT / "docs" / "results" / f"sdxl_scale_{args.profile}.json"
     profile = PROFILES[args.profile]
+    if args.skip_full:
+        profile = dataclasses.replace(profile, full_steps=0)
     if profile.use_gpu:
         import torch
 
         if not torch.cuda.is_available():
             print("sdxl_scale --profile gpu: no CUDA GPU is present; this check needs one", file=sys.stderr)
             raise SystemExit(2)
+    needed, free = (
+        disk_needed_bytes(profile),
+        shutil.disk_usage(args.work.parent if not args.work.exists() else args.work).free,
+    )
+    if free < needed:
+        print(
+            f"sdxl_scale --profile {args.profile}: {args.work} has {free / 2**30:.0f} GiB free, the run writes up "
+            f"to {needed / 2**30:.0f} GiB (the full fine-tune's checkpoint twice while Ray copies it, and its "
+            "export); free some, pass --work on a larger disk, or --skip-full",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
     bench = Bench(args, profile)
     if args.json.exists():  # phases not rerun keep their earlier numbers
         previous = json.loads(args.json.read_text())

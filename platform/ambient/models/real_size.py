@@ -20,6 +20,7 @@ import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from . import tiny
 from .lora import ATTENTION_PROJECTIONS
 from .tiny import build_tokenizer
 
@@ -105,18 +106,8 @@ def _text_config(name: str) -> CLIPTextConfig:
 
 
 def build_scheduler() -> EulerDiscreteScheduler:
-    """SDXL base's own scheduler config (epsilon prediction)."""
-    return EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="epsilon",
-        timestep_spacing="leading",
-        steps_offset=1,
-        interpolation_type="linear",
-        use_karras_sigmas=False,
-    )
+    """SDXL base's own scheduler config: epsilon prediction."""
+    return tiny.build_scheduler(prediction_type="epsilon")
 
 
 def build_real_size(device: str | torch.device = "meta", seed: int = 0) -> RealSizeModel:

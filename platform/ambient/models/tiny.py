@@ -150,8 +150,8 @@ def build_vae(resolution: int = 64) -> AutoencoderKL:
     )
 
 
-def build_scheduler() -> EulerDiscreteScheduler:
-    """SDXL base's scheduler config, but predicting v rather than epsilon (as SD 2.x-v does).
+def build_scheduler(prediction_type: str = "v_prediction") -> EulerDiscreteScheduler:
+    """SDXL base's scheduler config, by default predicting v rather than epsilon (as SD 2.x-v does).
 
     With epsilon prediction the clean estimate is x - sigma * eps: at sigma_max = 14.6 any error in the
     predicted noise's spatial mean is magnified 14.6 times, and on a 16 x 16 latent the start noise's mean
@@ -163,7 +163,7 @@ def build_scheduler() -> EulerDiscreteScheduler:
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
-        prediction_type="v_prediction",
+        prediction_type=prediction_type,
         timestep_spacing="leading",
         steps_offset=1,
         interpolation_type="linear",
