@@ -114,7 +114,14 @@ def test_local_stack_starts_answers_and_stops(tmp_path):
         assert answers_tcp(ports["RAY_GCS_PORT"])
         dash = requests.get(f"http://127.0.0.1:{ports['RAY_DASHBOARD_PORT']}/api/version", timeout=10)
         assert dash.status_code in (200, 401)  # 401: Ray's token auth, the server answered
-        metrics = requests.get(f"http://127.0.0.1:{ports['RAY_METRICS_PORT']}/metrics", timeout=10)
+        # The port serves at once; the node's own gauges follow at the agent's first report (seconds,
+        # longer on a loaded machine).
+        deadline = time.monotonic() + 60
+        while True:
+            metrics = requests.get(f"http://127.0.0.1:{ports['RAY_METRICS_PORT']}/metrics", timeout=10)
+            if "ray_node_mem_used" in metrics.text or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         assert metrics.status_code == 200 and "ray_node_mem_used" in metrics.text
         # S3: the bucket start.sh created is listed.
         s3 = requests.get(f"http://127.0.0.1:{ports['S3_PORT']}/", timeout=10)

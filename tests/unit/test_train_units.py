@@ -6,7 +6,7 @@ import torch
 from ambient.config import ConfigError, load_config
 from ambient.core import sdxl_alphas_cumprod, ve_sigmas
 from ambient.train.config import FinetuneConfig
-from ambient.train.deepspeed_config import build_deepspeed_config
+from ambient.train.deepspeed_config import build_deepspeed_config, frozen_dtype
 from ambient.train.ema import EMA
 from ambient.train.objective import draw_sigma_t
 
@@ -169,3 +169,25 @@ def test_the_naive_baseline_trains_and_samples_as_if_the_data_were_clean():
     assert training_sigma_n(cfg_with("loss.sigma_train=1.0"), 0.5) == 1.0
     assert training_sigma_n(cfg_with("loss.sigma_train=0.2"), 0.5) == 0.5
     assert training_sigma_n(cfg_with("loss.data_noise=ignored"), 0.5) == 0.0
+
+
+def test_frozen_parts_run_in_the_training_precision_on_gpu_only():
+    from ambient.models import build_tiny_pipeline
+    from ambient.models.real_size import VAE_CONFIG
+    from ambient.models.vae import vae_dtype
+
+    def cfg(*sets: str) -> FinetuneConfig:
+        return load_config(FinetuneConfig, None, list(sets))
+
+    assert frozen_dtype(cfg("deepspeed.precision=bf16")) == torch.float32  # CPU: float32 always
+    assert frozen_dtype(cfg("scaling.use_gpu=true", "deepspeed.precision=bf16")) == torch.bfloat16
+    assert frozen_dtype(cfg("scaling.use_gpu=true", "deepspeed.precision=fp16")) == torch.float16
+    assert frozen_dtype(cfg("scaling.use_gpu=true", "deepspeed.precision=fp32")) == torch.float32
+    # SDXL's VAE (force_upcast) stays float32 under fp16; one without the flag follows the precision.
+    from diffusers import AutoencoderKL
+
+    with torch.device("meta"):
+        sdxl_vae = AutoencoderKL(**VAE_CONFIG)
+    assert vae_dtype(sdxl_vae, torch.float16) == torch.float32
+    assert vae_dtype(sdxl_vae, torch.bfloat16) == torch.bfloat16
+    assert vae_dtype(build_tiny_pipeline().vae, torch.float16) == torch.float16

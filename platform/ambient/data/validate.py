@@ -103,9 +103,9 @@ def _schema_problem(schema, expected) -> str:
     got = dict(_columns(schema))
     for name, kind in _columns(expected):
         if name not in got:
-            return f"column {name} is missing (expected {kind}); schema: {_describe(schema)}"
+            return f"schema mismatch: column {name} is missing (expected {kind}); schema: {_describe(schema)}"
         if got[name] != kind:
-            return f"column {name} is {got[name]}, expected {kind}"
+            return f"schema mismatch: column {name} is {got[name]}, expected {kind}"
     return f"schema mismatch: got {_describe(schema)}, expected {_describe(expected)}"
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ambient.config import deep_merge
 
 from .config import FinetuneConfig
@@ -48,6 +50,19 @@ def _scheduler(cfg: FinetuneConfig) -> dict[str, Any]:
             "cos_min_ratio": 0.0,
         },
     }
+
+
+# deepspeed.precision -> the dtype the frozen text encoders and VAE run in on GPU
+FROZEN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def frozen_dtype(cfg: FinetuneConfig) -> torch.dtype:
+    """The frozen text encoders and VAE run in the training precision on GPU (half their float32
+    memory) and in float32 on CPU; ``models.vae.vae_dtype`` keeps a VAE that overflows in float16 in
+    float32 regardless."""
+    if not cfg.scaling.use_gpu:
+        return torch.float32
+    return FROZEN_DTYPES[cfg.deepspeed.precision]
 
 
 def build_deepspeed_config(cfg: FinetuneConfig) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from ambient.storage import join, upload_directory, write_bytes_atomic
 from . import checkpointing
 from .batch import model_inputs
 from .config import FinetuneConfig
-from .deepspeed_config import build_deepspeed_config, skip_shm_comm_op
+from .deepspeed_config import build_deepspeed_config, frozen_dtype, skip_shm_comm_op
 from .due import Due
 from .ema import EMA
 from .metrics import TrainMetrics
@@ -101,11 +101,6 @@ class _Sums:
         )
 
 
-# The frozen text encoders and VAE on GPU, per deepspeed.precision (vae_dtype keeps a float16-unsafe VAE
-# in float32).
-FROZEN_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 class TrainingWorker:
     """One Ray Train worker's fine-tuning: the DeepSpeed engine and the loop over optimizer steps."""
 
@@ -154,7 +149,7 @@ class TrainingWorker:
     def _build_engine(self):
         """Frozen VAE and text encoders (when loaded); the UNet (or its LoRA) trainable, wrapped by DeepSpeed."""
         cfg = self.cfg
-        dtype = self._frozen_dtype()
+        dtype = frozen_dtype(cfg)
         for encoder in (self.comps.text_encoder, self.comps.text_encoder_2):
             if encoder is not None:
                 encoder.requires_grad_(False).eval().to(self.device, dtype)
@@ -174,13 +169,6 @@ class TrainingWorker:
             model=unet, model_parameters=params, config=build_deepspeed_config(cfg)
         )
         return engine, lr_scheduler
-
-    def _frozen_dtype(self) -> torch.dtype:
-        """The frozen parts run in the training precision on GPU (half their float32 memory), in
-        float32 on CPU."""
-        if not self.cfg.scaling.use_gpu:
-            return torch.float32
-        return FROZEN_DTYPES[self.cfg.deepspeed.precision]
 
     def _restore(self) -> tuple[checkpointing.LoopState, dict | None]:
         """The loop state and EMA weights of Ray Train's latest checkpoint (loaded into the engine), or
