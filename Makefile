@@ -53,9 +53,10 @@ base-model: setup
 test: setup system-deps
 	$(PY) -m pytest tests --durations=25
 
-# The unit tests (a few need SeaweedFS and Prometheus binaries: system-deps brings Prometheus).
+# The unit tests, without those marked integration (the local stack's, which starts Ray, SeaweedFS and
+# Prometheus; a few others need the SeaweedFS and Prometheus binaries: system-deps brings Prometheus).
 test-fast: setup system-deps
-	$(PY) -m pytest tests/unit -q
+	$(PY) -m pytest tests/unit -q -m "not integration"
 
 lint: setup
 	$(VENV)/bin/ruff check platform jobs tests benchmarks dashboards
