@@ -1,4 +1,4 @@
-"""The paper's two findings on images, through the platform's own jobs (issue 12, section 3).
+"""The paper's two findings on images, through the platform's own jobs.
 
 Every cell runs the platform's library entry points in order: ``prepare_shards`` (synthetic images of a
 world the base model never saw, VAE latents, frozen noise at sigma_n) -> ``run_finetune`` (Ray Train +

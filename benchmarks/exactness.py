@@ -17,7 +17,7 @@ batch, learning rate) and one sampler; only the loss and where sampling stops di
 benchmark recipe, one-knob moves); every trained row records the CPU seconds per training step and a
 held-out validation ambient loss (levels above sigma_n), the only quality signal a user has.
 
-Issue 15's levers are options whose defaults are the benchmark as published: --steps, --hidden, --depth,
+Its levers are options whose defaults are the benchmark as published: --steps, --hidden, --depth,
 --noise-freqs, --noise-embedding, --weight-ramp (consistency-weight curriculum), --level-weight-power
 (per-level ambient weighting) and --below-anchor (consistency anchors below sigma_n); results in
 docs/benchmarks.md, "Levers at sigma_n = 0.2".
@@ -102,7 +102,7 @@ class Config:
     hidden: int = 128
     depth: int = 3
     noise_freqs: int = 8
-    # Levers (issue 15; the defaults are the benchmark as first measured). How the network sees c_noise:
+    # Levers (the defaults are the published benchmark). How the network sees c_noise:
     # "fourier": sin/cos of c_noise at pi 2^k / 4 (k < noise_freqs) next to the input of the first layer;
     # "fourier_every_layer": the same features next to the input of every layer;
     # "smooth": c_noise itself and sin/cos at pi 2^k / 4 for k < min(noise_freqs, 3) (up to pi), first layer.
@@ -882,7 +882,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="how the consistency loss draws its lower level s (default log_uniform)",
     )
-    levers = p.add_argument_group("levers (issue 15; the oracle gets the same network and budget)")
+    levers = p.add_argument_group("levers (the oracle gets the same network and budget)")
     levers.add_argument("--hidden", type=int, default=None, help="MLP width (default 128)")
     levers.add_argument("--depth", type=int, default=None, help="MLP hidden layers (default 3)")
     levers.add_argument("--noise-freqs", type=int, default=None, help="Fourier frequencies of c_noise (8)")

@@ -139,9 +139,8 @@ class Bench:
 
     # ---- running a phase ---------------------------------------------------------------------------
 
-    def run(self, name: str, cmd: list[str], *, until: str | None = None) -> dict:
-        """Run one job to its end (or, with ``until``, until a line containing it appears, then stop it
-        by its PID); record seconds and peaks; stop the benchmark on failure."""
+    def run(self, name: str, cmd: list[str]) -> dict:
+        """Run one job to its end; record seconds and peaks; stop the benchmark on failure."""
         log = self.logs / f"{name}.log"
         print(f"[sdxl_scale] {name}: {' '.join(cmd[1:])[:300]}", flush=True)
         start = time.perf_counter()
@@ -150,7 +149,7 @@ class Bench:
                 cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
             with PeakSampler(proc.pid, self.p.use_gpu) as peak:
-                rc = self._wait(proc, log, until)
+                rc = self._wait(proc, log)
         seconds = time.perf_counter() - start
         record = {
             "seconds": round(seconds, 1),
@@ -162,21 +161,19 @@ class Bench:
         record["returncode"] = rc
         self.results["phases"][name] = record
         self.save()
-        if rc != 0 and until is None:
+        if rc != 0:
             tail = log.read_text()[-6000:]
             self.fail(f"phase {name} failed (exit {rc}); its log {log} ends:\n{tail}")
         print(f"[sdxl_scale] {name}: {record}", flush=True)
         return record
 
-    def _wait(self, proc: subprocess.Popen, log: Path, until: str | None) -> int:
+    def _wait(self, proc: subprocess.Popen, log: Path) -> int:
         deadline = time.monotonic() + self.args.phase_timeout
         while proc.poll() is None:
             if time.monotonic() > deadline:
                 proc.terminate()
                 proc.wait(60)
                 self.fail(f"phase timed out after {self.args.phase_timeout} s: see {log}")
-            if until is not None and until in log.read_text():
-                return 0
             time.sleep(1)
         return proc.returncode
 

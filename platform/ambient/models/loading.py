@@ -11,7 +11,7 @@ from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPi
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .conditioning import encode_prompts
-from .lora import load_lora
+from .lora import LORA_WEIGHTS, load_lora
 
 MODEL_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 COMPONENTS = (*MODEL_COMPONENTS, "tokenizer", "tokenizer_2", "scheduler")
@@ -112,10 +112,8 @@ def check_model_dir(path: str | Path) -> Path:
     if not root.is_dir():
         raise ValueError(f"model path {root} is not a folder (expected a diffusers folder)")
     if adapter_base(root) is not None:
-        if not (root / LORA_DIR / "pytorch_lora_weights.safetensors").is_file():
-            raise FileNotFoundError(
-                f"{root} is a LoRA adapter export without {LORA_DIR}/pytorch_lora_weights.safetensors"
-            )
+        if not (root / LORA_DIR / LORA_WEIGHTS).is_file():
+            raise FileNotFoundError(f"{root} is a LoRA adapter export without {LORA_DIR}/{LORA_WEIGHTS}")
         return root
     index = root / "model_index.json"
     if not index.is_file():

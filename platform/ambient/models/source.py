@@ -106,17 +106,23 @@ def _cache_dir(source: str, storage: StorageConfig | None, files: dict[str, tupl
     return default_cache_dir() / "s3-models" / f"{where}-{content}"
 
 
+def _complete(local: Path) -> bool:
+    """A cached model folder is complete once it exists (it is renamed into place whole): a diffusers
+    folder has its model_index.json, an adapter export its metadata."""
+    return (local / "model_index.json").is_file() or (local / METADATA_FILE).is_file()
+
+
 def _download(source: str, storage: StorageConfig | None, files: dict[str, tuple[int, int]]) -> Path:
     """The cache folder holding ``files`` of ``source``, downloaded unless already complete."""
     local = _cache_dir(source, storage, files)
-    if (local / "model_index.json").is_file() or (local / METADATA_FILE).is_file():
+    if _complete(local):
         return local
     tmp = local.with_name(f"{local.name}.partial-{os.getpid()}")
     try:
         download_prefix(source, tmp, storage, files=sorted(files))
         tmp.replace(local)
     except OSError:
-        if not ((local / "model_index.json").is_file() or (local / METADATA_FILE).is_file()):
+        if not _complete(local):
             raise
         # another worker on this node finished first; theirs is complete
     finally:
