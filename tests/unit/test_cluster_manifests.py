@@ -144,6 +144,7 @@ def test_image_is_the_projects_dockerfile_at_the_project_version():
     version = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M).group(1)
     images = [c["image"] for spec in cluster_specs().values() for _, c in pod_templates(spec)]
     images.append(yaml.safe_load(AWS.read_text())["docker"]["image"])
+    images += [c["image"] for c in manifest("RayJob")["spec"]["submitterPodTemplate"]["spec"]["containers"]]
     for image in images:
         repo, tag = image.rsplit(":", 1)
         assert repo.rsplit("/", 1)[-1] == title and tag == version, image
@@ -300,3 +301,119 @@ def test_kuberay_gpu_groups_admit_only_gpus_the_plan_fits(kind):
     assert affinity_min_mib(groups["gpu-80gb"]) >= 79000  # the full fine-tune's group: 80 GB GPUs
     # KubeRay passes the value to `ray start --resources` as written: a quoted JSON object.
     assert json.loads(json.loads(groups["gpu-80gb"]["rayStartParams"]["resources"])) == {"gpu_80gb": 1}
+
+
+# ---- security: Ray's token auth, the head's NetworkPolicy, locked-down pods ------------------------------
+
+HEAD_RAY_PORTS = {6379, 8265, 10001}
+
+
+def secrets_example() -> dict[str, set[str]]:
+    docs = yaml.safe_load_all((KUBERAY / "secrets.example.yaml").read_text())
+    return {d["metadata"]["name"]: set(d["stringData"]) for d in docs}
+
+
+def test_every_kuberay_cluster_requires_rays_token_from_a_secret():
+    secrets = secrets_example()
+    for name, spec in cluster_specs().items():
+        auth = spec["authOptions"]
+        assert auth["mode"] == "token", name
+        assert "auth_token" in secrets[auth["secretName"]], name  # the key KubeRay reads
+    submitter = manifest("RayJob")["spec"]["submitterPodTemplate"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in submitter["env"]}
+    assert env["RAY_AUTH_MODE"]["value"] == "token"
+    ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == (cluster_specs()["RayJob"]["authOptions"]["secretName"], "auth_token")
+
+
+def test_ray_up_nodes_use_token_auth_and_keep_the_job_api_on_loopback():
+    config = yaml.safe_load(AWS.read_text())
+    options = " ".join(config["docker"]["run_options"])
+    assert "-e RAY_AUTH_MODE=token" in options
+    token_path = re.search(r"-e RAY_AUTH_TOKEN_PATH=(\S+)", options).group(1)
+    assert token_path in config["file_mounts"]
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+
+
+def test_ray_version_is_pinned_to_the_one_the_manifests_name():
+    import ray
+
+    pin = re.search(r'"ray\[[^\]]+\]==([0-9.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    versions = {spec["rayVersion"] for spec in cluster_specs().values()}
+    assert versions == {pin} == {ray.__version__}
+
+
+def network_policies() -> dict[str, dict]:
+    docs = yaml.safe_load_all((KUBERAY / "networkpolicy.yaml").read_text())
+    return {d["metadata"]["name"]: d["spec"] for d in docs}
+
+
+def admitted_from_anywhere(policy: dict) -> set[int]:
+    """Ports an ingress rule without `from` opens to every source (all ports when a rule has none)."""
+    ports: set[int] = set()
+    for rule in policy["ingress"]:
+        if not rule.get("from"):
+            assert rule.get("ports"), "a rule admitting every source on every port"
+            ports |= {p["port"] for p in rule["ports"]}
+    return ports
+
+
+def test_the_heads_ray_ports_admit_only_the_platforms_pods_and_the_operator():
+    policies = network_policies()
+    head = policies["ambient-ray-head"]
+    assert head["policyTypes"] == ["Ingress"]
+    assert head["podSelector"]["matchLabels"]["ray.io/node-type"] == "head"
+    assert not HEAD_RAY_PORTS & admitted_from_anywhere(head)  # the GCS, job API and client port
+    assert admitted_from_anywhere(head) == {8000}  # the sampler, behind its own bearer token
+    for rule in head["ingress"]:
+        for peer in rule.get("from", []):
+            labels = peer["podSelector"].get("matchLabels", {}) if "podSelector" in peer else {}
+            if labels.get("app.kubernetes.io/name") == "kuberay-operator":
+                assert [p["port"] for p in rule["ports"]] == [8265]
+    # Every pod the manifests create carries the label the policies select and admit.
+    selector = head["podSelector"]["matchLabels"]["app.kubernetes.io/part-of"]
+    templates = [g["template"] for spec in cluster_specs().values() for g, _ in pod_templates(spec)]
+    templates.append(manifest("RayJob")["spec"]["submitterPodTemplate"])
+    for template in templates:
+        assert template["metadata"]["labels"]["app.kubernetes.io/part-of"] == selector
+    assert not HEAD_RAY_PORTS & admitted_from_anywhere(policies["ambient-ray-workers"])
+
+
+def all_pod_specs() -> list[tuple[str, dict]]:
+    specs = [
+        (f"{kind}/{group.get('groupName', 'head')}", group["template"]["spec"])
+        for kind, spec in cluster_specs().items()
+        for group, _ in pod_templates(spec)
+    ]
+    return [*specs, ("RayJob/submitter", manifest("RayJob")["spec"]["submitterPodTemplate"]["spec"])]
+
+
+def test_pods_run_as_non_root_without_privilege_or_capabilities():
+    for where, pod in all_pod_specs():
+        security = pod["securityContext"]
+        assert security["runAsNonRoot"] is True and security["runAsUser"] != 0, where
+        assert security["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        for container in pod["containers"]:
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, where
+            assert container["securityContext"]["capabilities"]["drop"] == ["ALL"], where
+        # Only the head (the autoscaler sidecar calls the Kubernetes API) gets a service-account token.
+        assert pod.get("automountServiceAccountToken", True) is ("/head" in where), where
+    assert re.search(r"^USER ray$", DOCKERFILE.read_text(), re.M)
+
+
+def gibibytes(quantity: str) -> float:
+    number, unit = re.fullmatch(r"([0-9.]+)(Gi|Mi)", quantity).groups()
+    return float(number) * (1 if unit == "Gi" else 1 / 1024)
+
+
+def test_gpu_pods_request_disk_for_a_checkpoint_download_and_the_export():
+    plan = {c["shape"]["name"]: c for c in json.loads(PLAN.read_text())["configs"]}
+    for kind in ("RayCluster", "RayJob"):
+        groups = {g["groupName"]: g for g in cluster_specs()[kind]["workerGroupSpecs"]}
+        for group, config in (("gpu", LORA_CONFIG), ("gpu-80gb", FULL_CONFIG)):
+            entry = plan[config]
+            storage = entry["storage"][f"zero{entry['configured_zero_stage']}"]
+            need = (storage["checkpoint_bytes"] + storage["export_bytes"]) / 2**30
+            requests = groups[group]["template"]["spec"]["containers"][0]["resources"]["requests"]
+            assert gibibytes(requests["ephemeral-storage"]) >= need, (kind, group, need)
