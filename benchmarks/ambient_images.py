@@ -21,7 +21,7 @@ result is written as JSON as soon as it is complete and a rerun skips finished c
 fine-tune resumes from its last checkpoint. ``--report`` rebuilds the tables, plots and the docs block
 from the JSON alone.
 
-    python benchmarks/ambient_images.py                # the full study (about 75 min on 2 cores)
+    python benchmarks/ambient_images.py                # the full study (about 85 min on 2 cores)
     python benchmarks/ambient_images.py --quick        # plumbing check (at most 10 min)
     python benchmarks/ambient_images.py --report       # tables, plots and docs/benchmarks.md from the JSON
 """

@@ -1,6 +1,6 @@
 """The whole platform path at SDXL's real size (2.6 B-parameter UNet, random weights), one phase at a time.
 
-    python benchmarks/sdxl_scale.py                       # this machine: CPU, 256 px (about 17 minutes)
+    python benchmarks/sdxl_scale.py                       # this machine: CPU, 256 px (about 15 minutes)
     python benchmarks/sdxl_scale.py --text-embeddings --phases prepare finetune   # on stored embeddings
     python benchmarks/sdxl_scale.py --profile gpu         # the GPU acceptance check (make gpu-check)
 

@@ -242,7 +242,7 @@ def auth_header(cluster: LocalCluster) -> dict[str, str]:
 
 def driver_lines(logs: str) -> list[str]:
     """The job's own output: Ray's streamed worker logs ("(RayTrainWorker pid=...) ...") and progress
-    redraws left out (they may arrive after the driver's last line: issue 13, section 2)."""
+    redraws left out (they may arrive after the driver's last line)."""
     plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", logs)
     lines = [line.strip() for line in plain.replace("\r", "\n").splitlines()]
     return [line for line in lines if line and not re.match(r"^\((\w+ )?pid=\d+", line)]

@@ -10,8 +10,7 @@ exporter). A query naming a metric that nothing exports never answers and fails 
 
 Why 10 s (the shipped interval) and not 1 s: the series Ray's metrics agent exports grow through a test
 session (2,000 at its start, 4,100 fourteen minutes in), and on a busy 2-core machine a scrape is slow:
-run twice alone beside another fine-tune, this test measured 0.77 and 1.06 s mean, 1.89 and 6.69 s max per
-scrape of 3,100 series. Prometheus cuts a scrape at its interval, here 10 s. At 1 s, a full CI run (47
+beside another fine-tune a scrape of 3,100 series takes 0.8-1.1 s on average and up to 6.7 s. Prometheus cuts a scrape at its interval, here 10 s. At 1 s, a full CI run (47
 minutes in) saw every training counter but no training gauge: counters persist into the scrapes after the
 run, while Ray's agent drops a gauge 20 s after its last report, so scrapes failing only while training
 fit exactly that (inferred: that run recorded no scrape timings). A failure message now carries

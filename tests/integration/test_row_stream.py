@@ -31,8 +31,8 @@ def ids_of(ds) -> list[str]:
 
 
 def test_rows_move_between_epochs_so_batches_are_not_repeated(info):
-    # Issue 14: with rows_per_shard a multiple of the batch, shuffling only the shard order gives
-    # every epoch the same batches. The default stream also shuffles rows inside a window.
+    # With rows_per_shard a multiple of the batch, shuffling only the shard order would give every
+    # epoch the same batches. The default stream also shuffles rows inside a window.
     ids = ids_of(stream_epochs(info, epochs=[0, 1], shuffle_seed=1))
     n = SHARDS * ROWS
     first, second = ids[:n], ids[n:]

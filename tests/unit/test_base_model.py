@@ -75,8 +75,8 @@ def test_default_model_is_the_base_in_float32_and_draws_held_out_colour_pairs(tm
     assert ensure_default_model(tmp_path) == folder  # cached: written once
     comps = load_components(folder)
     assert comps.unet.dtype == torch.float32
-    # On colour pairs its captions never had. Issue 12 asks for 0.8; the committed base scores 0.82 on 64
-    # such prompts and 0.81 on 192 (held-out backgrounds are its weak part: docs/benchmarks.md). On these
+    # On colour pairs its captions never had. The committed base scores 0.82 on 64 such prompts and
+    # 0.81 on 192 (target 0.8) (held-out backgrounds are its weak part: docs/benchmarks.md). On these
     # 32 the bounds check that it draws what it is asked, far above the same model with an untrained UNet.
     held_out = model_adherence(comps, "heldout", 32, SPEC)
     from ambient.models.tiny import build_unet

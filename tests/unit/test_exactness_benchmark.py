@@ -224,7 +224,7 @@ def test_interleaved_step_cost_orders_cheap_and_expensive_settings() -> None:
 
 
 def test_levers_default_to_the_published_network_and_act_as_documented() -> None:
-    """Issue 15 levers: the default MLP is the published one; the ramp, the level weights and the anchors
+    """The levers: the default MLP is the published one; the ramp, the level weights and the anchors
     below sigma_n do what Config says."""
     bench = _load_benchmark()
     cfg = bench.Config()
@@ -267,8 +267,8 @@ def test_levers_default_to_the_published_network_and_act_as_documented() -> None
         return x * v / (v + torch.as_tensor(sigma).reshape(-1, 1) ** 2)
 
     # Many small steps: the posterior sampler is exact in the limit. (With few large steps it draws x_t
-    # too concentrated, because each step plugs in the point estimate x0_hat: the bias that
-    # docs/benchmarks.md measured for the consistency chains; 3 steps give variance ratio about 0.78.)
+    # too concentrated, because each step plugs in the point estimate x0_hat: the bias
+    # docs/benchmarks.md measures for the consistency chains; 3 steps give variance ratio about 0.78.)
     settings = ConsistencySettings(steps=64, s_min=0.002)
     x_t, t = bench.below_anchors(exact, y, torch.full((n,), sigma_n), settings, gen)
     assert bool((t < sigma_n).all()) and bool((t >= sigma_n / 20 - 1e-6).all())

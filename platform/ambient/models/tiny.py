@@ -155,8 +155,8 @@ def build_scheduler(prediction_type: str = "v_prediction") -> EulerDiscreteSched
 
     With epsilon prediction the clean estimate is x - sigma * eps: at sigma_max = 14.6 any error in the
     predicted noise's spatial mean is magnified 14.6 times, and on a 16 x 16 latent the start noise's mean
-    (spread 0.9) is as large as the gap between two background colours. The epsilon base drew backgrounds
-    at chance (docs/benchmarks.md); v prediction bounds the output's scale at every level. Real SDXL
+    (spread 0.9) is as large as the gap between two background colours. An epsilon-prediction base draws
+    backgrounds at chance (docs/benchmarks.md, "The base model"); v prediction bounds the output's scale at every level. Real SDXL
     checkpoints keep their own scheduler config; the platform reads prediction_type from it."""
     return EulerDiscreteScheduler(
         num_train_timesteps=1000,

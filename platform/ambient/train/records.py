@@ -80,7 +80,7 @@ class StepRecord:
         return cls(**{**dict.fromkeys(speeds), **data})
 
 
-# The names a loss history had before these records (still in older checkpoints).
+# Other names of these fields that a checkpoint's loss history may use; read as these fields.
 LEGACY_NAMES = {
     "ambient": "ambient_loss",
     "consistency": "consistency_loss",
