@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Start the whole stack on one machine, as on a cluster: a Ray head node, SeaweedFS as S3, Prometheus.
+# Everything listens on 127.0.0.1 only, and Ray requires its token (RAY_AUTH_MODE=token): the token is
+# generated here, in $STATE/ray_auth_token (mode 600), and env.sh (mode 600) points jobs at it.
 #
 #   cluster/local/start.sh            # then: source runs/local/env.sh; python jobs/finetune.py ...
 #   cluster/local/stop.sh             # stops exactly what this started (by the PIDs in the state dir)
@@ -17,6 +19,8 @@ BIN=$(dirname "$PYTHON")
 PROMETHEUS=${PROMETHEUS:-$(command -v prometheus || true)}
 WEED=${WEED:-$( [[ -x $BIN/weed ]] && echo "$BIN/weed" || command -v weed || true)}
 HOST=127.0.0.1
+
+owner() { "$PYTHON" "$ROOT/cluster/local/owner.py" "$@"; }
 
 # Ray. RAY_TEMP_DIR holds the session, the metrics service-discovery file and ray_current_cluster
 # (which plain `ray.init()` on this machine then joins); the default /tmp/ray is what Ray documents.
@@ -51,10 +55,13 @@ die() { echo "start.sh: $*" >&2; exit 1; }
 mkdir -p "$STATE/pids" "$STATE/logs" "$STATE/s3" "$STATE/prometheus"
 for name in ray s3 prometheus; do
   pid_file=$STATE/pids/$name.pid
-  if [[ -f $pid_file ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
-    die "$name already runs (PID $(cat "$pid_file")); run cluster/local/stop.sh first"
+  if [[ -f $pid_file ]] && owner same $(cat "$pid_file"); then
+    die "$name already runs (PID $(cut -d' ' -f1 "$pid_file")); run cluster/local/stop.sh first"
   fi
 done
+umask 077   # the token, env.sh and the state dir's files: this user's only
+RAY_AUTH_TOKEN_PATH=$STATE/ray_auth_token
+"$PYTHON" -c 'import secrets, sys; open(sys.argv[1], "w").write(secrets.token_hex(32))' "$RAY_AUTH_TOKEN_PATH"
 
 # Where everything listens (stop.sh reads it too, to forget this cluster as the machine default).
 cat >"$STATE/ports.env" <<EOF
@@ -69,12 +76,13 @@ EOF
 # Anything that fails from here on stops what was already started.
 trap 'echo "start.sh: failed; stopping what was started" >&2; AMBIENT_LOCAL_STATE=$STATE "$ROOT/cluster/local/stop.sh"' ERR
 
-launch() {  # launch NAME LOG CMD...: run CMD in its own session, record its PID
+launch() {  # launch NAME LOG CMD...: run CMD in its own session, record its PID and start time
   local name=$1 log=$2
   shift 2
   setsid "$@" >"$log" 2>&1 </dev/null &
-  echo $! >"$STATE/pids/$name.pid"
+  owner stamp $! >"$STATE/pids/$name.pid"
 }
+pid_of() { cut -d' ' -f1 "$STATE/pids/$1.pid"; }
 
 agent_grpc=$((RAY_AGENT_PORT + 1))
 runtime_env=$((RAY_AGENT_PORT + 2))
@@ -83,7 +91,8 @@ runtime_env=$((RAY_AGENT_PORT + 2))
 # The project's interpreter comes first on their PATH: `ray job submit -- python jobs/...` runs the
 # `python` of the Ray processes' PATH, not the caller's (whose venv may not be activated).
 launch ray "$STATE/logs/ray.log" env PATH="$BIN:$PATH" AWS_ENDPOINT_URL="http://$HOST:$S3_PORT" AWS_REGION=us-east-1 \
-  "$BIN/ray" start --head --block \
+  RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="$RAY_AUTH_TOKEN_PATH" \
+  "$BIN/ray" start --head --block --node-ip-address="$HOST" \
   --port="$RAY_GCS_PORT" --ray-client-server-port="$RAY_CLIENT_PORT" \
   --node-manager-port="$RAY_NODE_MANAGER_PORT" --object-manager-port="$RAY_OBJECT_MANAGER_PORT" \
   --dashboard-host="$HOST" --dashboard-port="$RAY_DASHBOARD_PORT" --include-dashboard=true \
@@ -108,18 +117,21 @@ wait_for() {  # wait_for WHAT NAME CMD...: until CMD succeeds, while NAME's proc
   local what=$1 name=$2 deadline=$((SECONDS + READY_TIMEOUT))
   shift 2
   until "$@" >/dev/null 2>&1; do
-    kill -0 "$(cat "$STATE/pids/$name.pid")" 2>/dev/null || { tail -20 "$STATE/logs/$name.log" >&2; false; }
+    kill -0 "$(pid_of "$name")" 2>/dev/null || { tail -20 "$STATE/logs/$name.log" >&2; false; }
     ((SECONDS < deadline)) || { echo "start.sh: timed out waiting for $what" >&2; false; }
     sleep 1
   done
   echo "ready: $what"
 }
 
-# The dashboard answers 401 without Ray's token (Ray 2.60 token auth); use the token when there is one.
+# Each probe also asks whether the listener is the process started here (its session, by /proc), so
+# that another program on a port, or another Ray, does not pass for this stack. The dashboard takes only
+# this stack's fresh token.
+ours() { owner listens "$(pid_of "$1")" "$2"; }
+serves() { ours "$1" "$2" && curl -sf "$3"; }  # serves NAME PORT URL
 dashboard_up() {
-  local token_file=${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token} auth=()
-  [[ -f $token_file ]] && auth=(-H "Authorization: Bearer $(cat "$token_file")")
-  curl -sf "${auth[@]}" "http://$HOST:$RAY_DASHBOARD_PORT/api/version"
+  ours ray "$RAY_DASHBOARD_PORT" &&
+    curl -sf -H "Authorization: Bearer $(cat "$RAY_AUTH_TOKEN_PATH")" "http://$HOST:$RAY_DASHBOARD_PORT/api/version"
 }
 create_bucket() {
   "$PYTHON" - "$S3_PORT" "$S3_BUCKET" <<'EOF'
@@ -133,17 +145,21 @@ s3_filesystem(cfg, allow_bucket_creation=True).create_dir(bucket)
 EOF
 }
 
-wait_for "Prometheus at http://$HOST:$PROM_PORT" prometheus curl -sf "http://$HOST:$PROM_PORT/-/ready"
-wait_for "S3 at http://$HOST:$S3_PORT (bucket $S3_BUCKET)" s3 create_bucket
-wait_for "Ray GCS at $HOST:$RAY_GCS_PORT" ray bash -c "exec 3<>/dev/tcp/$HOST/$RAY_GCS_PORT"
+wait_for "Prometheus at http://$HOST:$PROM_PORT" prometheus \
+  serves prometheus "$PROM_PORT" "http://$HOST:$PROM_PORT/-/ready"
+wait_for "S3 at http://$HOST:$S3_PORT" s3 ours s3 "$S3_PORT"
+wait_for "S3 bucket $S3_BUCKET" s3 create_bucket
+wait_for "Ray GCS at $HOST:$RAY_GCS_PORT" ray ours ray "$RAY_GCS_PORT"
 wait_for "Ray dashboard at http://$HOST:$RAY_DASHBOARD_PORT" ray dashboard_up
-wait_for "Ray metrics at http://$HOST:$RAY_METRICS_PORT/metrics" ray curl -sf "http://$HOST:$RAY_METRICS_PORT/metrics"
+wait_for "Ray metrics at http://$HOST:$RAY_METRICS_PORT/metrics" ray \
+  serves ray "$RAY_METRICS_PORT" "http://$HOST:$RAY_METRICS_PORT/metrics"
 
-# What a job on this machine needs: source it, then run jobs/*.py (they join RAY_ADDRESS). Ray 2.60
-# clusters use token auth: drivers need RAY_AUTH_MODE=token (the token is ~/.ray/auth_token).
+# What a job on this machine needs: source it, then run jobs/*.py (they join RAY_ADDRESS with the token).
+# It holds the S3 keys and names the token: mode 600 (umask above).
 cat >"$STATE/env.sh" <<EOF
 export RAY_ADDRESS=$HOST:$RAY_GCS_PORT
 export RAY_AUTH_MODE=token
+export RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH
 export AWS_ENDPOINT_URL=http://$HOST:$S3_PORT
 export AWS_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID

@@ -8,13 +8,18 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 STATE=${AMBIENT_LOCAL_STATE:-$ROOT/runs/local}
 STOP_TIMEOUT=${STOP_TIMEOUT:-30}
 
-group_alive() { kill -0 -- "-$1" 2>/dev/null || kill -0 "$1" 2>/dev/null; }
+PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
+same_process() { "$PYTHON" "$ROOT/cluster/local/owner.py" same "$@"; }  # same PID STARTTIME
+group_alive() { "$PYTHON" "$ROOT/cluster/local/owner.py" group "$1"; }
+failed=0
 
 stop_one() {
-  local name=$1 pid_file=$STATE/pids/$1.pid pid deadline
+  local name=$1 pid_file=$STATE/pids/$1.pid pid started deadline
   [[ -f $pid_file ]] || return 0
-  pid=$(cat "$pid_file")
-  if group_alive "$pid"; then
+  read -r pid started <"$pid_file"
+  # A PID file can outlive its process, and the PID can belong to another program by now: signal only
+  # the process start.sh started (same PID and kernel start time). Its group may outlive the leader.
+  if same_process "$pid" "$started" || { ! kill -0 "$pid" 2>/dev/null && group_alive "$pid"; }; then
     # SIGTERM to the leader first: `ray start --block` then shuts its own processes down cleanly.
     kill -TERM "$pid" 2>/dev/null || true
     deadline=$((SECONDS + STOP_TIMEOUT))
@@ -24,7 +29,14 @@ stop_one() {
       kill -KILL -- "-$pid" 2>/dev/null || true
       sleep 1
     fi
+    if group_alive "$pid"; then
+      echo "stop.sh: $name (process group $pid) survived SIGKILL; its PID file stays" >&2
+      failed=1
+      return 0
+    fi
     echo "stopped $name (PID $pid)"
+  elif kill -0 "$pid" 2>/dev/null; then
+    echo "stop.sh: PID $pid of $pid_file is another process now ($name is gone); not signalled" >&2
   fi
   rm -f "$pid_file"
 }
@@ -41,3 +53,5 @@ if [[ -f $STATE/ports.env ]]; then
   if [[ -f $current && $(cat "$current") == "${RAY_GCS_ADDRESS:-}" ]]; then rm -f "$current"; fi
   rm -f "$STATE/ports.env" "$STATE/env.sh"
 fi
+rm -f "$STATE/ray_auth_token"
+exit "$failed"

@@ -16,9 +16,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from .config import ConfigError, load_config, redacted, resolve_local_paths
-from .logs import configure_output, finish_ray_output, quiet_imports
-
-quiet_imports()  # before a job imports transformers and DeepSpeed (it imports ambient.cli first)
+from .logs import configure_output, finish_ray_output
 
 T = TypeVar("T", bound=BaseModel)
 

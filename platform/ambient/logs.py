@@ -122,27 +122,21 @@ class _DeepSpeedCpuNotice(logging.Filter):
         return "Setting accelerator to CPU" not in record.getMessage()
 
 
-def quiet_imports(argv: list[str] | None = None) -> None:
-    """Hide the harmless warnings that libraries print while they are imported (transformers without
-    torchvision, DeepSpeed without a GPU), unless ``--verbose`` is on the command line. Runs when
-    ambient.cli is imported, which every job does before it imports the heavy modules."""
-    if "--verbose" in (sys.argv if argv is None else argv):
-        return
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    # transformers reads this when it is imported (jobs import it before configure_output runs): its
-    # "Loading weights" bars, drawn when the driver loads a pipeline (the demo's showcase).
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    logging.getLogger("DeepSpeed").addFilter(_DeepSpeedCpuNotice())  # survives DeepSpeed's own setup
-
-
 def configure_output(verbose: bool = False) -> None:
-    """Call once in a job's driver, before Ray starts (every job does, through ambient.cli)."""
+    """What a job prints: call once in its driver, where it starts and before Ray starts (every job does,
+    through ambient.cli.parse_job_config). Unless ``verbose``, libraries' harmless notices are hidden:
+    transformers' warnings and "Loading weights" bars (by the environment, for this process's later
+    imports and every process Ray starts from it, and directly if transformers is already imported) and
+    DeepSpeed's CPU-accelerator notice."""
     global _verbose
     _verbose = verbose
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if not verbose:
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # processes Ray starts from here
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].logging.set_verbosity_error()
+        logging.getLogger("DeepSpeed").addFilter(_DeepSpeedCpuNotice())  # survives DeepSpeed's own setup
     import ray.data
 
     if not sys.stdout.isatty():

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
+
+from .threads import torch_threads
 
 T = TypeVar("T")
 
@@ -37,9 +38,5 @@ def peak_cpu_bytes(fn: Callable[[], T]) -> tuple[T, int]:
 
 def single_threaded(fn: Callable[[], T]) -> T:
     """fn() with one torch intra-op thread (the thread count is restored)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return fn()
-    finally:
-        torch.set_num_threads(previous)

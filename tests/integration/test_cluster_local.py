@@ -1,5 +1,6 @@
-"""cluster/local: start.sh brings up Ray, SeaweedFS and Prometheus; each answers; a job submitted from
-a shell without the venv on its PATH runs the project's interpreter; stop.sh ends them all.
+"""cluster/local: start.sh brings up Ray, SeaweedFS and Prometheus; each answers; Ray's dashboard and job
+API refuse a request without the stack's token and serve one with it; a job submitted (with the token)
+from a shell without the venv on its PATH runs the project's interpreter; stop.sh ends them all.
 
 Everything on free loopback ports, with the Ray session in its own temp dir: a `ray start` in the
 default /tmp/ray would become the machine's default cluster, and every plain `ray.init()` (other test
@@ -13,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,11 +38,9 @@ def alive(pid: int) -> bool:
 
 
 def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """A live (not zombie) process in the group: this machine's init reaps exited orphans only lazily."""
+    done = subprocess.run([sys.executable, str(LOCAL / "owner.py"), "group", str(pgid)])
+    return done.returncode == 0
 
 
 def answers_tcp(port: int) -> bool:
@@ -50,9 +50,10 @@ def answers_tcp(port: int) -> bool:
 
 
 def submit_job(env: dict, dashboard_port: int, code: str) -> str:
-    """`ray job submit -- python -c CODE` as a user whose venv is not activated; returns its output."""
+    """`ray job submit -- python -c CODE` as a user whose venv is not activated, with env.sh's token
+    settings; returns its output."""
     bin_dir = str(Path(env["PYTHON"]).parent)
-    user_env = {**env, "RAY_AUTH_MODE": "token", "PATH": without_dir(env["PATH"], bin_dir)}
+    user_env = {**env, **env_sh(env), "PATH": without_dir(env["PATH"], bin_dir)}
     user_env.pop("VIRTUAL_ENV", None)
     command = [f"{bin_dir}/ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard_port}"]
     for _ in range(20):  # the dashboard answers before its job agent registers ("No available agent")
@@ -64,6 +65,24 @@ def submit_job(env: dict, dashboard_port: int, code: str) -> str:
         time.sleep(3)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
+
+
+def listen_addresses(port: int) -> set[str]:
+    """The local addresses of the TCP sockets listening on ``port`` (IPv4 and IPv6), from /proc."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add("127.0.0.1" if address == "0100007F" else address)
+    return found
+
+
+def env_sh(env: dict) -> dict[str, str]:
+    """The variables start.sh's env.sh exports."""
+    text = (Path(env["AMBIENT_LOCAL_STATE"]) / "env.sh").read_text()
+    return dict(line.removeprefix("export ").split("=", 1) for line in text.splitlines() if line)
 
 
 def without_dir(path: str, directory: str) -> str:
@@ -107,13 +126,38 @@ def test_local_stack_starts_answers_and_stops(tmp_path):
             [str(LOCAL / "start.sh")], env=env, capture_output=True, text=True, timeout=300
         )
         assert started.returncode == 0, started.stdout + started.stderr
-        pids = {p.stem: int(p.read_text()) for p in pid_dir.glob("*.pid")}
+        pids = {p.stem: int(p.read_text().split()[0]) for p in pid_dir.glob("*.pid")}
         assert set(pids) == {"ray", "s3", "prometheus"} and all(alive(p) for p in pids.values())
 
         # Ray: the GCS port accepts connections, the dashboard answers HTTP, the metrics port serves.
         assert answers_tcp(ports["RAY_GCS_PORT"])
-        dash = requests.get(f"http://127.0.0.1:{ports['RAY_DASHBOARD_PORT']}/api/version", timeout=10)
-        assert dash.status_code in (200, 401)  # 401: Ray's token auth, the server answered
+        # The HTTP services listen on the loopback interface only. Ray's gRPC servers (GCS, raylet, object
+        # manager) and its metrics exporter have no bind option and listen on every interface: the GCS and
+        # raylet take only the token (below, a driver with another token is refused).
+        for name in ("RAY_DASHBOARD_PORT", "S3_PORT", "PROM_PORT"):
+            assert listen_addresses(ports[name]) == {"127.0.0.1"}, (name, listen_addresses(ports[name]))
+        stranger = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64}
+        joined = subprocess.run(
+            [env["PYTHON"], "-c", f"import ray; ray.init(address='127.0.0.1:{ports['RAY_GCS_PORT']}')"],
+            env=stranger,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert joined.returncode != 0 and "auth" in joined.stderr.lower(), joined.stderr[-2000:]
+        # Ray's token: without it the dashboard and job API refuse; with the stack's own token they serve.
+        state = tmp_path / "state"
+        for secret in (state / "env.sh", state / "ray_auth_token"):
+            assert secret.stat().st_mode & 0o777 == 0o600, secret
+        token_path = env_sh(env)["RAY_AUTH_TOKEN_PATH"]
+        assert env_sh(env)["RAY_AUTH_MODE"] == "token" and Path(token_path) == state / "ray_auth_token"
+        dashboard = f"http://127.0.0.1:{ports['RAY_DASHBOARD_PORT']}"
+        for route in ("/api/version", "/api/jobs/"):
+            assert requests.get(dashboard + route, timeout=10).status_code == 401, route
+            wrong = {"Authorization": "Bearer " + "0" * 64}
+            assert requests.get(dashboard + route, headers=wrong, timeout=10).status_code in (401, 403)
+            bearer = {"Authorization": f"Bearer {Path(token_path).read_text()}"}
+            assert requests.get(dashboard + route, headers=bearer, timeout=10).status_code == 200, route
         # The port serves at once; the node's own gauges follow at the agent's first report (seconds,
         # longer on a loaded machine).
         deadline = time.monotonic() + 60
@@ -143,7 +187,7 @@ def test_local_stack_starts_answers_and_stops(tmp_path):
         )
         assert f"AT {Path(env['PYTHON']).parent / 'python'}" in printed, printed
     finally:
-        pids = {p.stem: int(p.read_text()) for p in pid_dir.glob("*.pid")}
+        pids = {p.stem: int(p.read_text().split()[0]) for p in pid_dir.glob("*.pid")}
         stopped = subprocess.run(
             [str(LOCAL / "stop.sh")], env=env, capture_output=True, text=True, timeout=180
         )
@@ -152,6 +196,6 @@ def test_local_stack_starts_answers_and_stops(tmp_path):
             os.killpg(pid, signal.SIGKILL)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-    assert not leftover, f"still running after stop.sh: {leftover}"
+    assert not leftover, f"still running after stop.sh: {leftover}\n{stopped.stdout}{stopped.stderr}"
     assert not list(pid_dir.glob("*.pid"))
     assert not answers_tcp(ports["RAY_GCS_PORT"]) and not answers_tcp(ports["PROM_PORT"])

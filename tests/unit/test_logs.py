@@ -42,16 +42,31 @@ def test_a_batch_of_only_harmless_lines_prints_nothing(quiet):
     assert kept is not None and kept["lines"] == ["[ambient train] step 4/6"]
 
 
-def test_quiet_imports_respects_verbose(monkeypatch):
-    monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
-    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
-    logs.quiet_imports(["finetune.py", "--verbose"])
+def test_output_is_configured_where_a_job_starts_and_verbose_keeps_libraries_talking(monkeypatch):
+    import importlib
+    import logging
     import os
 
+    import transformers
+
+    import ambient.cli
+
+    monkeypatch.delenv("TRANSFORMERS_VERBOSITY", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    importlib.reload(ambient.cli)  # importing the command line changes nothing in the environment
     assert "TRANSFORMERS_VERBOSITY" not in os.environ and "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
-    logs.quiet_imports(["finetune.py"])
-    assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"
-    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    transformers.logging.set_verbosity_warning()
+    logs.configure_output(verbose=True)
+    assert "TRANSFORMERS_VERBOSITY" not in os.environ and "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
+    assert transformers.logging.get_verbosity() == logging.WARNING
+    try:
+        logs.configure_output(verbose=False)
+        assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+        assert transformers.logging.get_verbosity() == logging.ERROR  # imported before: set directly
+    finally:
+        transformers.logging.set_verbosity_warning()
+        logs.configure_output(verbose=False)
 
 
 def test_a_harmless_line_takes_its_traceback_with_it_even_across_batches(quiet):

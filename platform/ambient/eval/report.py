@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from ambient.config import redacted
@@ -16,9 +16,6 @@ from ambient.models.vae import tensor_to_pil
 
 from .config import AuditConfig
 from .items import AuditItems
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
 
 REPORT_JSON, REPORT_MD, HISTOGRAM = "report.json", "report.md", "generation_similarity.png"
 MAX_ROWS = 8  # items shown in the attack grids
@@ -52,7 +49,8 @@ def _top_matches(audit, originals: Tensor, top_k: int, path: Path) -> list[tuple
 
 
 def _histogram(audits: list, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))  # no pyplot: no global backend or figure registry
+    ax = fig.subplots()
     bins = [i / 40 for i in range(-40, 41)]
     for audit in audits:
         ax.hist(audit.generation.max_similarity.numpy(), bins=bins, alpha=0.5, label=audit.label)
@@ -63,7 +61,6 @@ def _histogram(audits: list, path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from diffusers import AutoencoderKL
 from torch import Tensor
 
 from ..synthetic import synthetic_items
-from ..threads import default_threads
+from ..threads import torch_threads
 from .tiny import build_tiny_pipeline
 from .vae import pil_to_tensor
 
@@ -157,9 +157,7 @@ def pretrain_vae(
     threads: int | None = None,
 ) -> dict[str, float]:
     """Train ``vae`` (in place) to reconstruct synthetic images; set its scaling_factor. Returns a report."""
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or default_threads())
-    try:
+    with torch_threads(threads):
         gen = torch.Generator().manual_seed(seed)
         train = _pixels(TRAIN_POOL, seed)
         held_out = _pixels(EVAL_COUNT, seed, start=EVAL_START)
@@ -211,5 +209,3 @@ def pretrain_vae(
             "seed": seed,
             "resolution": RESOLUTION,
         }
-    finally:
-        torch.set_num_threads(previous_threads)

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .records import StepRecord  # noqa: E402
+from .records import StepRecord
 
 
 def plot_loss_curve(history: list[StepRecord], path: Path, title: str) -> None:
     """Ambient, consistency and total loss against the optimizer step (log scale), and the held-out
     loss at the steps it was measured."""
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)  # no pyplot: no global backend or figure registry
+    ax = fig.subplots()
     curves = {
         label: [(r.step, getattr(r, name)) for r in history if getattr(r, name) is not None]
         for name, label in (
@@ -40,4 +38,3 @@ def plot_loss_curve(history: list[StepRecord], path: Path, title: str) -> None:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)

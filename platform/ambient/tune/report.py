@@ -6,18 +6,15 @@ import csv
 import math
 from pathlib import Path
 
-import matplotlib
+import yaml
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
+from ambient.config import redacted
 
-from ambient.config import redacted  # noqa: E402
-
-from .axes import AXES  # noqa: E402
-from .config import SweepConfig  # noqa: E402
-from .result import TrialResult  # noqa: E402
-from .trial import trial_config  # noqa: E402
+from .axes import AXES
+from .config import SweepConfig
+from .result import TrialResult
+from .trial import trial_config
 
 METRICS = ("status", *TrialResult.columns())
 
@@ -78,7 +75,8 @@ def plot_pareto(rows: list[dict], path: Path, params: list[str]) -> None:
     done = [r for r in _completed(rows) if _finite(r.get("quality_sw"))]
     front = pareto_front(rows)
     use_memorization = all(_finite(r.get("memorization")) for r in done) and done
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=100)
+    fig = Figure(figsize=(6.5, 4.5), dpi=100)  # no pyplot: no global backend or figure registry
+    ax = fig.subplots()
     for r in done:
         x = r["memorization"] if use_memorization else (r.get("sigma_train") or 0.0)
         on_front = r in front
@@ -95,7 +93,6 @@ def plot_pareto(rows: list[dict], path: Path, params: list[str]) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
 
 
 def write_reports(rows: list[dict], sweep_dir: Path, cfg: SweepConfig, base_dump: dict, note: str) -> str:
