@@ -69,9 +69,9 @@ def test_summary_is_written_only_after_the_manifest_commit(ray_session, tmp_path
 
 def test_lock_refuses_a_second_preparation_and_takes_over_a_stale_one(destination):
     uri, storage = destination
-    held = acquire(uri, storage, stale_after_s=3600)
+    held = acquire(uri, storage, lease_s=3600)
     with pytest.raises(DestinationLockedError, match=r"destination.uri .* is being prepared by .*:\d+"):
-        acquire(uri, storage, stale_after_s=3600)
+        acquire(uri, storage, lease_s=3600)
     with pytest.raises(DestinationLockedError):  # the job itself, before any Ray work
         prepare_shards(config(uri, storage))
     release(uri, storage, held)
@@ -79,8 +79,8 @@ def test_lock_refuses_a_second_preparation_and_takes_over_a_stale_one(destinatio
     stale = {"owner": "gone-host:1", "created_at": time.time() - 7200, "token": "old"}
     write_bytes_atomic(join(uri, LOCK_NAME), json.dumps(stale).encode(), storage)
     with pytest.raises(DestinationLockedError):
-        acquire(uri, storage, stale_after_s=3 * 3600)  # 2 h old is not stale under a 3 h limit
-    mine = acquire(uri, storage, stale_after_s=3600)  # under a 1 h limit it is: taken over
+        acquire(uri, storage, lease_s=3 * 3600)  # 2 h old is not stale under a 3 h limit
+    mine = acquire(uri, storage, lease_s=3600)  # under a 1 h limit it is: taken over
     assert json.loads(read_text(join(uri, LOCK_NAME), storage))["token"] == mine["token"]
     release(uri, storage, stale)  # not the holder: the lock stays
     assert exists(join(uri, LOCK_NAME), storage)

@@ -44,7 +44,7 @@ class SourceConfig(Section):
         le=1.0,
         description="synthetic: share of the items (drawn per item) whose caption names only some of "
         "the attributes: 'a red circle', 'a circle on a blue background' or 'a blue background' "
-        "(tried for the base model's held-out colour pairs; it did not help: docs/benchmarks.md)",
+        "(it does not improve the base model's held-out colour pairs: docs/benchmarks.md)",
     )
     # folder: images with a `.txt` caption beside each, or a captions.jsonl ({"file": ..., "caption": ...})
     # parquet: a local or s3:// prefix of Parquet files with image bytes and captions
@@ -87,12 +87,29 @@ class DestinationConfig(Section):
         description="replace a dataset already at uri (one with a manifest.json); without it such a "
         "destination is refused (choose a new, versioned uri instead)",
     )
-    lock_stale_after_s: float = Field(
-        default=24 * 3600,
-        gt=0,
-        description="a destination lock (.prepare.lock) older than this belongs to a crashed run and is "
-        "taken over; a younger one means another preparation is running (refused)",
+    lock_lease_s: float = Field(
+        default=300,
+        ge=1,  # S3 mtimes have 1 s resolution: the shard cleanup relies on a takeover being later
+        validation_alias=AliasChoices("lock_lease_s", "lock_stale_after_s"),  # the name before the lease
+        description="lease of the destination lock (.prepare.lock): a lock not renewed for this long "
+        "belongs to a crashed run and is taken over; a live one means another preparation is running "
+        "(refused)",
     )
+    lock_renew_s: float = Field(
+        default=30,
+        gt=0,
+        description="how often the running preparation renews its lock; at most half of lock_lease_s",
+    )
+
+    @model_validator(mode="after")
+    def _renew_within_lease(self) -> DestinationConfig:
+        if self.lock_renew_s * 2 > self.lock_lease_s:
+            raise ValueError(
+                f"destination.lock_renew_s ({self.lock_renew_s:g}) must be at most half of "
+                f"destination.lock_lease_s ({self.lock_lease_s:g}), so that one late renewal does not "
+                "lose the lock"
+            )
+        return self
 
 
 class NoiseConfig(Section):

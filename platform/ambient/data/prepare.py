@@ -4,6 +4,10 @@ checks (before Ray: source, model, destination, lock, no dataset there unless de
 -> source -> decode/resize/crop (tasks) -> VAE encode + frozen noise [+ text embeddings] (tasks)
 -> write shards (tasks) [-> the empty caption's embedding file] -> manifest.json (the commit)
 -> stale shard cleanup -> summary.json
+
+The lock is a lease renewed from the driver while the pipeline runs; the commit is made only after a
+final conditional write proves the lease still held (``prepare_locked``, which runs any ``ShardStage``:
+the Ray one here, plain writers in tests).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import ray
 import ray.data
@@ -24,7 +29,7 @@ from ambient.storage import StorageConfig, ensure_dir, exists, join, write_bytes
 from .config import NoiseConfig, PrepareShardsConfig
 from .encode import EncoderSpec, TextEncoderSpec, embed_on_cluster, encode_batch, vae_identity
 from .errors import DataError, NoValidRowsError
-from .lock import destination_lock
+from .lock import DestinationLease, DestinationLockedError, destination_lease
 from .preprocess import Preprocess
 from .schema import (
     MANIFEST_NAME,
@@ -40,7 +45,15 @@ from .schema import (
 from .sources import folder_items, parquet_files, source_dataset
 from .text import text_shape, write_empty_caption
 from .webdataset import webdataset_files
-from .writer import ShardWriter, fold_reports, new_run_id, remove_stale_shards, write_manifest
+from .writer import (
+    ShardWriter,
+    StaleShards,
+    WriteReport,
+    fold_reports,
+    new_run_id,
+    remove_stale_shards,
+    write_manifest,
+)
 
 
 @dataclass
@@ -125,15 +138,13 @@ def check_destination(cfg: PrepareShardsConfig, storage: StorageConfig) -> None:
 
 def prepare_shards(cfg: PrepareShardsConfig) -> PrepareResult:
     """Prepare the dataset at destination.uri; every input is checked before Ray starts, and one
-    preparation at a time holds the destination (its lock object)."""
+    preparation at a time holds the destination (its lock object, a renewed lease)."""
     storage = cfg.storage.resolved()
     shape, vae = plan_tensor(cfg, storage)  # a missing model fails here, naming encode.model
     text = plan_text(cfg, storage)
     ensure_dir(cfg.destination.uri, storage)  # unreachable endpoint / bad credentials fail here
     check_source(cfg, storage)
-    with destination_lock(cfg.destination.uri, storage, cfg.destination.lock_stale_after_s):
-        check_destination(cfg, storage)
-        return _prepare(cfg, storage, shape, vae, text)
+    return prepare_locked(cfg, storage, shape, vae, RayStage(cfg, storage, shape, vae, text))
 
 
 def write_text_info(
@@ -152,48 +163,102 @@ def write_text_info(
     )
 
 
-def _prepare(
+class ShardStage(Protocol):
+    """What prepare_locked runs under the lock: the encoding and shard writing, and the empty
+    caption's embedding file. RayStage is the real one; tests drive the lock with plain writers."""
+
+    def start(self) -> None:
+        """Start what the stage runs on (untimed: not part of the summary's seconds)."""
+
+    def write(self, run_id: str, lease: DestinationLease) -> WriteReport:
+        """Write the shards, named by ``run_id``; what was written and rejected."""
+        ...
+
+    def text_info(self, run_id: str) -> TextEmbeddingsInfo | None:
+        """Write the empty caption's embedding file when the dataset has text embeddings."""
+        ...
+
+
+@dataclass
+class RayStage:
+    """The Ray Data pipeline: decode/resize/crop, encode + frozen noise, one shard per batch."""
+
+    cfg: PrepareShardsConfig
+    storage: StorageConfig
+    shape: tuple[int, int, int]
+    vae: VaeIdentity | None
+    text: TextEncoderSpec | None = None
+
+    def start(self) -> None:
+        init_ray(self.cfg.ray_address, self.cfg.encode.workers, log_to_driver=False)
+
+    def write(self, run_id: str, lease: DestinationLease) -> WriteReport:
+        cfg, sigma_n = self.cfg, noise_sigma(self.cfg.noise)
+        pre = Preprocess(cfg.resolution, cfg.crop, cfg.noise.seed)
+        writer = ShardWriter(
+            cfg.destination.uri, self.storage, run_id, cfg.encode.space, sigma_n, cfg.noise.seed
+        )
+        spec = EncoderSpec(
+            cfg.encode.space,
+            self.vae.model if self.vae else None,
+            self.storage,
+            sigma_n,
+            cfg.noise.seed,
+            self.shape,
+            micro_batch=cfg.encode.micro_batch,
+            text=self.text,
+        )
+        ds = (
+            source_dataset(cfg.source, cfg.resolution, self.storage)
+            .map_batches(_call, fn_args=(pre,), batch_size=cfg.encode.batch_size)
+            .map_batches(
+                encode_batch,
+                fn_args=(spec,),
+                batch_size=cfg.encode.batch_size,
+                compute=ray.data.TaskPoolStrategy(size=cfg.encode.workers),
+                num_gpus=_encoder_gpus(cfg.encode.num_gpus),
+            )
+            .map_batches(_call, fn_args=(writer,), batch_size=cfg.rows_per_shard)
+        )
+        return fold_reports([row["report"] for row in ds.take_all()])
+
+    def text_info(self, run_id: str) -> TextEmbeddingsInfo | None:
+        if self.text is None:
+            return None
+        return write_text_info(self.cfg, self.storage, run_id, self.text)
+
+
+def prepare_locked(
     cfg: PrepareShardsConfig,
     storage: StorageConfig,
     shape: tuple[int, int, int],
     vae: VaeIdentity | None,
-    text: TextEncoderSpec | None = None,
+    stage: ShardStage,
 ) -> PrepareResult:
-    uri = cfg.destination.uri
-    sigma_n = noise_sigma(cfg.noise)
-    init_ray(cfg.ray_address, cfg.encode.workers, log_to_driver=False)
+    """Under the destination's lease (renewed while the stage runs): check the destination, write the
+    shards, commit the manifest (only while still holding the lease), clean up, write the summary."""
+    dest = cfg.destination
+    with destination_lease(dest.uri, storage, dest.lock_lease_s, dest.lock_renew_s) as lease:
+        check_destination(cfg, storage)
+        stage.start()
+        run_id = new_run_id()
+        start = time.perf_counter()
+        report = stage.write(run_id, lease)
+        summary = _summary(cfg, run_id, report, time.perf_counter() - start)
+        lease.check()  # taken over while writing: stop before anything else is written
+        if report.rows == 0:
+            reasons = (
+                ", ".join(f"{k}: {v}" for k, v in report.reject_reasons().items()) or "the source is empty"
+            )
+            raise NoValidRowsError(
+                f"no valid rows to write to {dest.uri}: all {len(report.rejected)} rejected ({reasons})"
+            )
+        manifest = _manifest(cfg, run_id, shape, vae, report, stage.text_info(run_id))
+        return _commit(cfg, storage, lease, manifest, summary)
 
-    run_id = new_run_id()
-    start = time.perf_counter()
-    pre = Preprocess(cfg.resolution, cfg.crop, cfg.noise.seed)
-    writer = ShardWriter(uri, storage, run_id, cfg.encode.space, sigma_n, cfg.noise.seed)
-    ds = (
-        source_dataset(cfg.source, cfg.resolution, storage)
-        .map_batches(_call, fn_args=(pre,), batch_size=cfg.encode.batch_size)
-        .map_batches(
-            encode_batch,
-            fn_args=(
-                EncoderSpec(
-                    cfg.encode.space,
-                    vae.model if vae else None,
-                    storage,
-                    sigma_n,
-                    cfg.noise.seed,
-                    shape,
-                    micro_batch=cfg.encode.micro_batch,
-                    text=text,
-                ),
-            ),
-            batch_size=cfg.encode.batch_size,
-            compute=ray.data.TaskPoolStrategy(size=cfg.encode.workers),
-            num_gpus=_encoder_gpus(cfg.encode.num_gpus),
-        )
-        .map_batches(_call, fn_args=(writer,), batch_size=cfg.rows_per_shard)
-    )
-    report = fold_reports([row["report"] for row in ds.take_all()])
-    elapsed = time.perf_counter() - start
 
-    summary = {
+def _summary(cfg: PrepareShardsConfig, run_id: str, report: WriteReport, elapsed: float) -> dict:
+    return {
         "dataset_id": run_id,
         "rows_written": report.rows,
         "rows_rejected": len(report.rejected),
@@ -203,18 +268,22 @@ def _prepare(
         "bytes": report.bytes,
         "seconds": round(elapsed, 3),
         "rows_per_s": round(report.rows / elapsed, 2) if elapsed > 0 else None,
-        "sigma_n": sigma_n,
+        "sigma_n": noise_sigma(cfg.noise),
         "stale_shards": None,  # the cleanup after the manifest is committed (None when it is off)
         "config": redacted(cfg),
     }
-    if report.rows == 0:
-        reasons = ", ".join(f"{k}: {v}" for k, v in report.reject_reasons().items()) or "the source is empty"
-        raise NoValidRowsError(
-            f"no valid rows to write to {uri}: all {len(report.rejected)} rejected ({reasons})"
-        )
-    text_info = write_text_info(cfg, storage, run_id, text) if text is not None else None
 
-    manifest = Manifest(
+
+def _manifest(
+    cfg: PrepareShardsConfig,
+    run_id: str,
+    shape: tuple[int, int, int],
+    vae: VaeIdentity | None,
+    report: WriteReport,
+    text_info: TextEmbeddingsInfo | None,
+) -> Manifest:
+    sigma_n = noise_sigma(cfg.noise)
+    return Manifest(
         dataset_id=run_id,
         schema_version=SCHEMA_VERSION,
         complete=True,
@@ -231,14 +300,35 @@ def _prepare(
         text_embeddings=text_info,
         source=redacted(cfg.source),
     )
+
+
+def _commit(
+    cfg: PrepareShardsConfig,
+    storage: StorageConfig,
+    lease: DestinationLease,
+    manifest: Manifest,
+    summary: dict,
+) -> PrepareResult:
+    """Write the manifest (the commit) if this run still holds the lease, then remove the stale shards
+    (only files this run wrote or that predate its lock) and write the summary."""
+    uri = cfg.destination.uri
+    lease.confirm()  # a final conditional write: a run whose lock was taken over stops here
     manifest_uri = write_manifest(uri, manifest, storage)  # the commit: the new dataset is complete
     if cfg.destination.remove_stale_shards:
-        keep = {s.file for s in manifest.shards}
-        if text_info is not None:
-            keep.add(text_info.empty_caption_file)
-        summary["stale_shards"] = asdict(remove_stale_shards(uri, keep, storage))
+        summary["stale_shards"] = asdict(_cleanup(uri, storage, lease, manifest))
     write_summary(uri, summary, storage)  # after the commit: a summary always describes a manifest
     return PrepareResult(manifest_uri=manifest_uri, manifest=manifest, summary=summary)
+
+
+def _cleanup(uri: str, storage: StorageConfig, lease: DestinationLease, manifest: Manifest) -> StaleShards:
+    keep = {s.file for s in manifest.shards}
+    if manifest.text_embeddings is not None:
+        keep.add(manifest.text_embeddings.empty_caption_file)
+    try:
+        lease.check()  # the lock lost after the commit: the dataset stands, another run owns the folder
+    except DestinationLockedError as exc:
+        return StaleShards(error=f"skipped: {exc}")
+    return remove_stale_shards(uri, keep, storage, manifest.dataset_id, lease.acquired_mtime)
 
 
 def write_summary(uri: str, summary: dict, storage: StorageConfig) -> None:

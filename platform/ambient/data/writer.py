@@ -2,7 +2,8 @@
 
 Each write task reports what it wrote (file, rows, bytes, sigma_n sums) and which rows it dropped
 and why; the driver folds the reports into the summary and the manifest. After the manifest is
-committed, ``remove_stale_shards`` deletes the shard files of older or crashed runs that it does not list.
+committed, ``remove_stale_shards`` deletes the shard files of older or crashed runs that it does not list
+(those written before this run took the destination's lock, or by this run itself).
 """
 
 from __future__ import annotations
@@ -164,21 +165,40 @@ def is_run_file(name: str) -> bool:
     return bool(SHARD_PATTERN.fullmatch(name) or EMPTY_CAPTION_PATTERN.fullmatch(name))
 
 
-def remove_stale_shards(uri: str, keep: set[str], storage: StorageConfig | None) -> StaleShards:
-    """Delete the shard files directly in ``uri`` (named by ``SHARD_PATTERN``, and the empty-caption
-    embedding files named by ``EMPTY_CAPTION_PATTERN``) that are not in ``keep``.
+def is_removable(info: pafs.FileInfo, keep: set[str], run_id: str | None, lock_mtime: float | None) -> bool:
+    """An unlisted run file that run ``run_id`` wrote, or one that predates its lock (by the store's
+    clock; no ``lock_mtime``: any unlisted run file). A later file (another run's, which took the lock
+    over) is left alone: at one-second mtime resolution "predates" includes the lock's own second, as
+    a takeover comes at least a lease (>= 1 s) after the lock was taken."""
+    name = info.base_name
+    if info.type != pafs.FileType.File or name in keep or not is_run_file(name):
+        return False
+    if lock_mtime is None or (run_id and run_id in name):  # run files are named by their run id
+        return True
+    return info.mtime is not None and info.mtime.timestamp() <= lock_mtime
 
-    Call only after the manifest listing ``keep`` is committed: the removed files are then shards of
-    superseded or crashed runs, which no current manifest lists. Other files and subfolders are never
-    touched. A failure (say, a bucket policy without delete) stops the cleanup and is reported, not
-    raised: the new dataset is committed and complete either way."""
+
+def remove_stale_shards(
+    uri: str,
+    keep: set[str],
+    storage: StorageConfig | None,
+    run_id: str | None = None,
+    lock_mtime: float | None = None,
+) -> StaleShards:
+    """Delete the shard files directly in ``uri`` (named by ``SHARD_PATTERN``, and the empty-caption
+    embedding files named by ``EMPTY_CAPTION_PATTERN``) that are not in ``keep`` and that run ``run_id``
+    wrote or that predate its lock (``lock_mtime``, the lock object's mtime when it was taken).
+
+    Call only after the manifest listing ``keep`` is committed, while holding the lock: the removed
+    files are then shards of superseded or crashed runs, which no current manifest lists. Other files
+    and subfolders are never touched. A failure (say, a bucket policy without delete) stops the
+    cleanup and is reported, not raised: the new dataset is committed and complete either way."""
     out = StaleShards()
     fs, root = resolve_filesystem(uri, storage)
     try:
         infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True, recursive=False))
         for info in infos:
-            name = info.base_name
-            if info.type != pafs.FileType.File or name in keep or not is_run_file(name):
+            if not is_removable(info, keep, run_id, lock_mtime):
                 continue
             try:
                 fs.delete_file(info.path)
