@@ -254,3 +254,39 @@ def upload_directory(local_dir: str | os.PathLike, uri: str, storage: StorageCon
         )
     except OSError as exc:
         raise storage_error(uri, "upload to", exc, storage) from None
+
+
+def upload_file(local_file: str | os.PathLike, uri: str, storage: StorageConfig | None = None) -> None:
+    """Copy one local file to ``uri`` (local or S3). On S3 the object appears only when complete."""
+    fs, path = resolve_filesystem(uri, storage)
+    try:
+        if not is_s3(uri):
+            fs.create_dir(str(Path(path).parent), recursive=True)
+        pafs.copy_files(
+            str(Path(local_file).absolute()),
+            path,
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=fs,
+        )
+    except OSError as exc:
+        raise storage_error(uri, "upload to", exc, storage) from None
+
+
+def list_dirs(uri: str, storage: StorageConfig | None = None) -> list[str]:
+    """Names of the folders (S3: common prefixes) directly under ``uri``, sorted; none when absent."""
+    fs, path = resolve_filesystem(uri, storage)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    except OSError as exc:
+        raise storage_error(uri, "list", exc, storage) from None
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def remove_tree(uri: str, storage: StorageConfig | None = None) -> None:
+    """Delete a folder or prefix and everything under it; a missing one is no error."""
+    fs, path = resolve_filesystem(uri, storage)
+    try:
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir(path)
+    except OSError as exc:
+        raise storage_error(uri, "delete", exc, storage) from None

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from ambient.config import load_config
 from ambient.eval.showcase import TILE
+from ambient.models.loading import resolve_export
 from ambient.train import FinetuneConfig, run_finetune
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,7 +84,7 @@ def test_two_worker_zero2_run_trains_checkpoints_and_exports(trained):
     # The default model is a pre-trained base, whose loss on 64 shapes is already at its noise floor:
     # that training happened is shown by the weights moving (BASE.json records the pre-training's final
     # loss).
-    base, tuned = unet_weights(s["model_source"]), unet_weights(s["exported_model"])
+    base, tuned = unet_weights(s["model_source"]), unet_weights(resolve_export(s["exported_model"]))
     moved = max((tuned[k].float() - base[k].float()).abs().max().item() for k in base)
     assert moved > 1e-4, "the exported UNet equals the base"
     # Outputs live in run.storage_path; the workers' local staging (an export per run) is gone.
@@ -102,21 +103,23 @@ def test_two_worker_zero2_run_trains_checkpoints_and_exports(trained):
         assert entry["prompts"] == 4
         assert 0 <= entry["base"]["adherence"] <= 1 and 0 <= entry["finetuned"]["adherence"] <= 1
 
-    meta = json.loads(Path(s["exported_model"], "ambient_metadata.json").read_text())
+    meta = json.loads(Path(resolve_export(s["exported_model"]), "ambient_metadata.json").read_text())
     assert meta["sigma_n"] == pytest.approx(0.5) and meta["trained_with_consistency"] is True
-    pipe = StableDiffusionXLPipeline.from_pretrained(s["exported_model"], use_safetensors=True)
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        resolve_export(s["exported_model"]), use_safetensors=True
+    )
     image = pipe("a red circle", num_inference_steps=2, height=64, width=64, output_type="pil").images[0]
     assert image.size == (64, 64)
 
 
 def test_rerun_with_the_same_name_resumes_from_the_latest_checkpoint(trained):
     first = trained["summary"]
-    before = unet_weights(first["exported_model"])
+    before = unet_weights(resolve_export(first["exported_model"]))
     # Same name, same step budget: resumes at step 24 with nothing left to do; the export must equal the
     # checkpoint's parameters exactly.
     again = read_summary(run_finetune(trained["cfg"]))
     assert again["resumed_from_step"] == 24 and again["steps"] == 24
-    after = unet_weights(again["exported_model"])
+    after = unet_weights(resolve_export(again["exported_model"]))
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     # A larger budget continuing the step count from the checkpoint: test_exact_resume.py (4 -> 8 steps).
@@ -165,12 +168,17 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
 
     # The export is the EMA average of the last checkpoint (not the raw weights), and training moved it.
     ema = load_file(str(Path(s["checkpoints"][-1], "ema.safetensors")))
-    exported, initial = unet_weights(s["exported_model"]), unet_weights(tiny_model)
+    exported, initial = unet_weights(resolve_export(s["exported_model"])), unet_weights(tiny_model)
     trainable = [k for k in ema if k in exported]
     assert len(trainable) == len(initial), "the EMA shadows every UNet parameter"
     assert all(torch.equal(exported[k], ema[k].to(exported[k].dtype)) for k in trainable)
     assert any(not torch.equal(exported[k], initial[k]) for k in trainable)
-    assert json.loads(Path(s["exported_model"], "ambient_metadata.json").read_text())["ema_decay"] == 0.5
+    assert (
+        json.loads(Path(resolve_export(s["exported_model"]), "ambient_metadata.json").read_text())[
+            "ema_decay"
+        ]
+        == 0.5
+    )
 
 
 def _run_job(*args: str) -> subprocess.CompletedProcess:
@@ -217,10 +225,12 @@ def test_zero3_run_partitions_the_weights_and_exports_a_loadable_model(storage, 
     s = read_summary(run_finetune(cfg))
     assert s["steps"] == 8 and all(torch.isfinite(torch.tensor([h["loss"] for h in s["history"]])))
     # ZeRO-3 gathers the partitioned parameters for the export: full shapes, trained values.
-    exported = unet_weights(s["exported_model"])
+    exported = unet_weights(resolve_export(s["exported_model"]))
     initial = unet_weights(tiny_model)
     assert exported.keys() == initial.keys()
     assert all(exported[k].shape == initial[k].shape for k in initial)
     assert any(not torch.equal(exported[k], initial[k]) for k in initial)
-    pipe = StableDiffusionXLPipeline.from_pretrained(s["exported_model"], use_safetensors=True)
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        resolve_export(s["exported_model"]), use_safetensors=True
+    )
     assert pipe("a red circle", num_inference_steps=2, height=64, width=64).images[0].size == (64, 64)

@@ -391,11 +391,14 @@ def test_node_loss_mid_run_resumes_from_s3_at_the_exact_row(cluster, s3_inputs, 
     for key in ("outputs", "exported_model", "loss_curve", "sample_grids", "latest_checkpoint"):
         assert str(s[key]).startswith("s3://"), (key, s[key])
     files = file_infos(outputs, storage)
-    assert "loss_curve.png" in files and "model/ambient_metadata.json" in files
+    # The export is published: CURRENT.json names the one version a reader loads.
+    current = json.loads(read_text(join(outputs, "model", "CURRENT.json"), storage))
+    version = f"model/versions/{current['version']}"
+    assert "loss_curve.png" in files and f"{version}/ambient_metadata.json" in files
     # A LoRA run exports its adapter (with rank and alpha) and the base's reference, not a base copy.
-    assert "model/lora/pytorch_lora_weights.safetensors" in files
-    assert not any(f.startswith("model/unet/") for f in files)
-    assert json.loads(read_text(join(outputs, "model", "ambient_metadata.json"), storage))["lora_rank"] == 4
+    assert f"{version}/lora/pytorch_lora_weights.safetensors" in files
+    assert not any("/unet/" in f for f in files if f.startswith("model/"))
+    assert json.loads(read_text(join(outputs, version, "ambient_metadata.json"), storage))["lora_rank"] == 4
     assert any(f.startswith("samples/") and f.endswith(".png") for f in files)
     assert all(c.startswith("s3://") for c in s["checkpoints"])
 

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ambient.data.errors import ManifestError
+from ambient.models.loading import resolve_export
 from ambient.train import run_finetune
 from tests.integration.test_finetune import make_config, read_summary
 
@@ -88,7 +89,7 @@ def test_a_run_on_stored_embeddings_trains_validates_and_samples(
     assert s["steps"] == 4 and all(np.isfinite(h["loss"]) for h in s["history"])
     assert s["final_val_ambient_loss"] is not None and np.isfinite(s["final_val_ambient_loss"])
     assert Path(s["sample_grids"], "step_000004.png").is_file()
-    meta = json.loads(Path(s["exported_model"], "ambient_metadata.json").read_text())
+    meta = json.loads(Path(resolve_export(s["exported_model"]), "ambient_metadata.json").read_text())
     assert meta["steps"] == 4
 
 

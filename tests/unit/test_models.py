@@ -305,7 +305,7 @@ def test_adapter_export_holds_no_base_copy_and_loads_as_the_tuned_model(base_dir
     tuned = _unet_out(unet)
     out = export_adapter(str(base_dir), unet, tmp_path / "adapter", {"sigma_n": 0.5, "lora_rank": 4})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
-    assert sorted(p.name for p in out.iterdir()) == ["ambient_metadata.json", "lora"]
+    assert sorted(p.name for p in out.iterdir()) == ["ambient_export.json", "ambient_metadata.json", "lora"]
     meta = read_metadata(out)
     assert meta["export_kind"] == "lora_adapter" and meta["base_model"] == str(base_dir) and meta["has_lora"]
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
@@ -341,13 +341,15 @@ def test_export_full_run_samples_and_refuses_overwrite(base_dir, tmp_path):
     with torch.no_grad():
         unet.conv_out.bias.add_(0.25)  # stands in for training
     out = tmp_path / "full"
-    export_pipeline(base_dir, unet, out, {"sigma_n": 0.2, "resolution": 64, "sampling_mode": "early_stop"})
+    version = export_pipeline(
+        base_dir, unet, out, {"sigma_n": 0.2, "resolution": 64, "sampling_mode": "early_stop"}
+    )
     assert read_metadata(out)["sampling_mode"] == "early_stop" and read_metadata(out)["has_lora"] is False
-    loaded = StableDiffusionXLPipeline.from_pretrained(out, use_safetensors=True)
+    loaded = StableDiffusionXLPipeline.from_pretrained(version, use_safetensors=True)
     torch.testing.assert_close(loaded.unet.conv_out.bias, unet.conv_out.bias)
     image = loaded("a red circle", num_inference_steps=2, height=64, width=96, output_type="pil").images[0]
     assert image.size == (96, 64)
-    assert not (out / "lora").exists()
+    assert not (version / "lora").exists()
 
     with pytest.raises(FileExistsError, match="not empty"):
         export_pipeline(base_dir, unet, out, {"sigma_n": 0.3})

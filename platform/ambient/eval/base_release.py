@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ambient.models.base_model import BASE_DIR, package_base
-from ambient.models.loading import load_components
+from ambient.models.loading import load_components, resolve_export
 
 from .showcase import SamplingSpec, model_adherence
 
@@ -32,7 +32,7 @@ def release_base(
     """Measure the export's prompt adherence (full sampling, 20 steps, guidance 3) on the base world and
     on the held-out colour pairs, then write it as the committed base with those numbers and one
     training record per stage (the runs' summary.json, in training order) in BASE.json."""
-    export_dir = Path(export_dir)
+    export_dir = resolve_export(export_dir)  # a published export's current version: a diffusers folder
     comps = load_components(export_dir)
     spec = SamplingSpec(mode="full", sigma_n=0.0, steps=20, guidance=3.0)
     adherence = {

@@ -9,6 +9,10 @@ downloaded again instead of served stale, and the older copy is removed. Pickled
 ``.pt``, ...) are never downloaded: only ``.safetensors`` weights are loaded, and nothing from a model
 path is ever unpickled.
 
+A trained export is resolved as ``loading.resolve_export`` says: an s3:// export's ``CURRENT.json`` is
+read first and only the version it names is listed and downloaded (its files checked against the
+pointer's sizes); an unpublished export is refused.
+
 ``field`` names the config field that holds the reference (``model.path``, ``models[0].path``): a
 missing or malformed model is then reported as that field's error.
 """
@@ -22,10 +26,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ambient.storage import StorageConfig, download_prefix, exists, file_infos, is_s3, join
+from ambient.storage import StorageConfig, download_prefix, file_infos, is_s3, join, read_text
 
 from .base_model import ensure_default_model
-from .loading import METADATA_FILE, SDXLComponents, check_model_dir, load_components
+from .loading import (
+    MANIFEST_FILE,
+    METADATA_FILE,
+    POINTER_FILE,
+    VERSIONS_DIR,
+    SDXLComponents,
+    check_model_dir,
+    load_components,
+    read_listing,
+    unpublished_error,
+    written_by_exporter,
+)
 from .vae_pretrain import default_cache_dir
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -53,12 +68,7 @@ def check_model(ref: str | None, storage: StorageConfig | None = None, field: st
         return str(ensure_default_model())
     with _naming(field):
         if is_s3(ref):
-            if not (
-                exists(join(ref, "model_index.json"), storage) or exists(join(ref, METADATA_FILE), storage)
-            ):
-                raise FileNotFoundError(
-                    f"model {ref}: neither model_index.json nor {METADATA_FILE} (an adapter export) under that prefix"
-                )
+            _remote_model(ref, storage)
         else:
             check_model_dir(ref)
     return ref
@@ -71,10 +81,8 @@ def resolve_model(ref: str | None, storage: StorageConfig | None = None, field: 
     with _naming(field):
         if not is_s3(ref):
             return check_model_dir(ref)
-        files = _remote_files(ref, storage)
-        if "model_index.json" not in files and METADATA_FILE not in files:
-            raise FileNotFoundError(f"{ref} is not a diffusers folder: model_index.json is missing")
-        return check_model_dir(_download(ref, storage, files))
+        prefix, files = _remote_model(ref, storage)
+        return check_model_dir(_download(ref, storage, files, prefix))
 
 
 def load_model_components(
@@ -87,7 +95,44 @@ def load_model_components(
 
 def cached_model_dir(source: str, storage: StorageConfig | None = None) -> Path:
     """The cache folder of the model now at ``source`` (an s3:// prefix); it may not exist yet."""
-    return _cache_dir(source, storage, _remote_files(source, storage))
+    prefix, files = _remote_model(source, storage)
+    return _cache_dir(source, storage, files, prefix)
+
+
+def _remote_model(ref: str, storage: StorageConfig | None) -> tuple[str, dict[str, tuple[int, int]]]:
+    """(prefix to download, its files) for the model at an s3:// ``ref``, by ``resolve_export``'s rule:
+    a published export's current version, whose listed files must be there at their sizes; a version
+    prefix, checked against its manifest; an unpublished export is refused; else ``ref`` itself."""
+    try:  # the pointer first: the version it names was whole before it was written
+        pointer = read_text(join(ref, POINTER_FILE), storage)
+    except FileNotFoundError:
+        pointer = None
+    prefix = ref
+    if pointer is not None:
+        listing = read_listing(join(ref, POINTER_FILE), pointer)
+        prefix = join(ref, VERSIONS_DIR, listing["version"])
+    files = _remote_files(prefix, storage)
+    if pointer is None and MANIFEST_FILE in files:
+        listing = read_listing(join(ref, MANIFEST_FILE), read_text(join(ref, MANIFEST_FILE), storage))
+    elif pointer is None:
+        if METADATA_FILE in files and written_by_exporter(read_text(join(ref, METADATA_FILE), storage)):
+            raise unpublished_error(ref)
+        if "model_index.json" not in files and METADATA_FILE not in files:
+            raise FileNotFoundError(
+                f"{ref} is not a diffusers folder: model_index.json is missing (nor is there an export's "
+                f"{POINTER_FILE} or {METADATA_FILE})"
+            )
+        return prefix, files
+    for name, entry in sorted(listing["files"].items()):
+        if name not in files:
+            raise FileNotFoundError(
+                f"export {ref}: {prefix} lacks {name}, which its listing names (re-export it)"
+            )
+        if files[name][0] != int(entry["size"]):
+            raise ValueError(
+                f"export {ref}: {join(prefix, name)} has {files[name][0]} bytes, not {entry['size']}"
+            )
+    return prefix, files
 
 
 def _remote_files(source: str, storage: StorageConfig | None) -> dict[str, tuple[int, int]]:
@@ -99,10 +144,13 @@ def _remote_files(source: str, storage: StorageConfig | None) -> dict[str, tuple
     }
 
 
-def _cache_dir(source: str, storage: StorageConfig | None, files: dict[str, tuple[int, int]]) -> Path:
+def _cache_dir(
+    source: str, storage: StorageConfig | None, files: dict[str, tuple[int, int]], prefix: str
+) -> Path:
+    """Named by ``source`` (so a newer version replaces the older copy) and the content of ``prefix``."""
     endpoint = (storage or StorageConfig()).resolved().endpoint_url or "aws"
     where = hashlib.sha256(f"{endpoint}\n{source.rstrip('/')}".encode()).hexdigest()[:16]
-    content = hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()[:12]
+    content = hashlib.sha256(repr((prefix.rstrip("/"), sorted(files.items()))).encode()).hexdigest()[:12]
     return default_cache_dir() / "s3-models" / f"{where}-{content}"
 
 
@@ -112,14 +160,17 @@ def _complete(local: Path) -> bool:
     return (local / "model_index.json").is_file() or (local / METADATA_FILE).is_file()
 
 
-def _download(source: str, storage: StorageConfig | None, files: dict[str, tuple[int, int]]) -> Path:
-    """The cache folder holding ``files`` of ``source``, downloaded unless already complete."""
-    local = _cache_dir(source, storage, files)
+def _download(
+    source: str, storage: StorageConfig | None, files: dict[str, tuple[int, int]], prefix: str
+) -> Path:
+    """The cache folder holding ``files`` of ``prefix`` (``source`` or its current version), downloaded
+    unless already complete."""
+    local = _cache_dir(source, storage, files, prefix)
     if _complete(local):
         return local
     tmp = local.with_name(f"{local.name}.partial-{os.getpid()}")
     try:
-        download_prefix(source, tmp, storage, files=sorted(files))
+        download_prefix(prefix, tmp, storage, files=sorted(files))
         tmp.replace(local)
     except OSError:
         if not _complete(local):

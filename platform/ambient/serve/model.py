@@ -11,7 +11,13 @@ from pathlib import Path
 import torch
 
 from ambient.models.export import read_metadata, sampling_defaults
-from ambient.models.loading import SDXLComponents, check_model_dir, load_components
+from ambient.models.loading import (
+    METADATA_FILE,
+    POINTER_FILE,
+    SDXLComponents,
+    check_model_dir,
+    load_components,
+)
 from ambient.models.source import check_model, resolve_model
 from ambient.storage import StorageConfig, is_s3
 
@@ -31,13 +37,15 @@ class ModelChoice:
 def choose_model(model: str | None, storage: StorageConfig | None = None) -> ModelChoice:
     """The model to serve; with none given, the demo's export if present, else the tiny default.
 
-    Runs on the driver: a missing or malformed model fails here, before anything is deployed.
+    Runs on the driver: a missing or malformed model fails here, before anything is deployed, and so
+    does an export that was never published whole (``loading.resolve_export``). Each replica loads
+    the version that is current when it starts.
     """
     if model is not None:
         check_model(model, storage)
         uri = model if is_s3(model) else str(Path(model).resolve())
         return ModelChoice(model, uri)
-    if (DEMO_EXPORT / "model_index.json").is_file():
+    if any((DEMO_EXPORT / name).is_file() for name in (POINTER_FILE, "model_index.json", METADATA_FILE)):
         return ModelChoice("demo export", str(check_model_dir(DEMO_EXPORT).resolve()))
     return ModelChoice("tiny default", str(resolve_model(None)))
 
@@ -65,6 +73,7 @@ def load_model(
 ) -> LoadedModel:
     # safetensors only (check_model_dir refuses pickled weights); s3 is downloaded to a cache first
     folder = resolve_model(choice.uri, storage)
+    logger.info("model %s: loading %s", choice.label, folder)  # a published export's current version
     components = load_components(folder, dtype=dtype).to(device=device)
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         getattr(components, name).eval()

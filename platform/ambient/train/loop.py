@@ -22,7 +22,7 @@ from ambient.data.holdout import read_rows
 from ambient.data.row_stream import RankSlice, StreamPlan, rank_stream
 from ambient.data.streaming import iter_training_batches
 from ambient.models.denoiser import SDXLDenoiser
-from ambient.models.export import export_adapter, export_pipeline
+from ambient.models.export import export_adapter, export_pipeline, publish_export
 from ambient.models.lora import add_lora
 from ambient.models.sampling import image_grid, sample_images
 from ambient.models.source import load_model_components
@@ -459,11 +459,15 @@ class TrainingWorker:
                 "lora_alpha": self.cfg.model.lora_alpha or self.cfg.model.lora_rank or None,
                 "ema_decay": self.cfg.train.ema_decay,
             }
-            out = self.out_dir / "model"
-            if self.cfg.model.lora_rank and self.cfg.model.lora_export == "adapter":
-                export_adapter(self.plan.model_source, module, out, metadata)
-            else:  # export_pipeline saves a LoRA UNet merged, with its adapter beside it
-                export_pipeline(self.model_dir, module, out, metadata)
+            # Staged outside out_dir (which upload_directory copies file by file), then published:
+            # the files go to a fresh version under outputs/model, its CURRENT.json pointer last.
+            with tempfile.TemporaryDirectory(prefix="ambient-export-") as staging:
+                out = Path(staging) / "model"
+                if self.cfg.model.lora_rank and self.cfg.model.lora_export == "adapter":
+                    export_adapter(self.plan.model_source, module, out, metadata)
+                else:  # export_pipeline saves a LoRA UNet merged, with its adapter beside it
+                    export_pipeline(self.model_dir, module, out, metadata)
+                publish_export(out, join(self.plan.outputs_uri, "model"), self.storage)
 
     def _write_outputs(self) -> None:
         """Rank 0: the loss curve and the worker summary, uploaded with the export and the grids."""
