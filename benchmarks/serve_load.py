@@ -8,6 +8,16 @@
 
     python benchmarks/serve_load.py [--model PATH] [--steps 10] [--requests 96] [--json out.json]
 
+4. with --abuser (instead of 1-3): cost isolation. One deployment (the default config, its
+   limits.max_request_cost set to the maximal request's cost) serves a mix at concurrency 16 (3 of 4
+   requests cheap: 1 image, 2 steps, guidance 1; 1 of 4 maximal: --max-images images, --steps steps,
+   guidance --guidance), alone and beside one abusive client (--abuser-concurrency connections of
+   back-to-back maximal requests, each with its own guidance_scale so that none share a model call,
+   one in four over the cost limit). Reported: the cheap requests' p50/p95 with and without the abuser,
+   and what the abuser got (status counts). The two phases alternate, --rounds times.
+
+    python benchmarks/serve_load.py --abuser [--steps 10] [--abuse-seconds 60] [--json out.json]
+
 Four deployments run side by side (the load alternates between them, burst by burst): unbatched,
 batched with fixed-shape calls (the default config: 4-row calls on CPU), batched with 8-row fixed-shape
 calls, and batched without fixed shape. Loads are bounded in count and time (--requests per level,
@@ -76,6 +86,116 @@ def load(url: str, body: dict, concurrency: int, count: int, timeout_s: float) -
         "throughput_rps": len(latencies) / wall,
         "mean_batch_images": statistics.fmean(batch_sizes) if batch_sizes else 0.0,
     }
+
+
+CHEAP = {"num_images": 1, "steps": 2, "guidance_scale": 1.0}
+
+
+def mixed_load(url: str, prompt: str, maximal: dict, seconds: float) -> dict:
+    """16 client threads for ``seconds``: 3 of 4 requests cheap, 1 of 4 maximal; latencies by kind."""
+    deadline = time.monotonic() + seconds
+    cheap: list[float] = []
+    costly: list[float] = []
+    errors: dict[int, int] = {}
+
+    def worker(w: int) -> None:
+        session, i = requests.Session(), 0
+        while time.monotonic() < deadline:
+            is_maximal = (w + i) % 4 == 0
+            body = {"prompt": prompt, "height": 64, "width": 64, "seed": w * 100_000 + i}
+            body.update(maximal if is_maximal else CHEAP)
+            start = time.perf_counter()
+            r = session.post(f"{url}/v1/generate", json=body, timeout=600)
+            (costly if is_maximal else cheap).append(time.perf_counter() - start)
+            if r.status_code != 200:
+                errors[r.status_code] = errors.get(r.status_code, 0) + 1
+            i += 1
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(worker, range(16)))
+    return {"cheap": cheap, "maximal": costly, "errors": errors}
+
+
+def abuse(url: str, prompt: str, maximal: dict, concurrency: int, stop: list[bool]) -> dict:
+    """One client, ``concurrency`` connections of back-to-back maximal requests until ``stop[0]``:
+    each with its own guidance_scale (no two share a call), one in four over the cost limit."""
+    codes: dict[int, int] = {}
+
+    def worker(w: int) -> None:
+        session, i = requests.Session(), 0
+        while not stop[0]:
+            body = {"prompt": prompt, "height": 64, "width": 64, "seed": i, **maximal}
+            body["guidance_scale"] = maximal["guidance_scale"] + (w * 10_000 + i) * 1e-4
+            if i % 4 == 3:
+                body["steps"] = maximal["steps"] + 1  # over limits.max_request_cost: a 422
+            try:
+                code = session.post(f"{url}/v1/generate", json=body, timeout=600).status_code
+            except requests.RequestException:
+                code = 0
+            codes[code] = codes.get(code, 0) + 1
+            i += 1
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(worker, range(concurrency)))
+    return codes
+
+
+def abuser_benchmark(args: argparse.Namespace, choice, url: str) -> dict:
+    """Cheap requests' latency under the mixed load, alone and beside one abusive client."""
+    from ray import serve
+
+    from ambient.serve.app import build_application, load_serve_config
+    from ambient.serve.cost import request_cost
+    from ambient.serve.sampler import SamplingKey
+
+    maximal = {"num_images": args.max_images, "steps": args.steps, "guidance_scale": args.guidance}
+    inline = {
+        "http": {"port": args.port},
+        "limits": {"max_images_per_request": args.max_images, "max_steps": args.steps + 1},
+        "defaults": {"steps": 2},
+        "batching": {"max_batch_images": args.max_batch},
+        "replica": {"num_cpus": 1, "torch_threads": args.threads},
+    }
+    method = load_serve_config(inline=inline).defaults.method
+    key = SamplingKey(args.steps, args.guidance, 64, 64, "full", 0.0, method)
+    inline["limits"]["max_request_cost"] = request_cost(key, args.max_images)  # maximal fits, +1 step not
+    cfg = load_serve_config(inline=inline)
+    serve.run(build_application(cfg, choice), name="abuse", route_prefix="/abuse", blocking=False)
+    url = f"{url}/abuse"
+    wait_healthy(url)
+    prompt = "a red circle on a blue background"
+    mixed_load(url, prompt, maximal, 15)  # warm-up
+    phases: dict[str, list[dict]] = {"alone": [], "with abuser": []}
+    abuser_codes: dict[int, int] = {}
+    for _ in range(args.rounds):
+        phases["alone"].append(mixed_load(url, prompt, maximal, args.abuse_seconds))
+        stop = [False]
+        with ThreadPoolExecutor(1) as pool:
+            abuser = pool.submit(abuse, url, prompt, maximal, args.abuser_concurrency, stop)
+            phases["with abuser"].append(mixed_load(url, prompt, maximal, args.abuse_seconds))
+            stop[0] = True
+            for code, n in abuser.result().items():
+                abuser_codes[code] = abuser_codes.get(code, 0) + n
+    out: dict = {"maximal": {**maximal, "cost_megapixel_steps": cfg.limits.max_request_cost}}
+    for name, runs in phases.items():
+        cheap = [x for r in runs for x in r["cheap"]]
+        costly = [x for r in runs for x in r["maximal"]]
+        errors: dict[int, int] = {}
+        for r in runs:
+            for code, n in r["errors"].items():
+                errors[code] = errors.get(code, 0) + n
+        out[name] = {
+            "cheap_requests": len(cheap),
+            "cheap_p50_ms": 1000 * percentile(cheap, 50),
+            "cheap_p95_ms": 1000 * percentile(cheap, 95),
+            "maximal_requests": len(costly),
+            "maximal_p95_ms": 1000 * percentile(costly, 95),
+            "errors": errors,
+        }
+    out["abuser_status_counts"] = abuser_codes
+    out["cheap_p95_ratio"] = out["with abuser"]["cheap_p95_ms"] / out["alone"]["cheap_p95_ms"]
+    serve.delete("abuse")
+    return out
 
 
 def merge(runs: list[dict]) -> dict:
@@ -171,6 +291,10 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=16, help="direct/Serve pairs for the overhead")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, replica and direct alike")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--abuser", action="store_true", help="run only the cost-isolation benchmark (4.)")
+    parser.add_argument("--abuse-seconds", type=float, default=60.0, help="seconds per phase and round")
+    parser.add_argument("--abuser-concurrency", type=int, default=8, help="the abusive client's connections")
+    parser.add_argument("--max-images", type=int, default=4, help="images of a maximal request")
     args = parser.parse_args()
 
     import ray
@@ -193,7 +317,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.port}"
     results: dict = {"model": choice.label, "settings": {**body, "method": method, "threads": args.threads}}
 
-    direct = Direct(choice.uri, body, method, args.threads)
+    direct = None if args.abuser else Direct(choice.uri, body, method, args.threads)
     for attempt in range(3):  # Ray's 30 s node start-up limit is tight on a busy 2-core machine
         try:
             ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
@@ -205,6 +329,10 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": args.port}, proxy_location="HeadOnly")
     urls = {}
     try:
+        if args.abuser:
+            results["abuser"] = abuser_benchmark(args, choice, url)
+            print(json.dumps(results["abuser"]), flush=True)
+            return
         # All three deployments run side by side and the load alternates between them, burst by burst:
         # this machine's load drifts by 2x within minutes, which sequential runs would read as a result.
         for i, (name, overrides) in enumerate(VARIANTS.items()):
@@ -215,6 +343,7 @@ def main() -> None:
         for u in urls.values():
             wait_healthy(u)
             load(u, body, 8, 16, 120)  # warm-up, batch shapes included
+        assert direct is not None
         results["overhead"] = overhead_pairs(urls["unbatched"], body, direct, args.pairs)
         print("overhead", json.dumps(results["overhead"]), flush=True)
         results["levels"] = []
@@ -239,11 +368,10 @@ def main() -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
-
-    print(json.dumps(results, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results, indent=2))
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ def service(ray_session, tiny_model):
                 "max_steps": 8,
                 "max_prompt_chars": 200,
                 "max_body_bytes": 4096,
+                "max_request_cost": 0.5,  # megapixel-steps: 4 images at 128 px and 8 steps cost 1.05
             },
             "defaults": {"steps": 2, "method": "euler"},
             "batching": {"max_batch_images": 8, "batch_wait_timeout_s": 0.05},
@@ -89,8 +90,13 @@ def test_health_is_public_and_model_reports_the_loaded_model(service):
     info = requests.get(f"{service}/v1/model", headers=AUTH, timeout=10).json()
     assert info["sigma_n"] == 0 and info["default_sampling_mode"] == "full"
     assert info["resolution"] == 64 and info["replica"]["pid"] > 0
-    assert requests.get(f"{service}/docs", timeout=10).status_code == 200
-    assert "/v1/generate" in requests.get(f"{service}/openapi.json", timeout=10).json()["paths"]
+    # The API's description follows the API's auth.
+    for path in ("/docs", "/openapi.json"):
+        refused = requests.get(f"{service}{path}", timeout=10)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized", path
+    assert requests.get(f"{service}/docs", headers=AUTH, timeout=10).status_code == 200
+    spec = requests.get(f"{service}/openapi.json", headers=AUTH, timeout=10).json()
+    assert "/v1/generate" in spec["paths"]
 
 
 def test_generate_returns_pngs_of_the_requested_size(service):
@@ -216,6 +222,12 @@ BAD_INPUTS = [
         {"data": b'{"prompt": "' + b"a" * 5000 + b'"}', "json_ct": True},
         413,
         "exceeds 4096 bytes",
+    ),
+    (
+        "cost over the limit",
+        {"json": {"prompt": "a", "num_images": 4, "steps": 8, "height": 128, "width": 128}},
+        422,
+        "request cost 1.049 megapixel-steps exceeds limits.max_request_cost 0.5",
     ),
     ("missing token", {"json": {"prompt": "a"}, "auth": None}, 401, "missing bearer token"),
     ("wrong token", {"json": {"prompt": "a"}, "auth": "Bearer nope"}, 401, "invalid bearer token"),
@@ -439,6 +451,46 @@ def test_model_from_s3_is_served_with_the_drivers_credentials(
     finally:
         serve.delete(app)
         shutil.rmtree(cached_model_dir(uri, seaweedfs.storage()), ignore_errors=True)
+
+
+def test_a_model_call_past_its_timeout_fails_the_health_check(service, tiny_model):
+    """A second app whose model calls time out after 1 s: one 8 s call (4 images at 128 px, 8 heun
+    steps, guided) makes /v1/health answer 'stalled' while it runs (and Serve's check_health fail, which
+    may replace the replica); afterwards the app is healthy again."""
+    from ray import serve
+
+    from ambient.serve.app import build_application, load_serve_config
+
+    cfg = load_serve_config(
+        inline={
+            "model": tiny_model,
+            "limits": {"max_pixels": 128 * 128, "max_steps": 8, "model_call_timeout_s": 1},
+            "defaults": {"steps": 2, "method": "heun"},
+            "replica": {"num_cpus": 1, "torch_threads": 1},
+        }
+    )
+    app, url = "ambient-stall-test", f"{service}/stall"
+    try:
+        serve.run(build_application(cfg), name=app, route_prefix="/stall", blocking=False)
+        wait_until(lambda: requests.get(f"{url}/v1/health", timeout=5).status_code == 200, 300, "stall app")
+        body = {"prompt": "a", "num_images": 4, "steps": 8, "height": 128, "width": 128, "seed": 1}
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(requests.post, f"{url}/v1/generate", json=body, timeout=300)
+            seen = set()
+            deadline = time.monotonic() + 60
+            while not pending.done() and time.monotonic() < deadline and "stalled" not in seen:
+                health = requests.get(f"{url}/v1/health", timeout=10)
+                seen.add(
+                    health.json().get("status") if health.status_code in (200, 503) else health.status_code
+                )
+                time.sleep(0.2)
+            assert "stalled" in seen, seen
+            assert pending.result().status_code in (200, 500, 502, 503)  # 5xx if Serve replaced it
+        wait_until(
+            lambda: requests.get(f"{url}/v1/health", timeout=5).status_code == 200, 180, "healthy again"
+        )
+    finally:
+        serve.delete(app)
 
 
 def test_killed_replica_is_replaced_and_the_service_answers_again(service):

@@ -7,8 +7,9 @@ import os
 
 from pydantic import SecretStr
 
-# Routes a load balancer or orchestrator probes without credentials.
-PUBLIC_PATHS = frozenset({"/v1/health", "/docs", "/openapi.json", "/docs/oauth2-redirect"})
+# Routes a load balancer or orchestrator probes without credentials. The API's description (/docs,
+# /openapi.json) is part of the API and needs the token like the rest.
+PUBLIC_PATHS = frozenset({"/v1/health"})
 
 
 def resolve_token(token_env: str | None) -> SecretStr | None:

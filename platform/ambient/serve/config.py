@@ -33,6 +33,27 @@ class LimitsSection(Section):
     max_steps: int = Field(50, ge=1, le=1000)
     max_prompt_chars: int = Field(1000, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="larger request bodies get 413")
+    max_request_cost: float = Field(
+        100.0,
+        gt=0,
+        description="megapixel-steps of one request: height x width x num_images x steps x passes / 1e6, "
+        "passes = 2 for heun x 2 with guidance (guidance_scale != 1); above it: 422. The default admits "
+        "every request at default steps (4 images at 512 px, or 1 at 1024 px, 20 heun steps, guided)",
+    )
+    request_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="a generate request unanswered after this gets 504; its queued work is dropped",
+    )
+    model_call_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="a model call running longer fails the replica's health check (Serve replaces it); "
+        "None = request_timeout_s, past which every request in the call has given up",
+    )
+
+    def resolved_model_call_timeout_s(self) -> float:
+        return self.model_call_timeout_s or self.request_timeout_s
 
 
 class DefaultsSection(Section):
@@ -55,6 +76,12 @@ class BatchingSection(Section):
         "(two UNet rows per image with guidance): it bounds the replica's model memory",
     )
     batch_wait_timeout_s: float = Field(0.02, ge=0, le=10)
+    max_defer_s: float = Field(
+        10.0,
+        ge=0,
+        description="the cheapest queued call runs next, so that costly requests do not hold up cheap "
+        "ones; work that has waited this long goes first, but never twice in a row",
+    )
     fixed_shape: bool = Field(
         True,
         description="run every model call at exactly call_rows rows (filler rows dropped), so that a "
@@ -135,13 +162,25 @@ class ServeConfig(Section):
                 f"batching.max_batch_images {self.batching.max_batch_images} < "
                 f"limits.max_images_per_request {self.limits.max_images_per_request}"
             )
-        public = self.http.host != "localhost" and not _is_loopback(self.http.host)
-        if public and self.auth.token_env is None and not self.http.allow_public_without_token:
-            raise ValueError(
-                f"http.host {self.http.host} is not loopback and auth.token_env is unset: set a token "
-                "(auth.token_env) or http.allow_public_without_token=true"
-            )
+        problem = public_host_problem(self, self.http.host, "http.host")
+        if problem:
+            raise ValueError(problem)
         return self
+
+
+def public_host_problem(cfg: ServeConfig, host: str, what: str) -> str | None:
+    """Why serving on ``host`` without a token is refused, or None when it is allowed.
+
+    ``what`` names where the host comes from (``http.host``, or Serve's own HTTP options when the
+    proxy is not ours to start), so that the message says what to change.
+    """
+    public = host != "localhost" and not _is_loopback(host)
+    if not public or cfg.auth.token_env is not None or cfg.http.allow_public_without_token:
+        return None
+    return (
+        f"{what} {host} is not loopback and auth.token_env is unset: set a token "
+        "(auth.token_env) or http.allow_public_without_token=true"
+    )
 
 
 def _is_loopback(host: str) -> bool:

@@ -7,8 +7,13 @@ and the request id, under which the replica logs the traceback.
 The body cap holds whatever the client says: a Content-Length over it is refused before the body is
 read, and a body that turns out longer (chunked, without a Content-Length) is refused as soon as the
 read passes the cap; nothing past it is read.
+
+A generate request costs at most ``limits.max_request_cost`` (422 naming it otherwise) and waits at most
+``limits.request_timeout_s`` (504); a request whose client has gone or whose time ran out is dropped
+from the queue before its model call starts (the batcher's contract).
 """
 
+import asyncio
 import base64
 import logging
 import os
@@ -29,6 +34,7 @@ from ambient.core import resolve_sampling_mode
 
 from .auth import BearerAuth
 from .config import ServeConfig
+from .cost import cost_problem
 from .metrics import ServeMetrics
 from .model import Job, JobResult, LoadedModel
 from .sampler import SamplingKey
@@ -48,6 +54,12 @@ logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _ERRORS = {422: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 500: {"model": ErrorResponse}}
+_GENERATE_ERRORS = {
+    **_ERRORS,
+    413: {"model": ErrorResponse},
+    415: {"model": ErrorResponse},
+    504: {"model": ErrorResponse},
+}
 
 
 class Service(Protocol):
@@ -60,6 +72,8 @@ class Service(Protocol):
     replica_id: str
 
     async def submit(self, job: Job) -> JobResult: ...
+
+    def health_problem(self) -> str | None: ...
 
 
 def error_response(
@@ -218,6 +232,9 @@ def _add_info_routes(app: FastAPI, service: Service, bearer: HTTPBearer) -> None
     async def health() -> Any:
         if service.model is None:
             return JSONResponse({"status": "loading"}, status_code=503)
+        # The same rule as Serve's replica health check: a hung model call fails both.
+        if service.health_problem() is not None:
+            return JSONResponse({"status": "stalled"}, status_code=503)
         return HealthResponse(status="ok")
 
     @app.get("/v1/model", response_model=ModelInfo, dependencies=[Depends(bearer)], responses=_ERRORS)
@@ -246,20 +263,28 @@ def _add_generate_route(app: FastAPI, service: Service, bearer: HTTPBearer) -> N
         "/v1/generate",
         response_model=GenerateResponse,
         dependencies=[Depends(bearer)],
-        responses={**_ERRORS, 200: {"content": {"image/png": {}}}, 413: {"model": ErrorResponse}, 415: {}},
+        responses={**_GENERATE_ERRORS, 200: {"content": {"image/png": {}}}},
     )
     # (No `from __future__ import annotations` in this module: FastAPI must see this class itself.)
     async def generate(body: GenerateRequest, request: Request) -> Any:  # type: ignore[valid-type]
+        request_id = request.state.request_id
         job = _job(cfg, _ready(service), body)
-        result = await service.submit(job)
+        problem = cost_problem(job.key, len(job.seeds), cfg.limits.max_request_cost)
+        if problem is not None:
+            return error_response(422, "over_cost_limit", problem, request_id)
+        timeout = cfg.limits.request_timeout_s
+        try:
+            # On timeout wait_for cancels the submit, which drops the job unless its call has started.
+            result = await asyncio.wait_for(service.submit(job), timeout)
+        except TimeoutError:
+            message = f"no result within limits.request_timeout_s ({timeout:g}s); the service is busy"
+            return error_response(504, "timeout", message, request_id)
         if result.failed:  # logged with its traceback where it ran (run_jobs)
-            return error_response(
-                500, "internal_error", "internal error; quote the request id", request.state.request_id
-            )
+            return error_response(500, "internal_error", "internal error; quote the request id", request_id)
         service.metrics.generated(len(result.pngs), job.key.steps, result.queue_seconds)
         if body.output == "png":
             return Response(result.pngs[0], media_type="image/png", headers={"X-Seed": str(job.seeds[0])})
-        return _generate_response(job, result, request.state.request_id)
+        return _generate_response(job, result, request_id)
 
 
 def _generate_response(job: Job, result: JobResult, request_id: str) -> GenerateResponse:

@@ -17,7 +17,7 @@ import urllib.request
 
 from ambient.ray_init import init_ray
 
-from .app import build_application
+from .app import build_application, running_serve_http_host
 from .config import ServeConfig
 from .model import choose_model
 
@@ -46,17 +46,6 @@ def wait_healthy(url: str, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-def _serve_running() -> bool:
-    import ray
-    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-
-    try:
-        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
-        return True
-    except ValueError:
-        return False
-
-
 def run_service(cfg: ServeConfig, ready_timeout_s: float = 900.0) -> str:
     """Deploy, print the base URL once it answers, block until interrupted; returns the URL."""
     import ray
@@ -74,8 +63,10 @@ def run_service(cfg: ServeConfig, ready_timeout_s: float = 900.0) -> str:
     started_serve = False
     try:
         print(f"model: {choice.label} ({choice.uri})", file=sys.stderr, flush=True)
-        app = build_application(cfg, choice)
-        if _serve_running():
+        # A Serve already running here keeps its own HTTP host: the token rule applies to that one.
+        running_host = running_serve_http_host()
+        app = build_application(cfg, choice, serve_host=running_host)
+        if running_host is not None:
             print("Serve already runs on this cluster: its HTTP host/port apply", file=sys.stderr)
         else:
             serve.start(

@@ -93,7 +93,9 @@ class GenerateResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok", "loading"]
+    status: Literal["ok", "loading", "stalled"] = Field(
+        description="stalled: a model call has run past limits.model_call_timeout_s (503, like loading)"
+    )
 
 
 class ReplicaInfo(BaseModel):

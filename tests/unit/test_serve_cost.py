@@ -1,0 +1,302 @@
+"""Serving cost with a ceiling, without Ray: the cost rule, the keyed batcher, the public-host rule of
+``build_app``, and the FastAPI app of serve/http.py over real HTTP (uvicorn) on the tiny model.
+
+The HTTP tests run ``SamplerService`` (the deployment's body without Serve's wrapping) in-process; a
+hung model call is the model's worker thread held busy by the test, which is what a hang looks like
+from the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pytest
+import requests
+
+from ambient.config import load_config
+from ambient.serve.batcher import KeyedBatcher, pick_key
+from ambient.serve.config import ServeConfig
+from ambient.serve.cost import cost_problem, image_cost, passes, request_cost
+from ambient.serve.model import Job, JobResult
+from ambient.serve.sampler import SamplingKey
+from tests.conftest import free_port, wait_until
+
+
+def key(steps: int = 2, guidance: float = 1.0, side: int = 64, method: str = "euler") -> SamplingKey:
+    return SamplingKey(steps, guidance, side, side, "full", 0.0, method)  # type: ignore[arg-type]
+
+
+def job(k: SamplingKey, images: int = 1, enqueued: float | None = None) -> Job:
+    j = Job(k, ["p"] * images, [""] * images, list(range(images)), images)
+    if enqueued is not None:
+        j.enqueued = enqueued
+    return j
+
+
+# --- the cost rule ---------------------------------------------------------------------------------
+
+
+def test_passes_follow_the_sampler_and_the_guidance():
+    assert passes("euler", 1.0) == 1 and passes("posterior", 1.0) == 1
+    assert passes("heun", 1.0) == 2 and passes("euler", 5.0) == 2 and passes("heun", 5.0) == 4
+    assert passes("euler", 0.0) == 2  # scale 0 still runs both branches
+    assert image_cost(key(steps=10, guidance=5.0, side=1000, method="heun")) == pytest.approx(40.0)
+    assert request_cost(key(steps=10, side=1000), 3) == pytest.approx(30.0)
+
+
+def test_the_default_limit_admits_default_requests_and_refuses_the_maximal_one():
+    limits = ServeConfig().limits
+    at = {s: key(steps=20, guidance=5.0, side=s, method="heun") for s in (512, 1024)}
+    assert cost_problem(at[512], 4, limits.max_request_cost) is None  # the demo config's largest
+    assert cost_problem(at[1024], 1, limits.max_request_cost) is None
+    maximal = key(steps=50, guidance=5.0, side=1024, method="heun")  # valid under the other limits
+    message = cost_problem(maximal, 4, limits.max_request_cost)
+    assert message is not None and "limits.max_request_cost 100" in message
+    assert "838.9 megapixel-steps" in message and "4 passes" in message
+
+
+# --- the keyed batcher -----------------------------------------------------------------------------
+
+
+def test_pick_key_cheapest_first_unless_something_waited_too_long():
+    cheap, dear = key(steps=1), key(steps=50)
+    heads = [(dear, image_cost(dear), 0.0), (cheap, image_cost(cheap), 5.0)]
+    assert pick_key(heads, now=6.0, max_defer_s=10.0) == (cheap, False)
+    assert pick_key(heads, now=10.0, max_defer_s=10.0) == (dear, True)  # waited 10 s: arrival order
+    assert pick_key(heads, now=6.0, max_defer_s=0.0) == (dear, True)  # 0: arrival order
+    # ... but not twice in a row: a cheap call runs between two passed-over ones.
+    assert pick_key(heads, now=10.0, max_defer_s=10.0, allow_overdue=False) == (cheap, False)
+
+
+@dataclass
+class Recorder:
+    """A stand-in model call that records each call's keys and images and can be held."""
+
+    calls: list[list[Job]]
+    gate: asyncio.Event
+
+    async def __call__(self, jobs: list[Job]) -> list[JobResult]:
+        self.calls.append(jobs)
+        await self.gate.wait()
+        return [JobResult(batch_images=sum(len(j.seeds) for j in jobs)) for j in jobs]
+
+
+def test_batches_never_mix_keys_and_drop_cancelled_jobs_before_their_call():
+    async def scenario() -> tuple[Recorder, KeyedBatcher, list]:
+        rec = Recorder([], asyncio.Event())
+        batcher = KeyedBatcher(rec, max_weight=4, wait_s=0.01, max_defer_s=10.0)
+        first = asyncio.create_task(batcher.submit(job(key(guidance=3.0))))
+        await asyncio.sleep(0.05)  # the first call runs (held): the rest queue behind it
+        a = [asyncio.create_task(batcher.submit(job(key(guidance=2.0)))) for _ in range(3)]
+        b = [asyncio.create_task(batcher.submit(job(key(guidance=2.1), images=2))) for _ in range(3)]
+        gone = asyncio.create_task(batcher.submit(job(key(guidance=2.0))))
+        await asyncio.sleep(0.01)
+        gone.cancel()  # what Serve does to the handler when its client disconnects
+        rec.gate.set()
+        done = await asyncio.gather(first, *a, *b)
+        return rec, batcher, done
+
+    rec, batcher, done = asyncio.run(scenario())
+    for call in rec.calls:
+        assert len({j.key for j in call}) == 1  # one key per model call
+        assert sum(j.weight for j in call) <= 4
+    # 1 (first) + 1 (three of 2.0 together) + 2 (three 2-image jobs of 2.1 in calls of 4 images)
+    assert [sum(len(j.seeds) for j in c) for c in rec.calls] == [1, 3, 4, 2]
+    assert batcher.dropped == 1 and all(r.batch_images > 0 for r in done)
+
+
+def test_cheap_work_overtakes_queued_costly_work():
+    async def scenario() -> list[int]:
+        rec = Recorder([], asyncio.Event())
+        batcher = KeyedBatcher(rec, max_weight=4, wait_s=0.0, max_defer_s=10.0)
+        hold = asyncio.create_task(batcher.submit(job(key(steps=3))))
+        await asyncio.sleep(0.02)
+        tasks = [asyncio.create_task(batcher.submit(job(key(steps=50), images=4))) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        tasks.append(asyncio.create_task(batcher.submit(job(key(steps=1)))))
+        await asyncio.sleep(0.01)
+        rec.gate.set()
+        await asyncio.gather(hold, *tasks)
+        return [c[0].key.steps for c in rec.calls]
+
+    assert asyncio.run(scenario()) == [3, 1, 50, 50]
+
+
+def test_passed_over_work_runs_but_never_twice_in_a_row():
+    async def scenario() -> list[int]:
+        rec = Recorder([], asyncio.Event())
+        batcher = KeyedBatcher(rec, max_weight=4, wait_s=0.0, max_defer_s=0.05)
+        hold = asyncio.create_task(batcher.submit(job(key(steps=3))))
+        await asyncio.sleep(0.02)
+        tasks = [asyncio.create_task(batcher.submit(job(key(steps=50), images=4))) for _ in range(2)]
+        tasks += [asyncio.create_task(batcher.submit(job(key(steps=1), images=4))) for _ in range(2)]
+        await asyncio.sleep(0.1)  # all four have now waited past max_defer_s
+        rec.gate.set()
+        await asyncio.gather(hold, *tasks)
+        return [c[0].key.steps for c in rec.calls]
+
+    assert asyncio.run(scenario()) == [3, 50, 1, 50, 1]
+
+
+# --- the public-host rule on the serve run / RayService path ---------------------------------------
+
+
+def test_build_app_refuses_a_public_serve_host_without_a_token(monkeypatch):
+    import ray
+
+    from ambient.models.source import resolve_model
+    from ambient.serve.app import build_app, serve_http_host
+
+    tiny = {"model": str(resolve_model(None))}  # the tiny default, whatever the repo's demo export holds
+    assert not ray.is_initialized()  # this test reads the default host, not a running Serve's
+    monkeypatch.setenv("RAY_SERVE_DEFAULT_HTTP_HOST", "0.0.0.0")
+    assert serve_http_host() == "0.0.0.0"
+    with pytest.raises(ValueError, match=r"Serve's HTTP host \(http_options.host\) 0.0.0.0 is not loopback "):
+        build_app({})
+    with pytest.raises(ValueError, match=r"auth.token_env is unset"):
+        build_app({"http": {"host": "127.0.0.1"}})  # http.host does not decide what Serve binds
+    monkeypatch.setenv("RAY_SERVE_DEFAULT_HTTP_HOST", "127.0.0.1")
+    assert build_app(tiny) is not None
+    monkeypatch.setenv("RAY_SERVE_DEFAULT_HTTP_HOST", "0.0.0.0")
+    monkeypatch.setenv("AMBIENT_TEST_COST_TOKEN", "t")
+    assert build_app({**tiny, "auth": {"token_env": "AMBIENT_TEST_COST_TOKEN"}}) is not None
+    assert build_app({**tiny, "http": {"allow_public_without_token": True}}) is not None
+
+
+# --- the app over real HTTP ------------------------------------------------------------------------
+
+TOKEN_ENV, TOKEN = "AMBIENT_TEST_COST_HTTP_TOKEN", "cost-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@dataclass
+class Live:
+    url: str
+    service: object  # SamplerService
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[Live]:
+    import os
+
+    import uvicorn
+
+    from ambient.models.source import resolve_model
+    from ambient.serve.http import create_app
+    from ambient.serve.model import ModelChoice
+    from ambient.serve.service import SamplerService
+
+    os.environ[TOKEN_ENV] = TOKEN
+    cfg = load_config(
+        ServeConfig,
+        overrides=[
+            f"auth.token_env={TOKEN_ENV}",
+            "limits.max_request_cost=0.1",  # 64 px, 2 heun steps guided: 0.033 per image
+            "limits.request_timeout_s=2",
+            "limits.model_call_timeout_s=1",
+            "defaults.steps=2",
+            "defaults.method=heun",
+            "batching.batch_wait_timeout_s=0.2",
+            "replica.torch_threads=1",
+        ],
+    )
+    service = SamplerService(cfg, ModelChoice("tiny default", str(resolve_model(None))))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: requests.get(f"{url}/v1/health", timeout=5).status_code == 200, 60, "app up")
+        yield Live(url, service)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        os.environ.pop(TOKEN_ENV, None)
+
+
+def post(url: str, **body) -> requests.Response:
+    return requests.post(
+        f"{url}/v1/generate", json={"prompt": "a red circle", **body}, headers=AUTH, timeout=60
+    )
+
+
+class HeldModelThread:
+    """Holds the model's single worker thread busy, as a hung model call would."""
+
+    def __init__(self, service) -> None:
+        self._release = threading.Event()
+        self._service = service
+
+    def __enter__(self) -> HeldModelThread:
+        self._service._executor.submit(self._release.wait, 60)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._release.set()
+
+
+def test_docs_and_openapi_need_the_token(live):
+    for path in ("/docs", "/openapi.json"):
+        r = requests.get(f"{live.url}{path}", timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized", path
+        assert requests.get(f"{live.url}{path}", headers=AUTH, timeout=10).status_code == 200
+    assert requests.get(f"{live.url}/v1/health", timeout=10).status_code == 200  # probes stay open
+
+
+def test_a_request_over_the_cost_limit_gets_422_naming_the_limit_and_its_cost(live):
+    r = post(live.url, num_images=4, seed=1)  # 4 x 64 x 64 x 2 steps x 4 passes = 0.131
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "over_cost_limit"
+    assert "request cost 0.1311 megapixel-steps exceeds limits.max_request_cost 0.1" in error["message"]
+    assert post(live.url, num_images=2, seed=1).status_code == 200  # 0.066 fits
+    assert post(live.url, num_images=4, seed=1, guidance_scale=1.0).status_code == 200  # 2 passes: 0.066
+
+
+def test_calls_that_cannot_share_are_not_batched_together(live):
+    batcher = live.service.batcher
+    with ThreadPoolExecutor(6) as pool:
+        with HeldModelThread(live.service):  # everything queues, then runs as the batcher groups it
+            busy = pool.submit(post, live.url, seed=9, steps=1)
+            wait_until(lambda: batcher.call_started is not None, 10, "the first call to start")
+            futures = [
+                pool.submit(post, live.url, seed=i, guidance_scale=2.0 if i < 3 else 2.5) for i in range(5)
+            ]
+            wait_until(lambda: batcher.queued() == 5, 10, "five requests queued")
+        responses = [f.result() for f in futures]
+    assert busy.result().status_code == 200
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    # Two calls, one per guidance scale: three images and two, neither padded with the other's.
+    assert [r.json()["batch_images"] for r in responses] == [3, 3, 3, 2, 2]
+
+
+def test_a_hung_model_call_fails_the_health_check_and_queued_requests_time_out_and_are_dropped(live):
+    service = live.service
+    dropped = service.batcher.dropped
+    with ThreadPoolExecutor(2) as pool, HeldModelThread(service):
+        first = pool.submit(post, live.url, seed=1)  # its call starts, and waits for the held thread
+        wait_until(lambda: service.batcher.call_started is not None, 10, "the first call to start")
+        second = pool.submit(post, live.url, seed=2, steps=1)  # another key: queued behind it
+        wait_until(lambda: service.batcher.queued() == 1, 10, "the second request queued")
+        wait_until(lambda: service.health_problem() is not None, 10, "the call past its timeout")
+        health = requests.get(f"{live.url}/v1/health", timeout=10)
+        assert health.status_code == 503 and health.json() == {"status": "stalled"}
+        with pytest.raises(RuntimeError, match="a model call has run .* over its timeout of 1s"):
+            service.check_health()
+        for r in (first.result(), second.result()):
+            assert r.status_code == 504, r.text
+            assert "limits.request_timeout_s (2s)" in r.json()["error"]["message"]
+    # The second one's call never started: it leaves the queue, without a model call, once the held
+    # call ends and the batcher looks at its queue again.
+    wait_until(lambda: service.batcher.dropped == dropped + 1, 30, "the timed-out job dropped")
+    assert service.batcher.queued() == 0
+    assert service.health_problem() is None
+    assert requests.get(f"{live.url}/v1/health", timeout=10).json() == {"status": "ok"}
+    assert post(live.url, seed=3).status_code == 200  # and it keeps serving
