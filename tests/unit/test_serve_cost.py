@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from ambient.config import load_config
+from ambient.core.sampling_spec import SamplingSpec
 from ambient.serve.batcher import KeyedBatcher, pick_key
 from ambient.serve.config import ServeConfig
 from ambient.serve.cost import cost_problem, image_cost, passes, request_cost
@@ -27,7 +28,8 @@ from tests.conftest import free_port, wait_until
 
 
 def key(steps: int = 2, guidance: float = 1.0, side: int = 64, method: str = "euler") -> SamplingKey:
-    return SamplingKey(steps, guidance, side, side, "full", 0.0, method)  # type: ignore[arg-type]
+    spec = SamplingSpec("full", 0.0, steps, guidance, method)  # type: ignore[arg-type]
+    return SamplingKey(spec, side, side)
 
 
 def job(k: SamplingKey, images: int = 1, enqueued: float | None = None) -> Job:
@@ -121,7 +123,7 @@ def test_cheap_work_overtakes_queued_costly_work():
         await asyncio.sleep(0.01)
         rec.gate.set()
         await asyncio.gather(hold, *tasks)
-        return [c[0].key.steps for c in rec.calls]
+        return [c[0].key.spec.steps for c in rec.calls]
 
     assert asyncio.run(scenario()) == [3, 1, 50, 50]
 
@@ -137,7 +139,7 @@ def test_passed_over_work_runs_but_never_twice_in_a_row():
         await asyncio.sleep(0.1)  # all four have now waited past max_defer_s
         rec.gate.set()
         await asyncio.gather(hold, *tasks)
-        return [c[0].key.steps for c in rec.calls]
+        return [c[0].key.spec.steps for c in rec.calls]
 
     assert asyncio.run(scenario()) == [3, 50, 1, 50, 1]
 
@@ -146,13 +148,13 @@ def test_passed_over_work_runs_but_never_twice_in_a_row():
 
 
 def test_build_app_refuses_a_public_serve_host_without_a_token(monkeypatch):
-    import ray
-
     from ambient.models.source import resolve_model
+    from ambient.serve import app
     from ambient.serve.app import build_app, serve_http_host
 
     tiny = {"model": str(resolve_model(None))}  # the tiny default, whatever the repo's demo export holds
-    assert not ray.is_initialized()  # this test reads the default host, not a running Serve's
+    # The rule for the host `serve run` would bind (the suite's own Serve, if one runs, is not asked).
+    monkeypatch.setattr(app, "running_serve_http_host", lambda: None)
     monkeypatch.setenv("RAY_SERVE_DEFAULT_HTTP_HOST", "0.0.0.0")
     assert serve_http_host() == "0.0.0.0"
     with pytest.raises(ValueError, match=r"Serve's HTTP host \(http_options.host\) 0.0.0.0 is not loopback "):
