@@ -165,6 +165,24 @@ def test_epoch_orders_for_many_epochs_equal_one_epoch_at_a_time():
             assert all(a != b for a, b in zip(many, many[1:], strict=False)), "epochs in a row differ"
 
 
+def test_shard_and_row_orders_are_pinned():
+    """A checkpoint's data_position names a place in these exact orders: a change of seeding would
+    resume every existing run into a different stream."""
+    from ambient.data.order import epoch_orders, order_key, window_permutation, window_seed
+
+    files = [f"shard-{i:05d}.parquet" for i in range(5)]
+    assert [[int(f[6:11]) for f in o] for o in epoch_orders(files, 0, [0, 1, 2])] == [
+        [3, 2, 0, 4, 1],
+        [2, 3, 0, 4, 1],
+        [0, 2, 4, 3, 1],
+    ]
+    assert order_key(7, 2, "shards") == "ambient-shards:7:2"
+    assert order_key(3, 1, "rows", 2) == "ambient-rows:3:1:2"
+    assert window_seed(0, 0, 0) == 11808427009061392651
+    assert window_permutation(7, 3, 1, 2, shuffle=True).tolist() == [5, 3, 1, 6, 4, 0, 2]
+    assert window_permutation(4, 3, 1, 2, shuffle=False).tolist() == [0, 1, 2, 3]
+
+
 def _text_batch(n: int, length: int = 77, dim: int = 64, pooled: int = 32) -> dict[str, np.ndarray]:
     """An encoder task's output with text embeddings; row 1 is rejected (zero placeholders)."""
     rng = np.random.default_rng(0)

@@ -17,12 +17,12 @@ _EXPORTS = {
     "ManifestError": "errors",
     "NoValidRowsError": "errors",
     "ShardError": "errors",
+    "DatasetInfo": "order",
     "PrepareResult": "prepare",
     "prepare_shards": "prepare",
     "SCHEMA_VERSION": "schema",
     "Manifest": "schema",
     "arrow_schema": "schema",
-    "DatasetInfo": "streaming",
     "collate_batch": "streaming",
     "inspect_dataset": "streaming",
     "iter_training_batches": "streaming",
@@ -58,10 +58,10 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from .config import PrepareShardsConfig
     from .errors import DataError, ManifestError, NoValidRowsError, ShardError
+    from .order import DatasetInfo
     from .prepare import PrepareResult, prepare_shards
     from .schema import SCHEMA_VERSION, Manifest, arrow_schema
     from .streaming import (
-        DatasetInfo,
         collate_batch,
         inspect_dataset,
         iter_training_batches,

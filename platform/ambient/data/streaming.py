@@ -3,9 +3,8 @@ file in a per-epoch order, and the collate that turns its numpy batches into tor
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import ray.data
@@ -13,73 +12,15 @@ import torch
 
 from ambient.storage import StorageConfig, resolve_filesystem
 
-from .schema import TEXT_COLUMNS, Manifest, dataset_schema
+# DatasetInfo and the epoch orders live in the torch-free ``order`` module; importers of this module
+# get them here too.
+from .order import DatasetInfo, RankSlice, StreamPlan, epoch_order, epoch_orders
+from .row_stream import rank_stream
+from .schema import TEXT_COLUMNS, dataset_schema
 from .shard_source import DEFAULT_MIN_TASK_BYTES, ShardDatasource
 from .validate import ValidationReport, load_manifest, validate_dataset
 
 TENSOR_COLUMNS = ("latent", "image")
-
-
-@dataclass
-class DatasetInfo:
-    uri: str
-    manifest: Manifest
-    epoch: int
-    # Good shards relative to the dataset folder: the manifest's order from inspect_dataset, the
-    # epoch's read order from open_dataset.
-    files: list[str]
-    rows: int  # rows this dataset will yield (manifest rows minus skipped shards)
-    rows_skipped: int = 0
-    bad_shards: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def tensor_column(self) -> str:
-        return self.manifest.tensor_column
-
-    def counts(self) -> dict[str, int]:
-        """For the run summary: nothing is dropped without being counted."""
-        return {"rows": self.rows, "rows_skipped": self.rows_skipped, "shards_skipped": len(self.bad_shards)}
-
-
-def epoch_order(files: Sequence[str], shuffle_seed: int, epoch: int) -> list[str]:
-    """The shard order of one epoch: a permutation seeded by (shuffle_seed, epoch), never the same as
-    the previous epoch's (with few shards two epochs could otherwise draw the same permutation)."""
-    return epoch_orders(files, shuffle_seed, [epoch])[0]
-
-
-def epoch_orders(files: Sequence[str], shuffle_seed: int, epochs: Sequence[int]) -> list[list[str]]:
-    """``epoch_order`` for several epochs, in time linear in the largest epoch (a run may plan
-    thousands of epochs over a small dataset)."""
-    if len(files) > 8:  # a repeat is ~1/n!: compare each draw with the previous raw draw only
-        orders = []
-        for epoch in epochs:
-            order = _permutation(files, shuffle_seed, epoch)
-            if epoch > 0 and order == _permutation(files, shuffle_seed, epoch - 1):
-                order = _swap_first(order)
-            orders.append(order)
-        return orders
-    # Few files: follow the chain of adjusted orders exactly, once up to the largest epoch wanted.
-    wanted = set(epochs)
-    chain: dict[int, list[str]] = {}
-    previous: list[str] | None = None
-    for epoch in range(max(wanted, default=-1) + 1):
-        order = _permutation(files, shuffle_seed, epoch)
-        if previous is not None and len(files) >= 2 and order == previous:
-            order = _swap_first(order)
-        previous = order
-        if epoch in wanted:
-            chain[epoch] = order
-    return [chain[e] for e in epochs]
-
-
-def _swap_first(order: list[str]) -> list[str]:
-    return [order[1], order[0], *order[2:]]
-
-
-def _permutation(files: Sequence[str], shuffle_seed: int, epoch: int) -> list[str]:
-    order = sorted(files)
-    random.Random(f"ambient-shards:{shuffle_seed}:{epoch}").shuffle(order)
-    return order
 
 
 def inspect_dataset(
@@ -136,8 +77,6 @@ def stream_epochs(
     storage = (storage or StorageConfig()).resolved()
     epochs = list(epochs)
     if window_rows > 0 and epochs:
-        from .row_stream import RankSlice, StreamPlan, rank_stream
-
         if epochs != list(range(epochs[0], epochs[0] + len(epochs))):
             raise ValueError(f"epochs {epochs[:5]}...: window shuffling streams consecutive epochs only")
         plan = StreamPlan.from_info(info, shuffle_seed, window_rows)
