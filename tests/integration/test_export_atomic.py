@@ -50,7 +50,7 @@ def _exports(base_dir: Path, root: Path) -> tuple[Path, Path]:
 def test_publish_to_s3_then_a_crash_mid_upload_then_a_clean_republish(base_dir, s3, tmp_path, monkeypatch):
     import ambient.models.export as export
     from ambient.models import load_components, read_metadata
-    from ambient.models.loading import POINTER_FILE, VERSIONS_DIR
+    from ambient.models.folders import POINTER_FILE, VERSIONS_DIR
     from ambient.models.source import check_model, resolve_model
     from ambient.storage import list_files, read_text
 
@@ -104,7 +104,7 @@ def test_publishing_keeps_the_previous_version_and_removes_older_ones(base_dir, 
 
 def test_s3_exports_without_a_pointer_or_with_a_damaged_version_are_refused(base_dir, s3, tmp_path):
     from ambient.models.export import publish_export
-    from ambient.models.loading import MANIFEST_FILE, VERSIONS_DIR
+    from ambient.models.folders import MANIFEST_FILE, VERSIONS_DIR
     from ambient.models.source import check_model, resolve_model
     from ambient.storage import resolve_filesystem, upload_directory
 

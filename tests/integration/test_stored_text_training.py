@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ambient.data.errors import ManifestError
-from ambient.models.loading import resolve_export
+from ambient.models.folders import resolve_export
 from ambient.train import run_finetune
 from tests.integration.test_finetune import make_config, read_summary
 

@@ -12,7 +12,7 @@ import torch
 
 from ambient.models import build_tiny_pipeline, load_components
 from ambient.models.export import export_adapter, export_pipeline, publish_export, read_metadata
-from ambient.models.loading import (
+from ambient.models.folders import (
     MANIFEST_FILE,
     METADATA_FILE,
     POINTER_FILE,

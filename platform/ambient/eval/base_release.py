@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ambient.models.base_model import BASE_DIR, package_base
-from ambient.models.loading import load_components, resolve_export
+from ambient.models.folders import resolve_export
+from ambient.models.loading import load_components
 
 from .showcase import SamplingSpec, model_adherence
 

@@ -4,7 +4,8 @@ from .base_model import ensure_default_model
 from .conditioning import drop_captions, encode_prompts, make_add_time_ids
 from .denoiser import SDXLDenoiser, guided
 from .export import export_pipeline, read_metadata
-from .loading import SDXLComponents, check_model_dir, load_components, load_pipeline
+from .folders import check_model_dir
+from .loading import SDXLComponents, load_components, load_pipeline
 from .lora import add_lora, has_lora, lora_state_dict, merge_lora
 from .sampling import image_grid, sample_images, sample_latents
 from .tiny import build_tiny_pipeline, parameter_counts

@@ -37,7 +37,7 @@ from ambient.storage import (
 )
 
 from ..core import SamplingMode, default_sampling_mode
-from .loading import (
+from .folders import (
     ADAPTER_EXPORT,
     COMPONENTS,
     EXPORT_FORMAT_KEY,

@@ -12,8 +12,9 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from torch import Tensor
 
+from .folders import LORA_WEIGHTS
+
 ATTENTION_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")
-LORA_WEIGHTS = "pytorch_lora_weights.safetensors"  # diffusers' file name in a LoRA folder
 
 
 def add_lora(

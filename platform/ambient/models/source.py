@@ -9,7 +9,7 @@ downloaded again instead of served stale, and the older copy is removed. Pickled
 ``.pt``, ...) are never downloaded: only ``.safetensors`` weights are loaded, and nothing from a model
 path is ever unpickled.
 
-A trained export is resolved as ``loading.resolve_export`` says: an s3:// export's ``CURRENT.json`` is
+A trained export is resolved as ``folders.resolve_export`` says: an s3:// export's ``CURRENT.json`` is
 read first and only the version it names is listed and downloaded (its files checked against the
 pointer's sizes); an unpublished export is refused.
 
@@ -29,14 +29,12 @@ from pathlib import Path
 from ambient.storage import StorageConfig, download_prefix, file_infos, is_s3, join, read_text
 
 from .base_model import ensure_default_model
-from .loading import (
+from .folders import (
     MANIFEST_FILE,
     METADATA_FILE,
     POINTER_FILE,
     VERSIONS_DIR,
-    SDXLComponents,
     check_model_dir,
-    load_components,
     read_listing,
     unpublished_error,
     written_by_exporter,
@@ -83,14 +81,6 @@ def resolve_model(ref: str | None, storage: StorageConfig | None = None, field: 
             return check_model_dir(ref)
         prefix, files = _remote_model(ref, storage)
         return check_model_dir(_download(ref, storage, files, prefix))
-
-
-def load_model_components(
-    ref: str, storage: StorageConfig | None = None, *, text_encoders: bool = True
-) -> tuple[SDXLComponents, Path]:
-    """The model's components (without text encoders and tokenizers when ``text_encoders`` is False)."""
-    folder = resolve_model(ref, storage)
-    return load_components(folder, text_encoders=text_encoders), folder
 
 
 def cached_model_dir(source: str, storage: StorageConfig | None = None) -> Path:

@@ -11,13 +11,8 @@ from pathlib import Path
 import torch
 
 from ambient.models.export import read_metadata, sampling_defaults
-from ambient.models.loading import (
-    METADATA_FILE,
-    POINTER_FILE,
-    SDXLComponents,
-    check_model_dir,
-    load_components,
-)
+from ambient.models.folders import METADATA_FILE, POINTER_FILE, check_model_dir
+from ambient.models.loading import SDXLComponents, load_components
 from ambient.models.source import check_model, resolve_model
 from ambient.storage import StorageConfig, is_s3
 
