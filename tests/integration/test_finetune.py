@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 
 from ambient.config import load_config
 from ambient.eval.showcase import TILE
-from ambient.models.loading import resolve_export
+from ambient.models.folders import resolve_export
 from ambient.train import FinetuneConfig, run_finetune
+from ambient.train.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "jobs" / "configs" / "finetune_demo.yaml"
@@ -143,18 +144,18 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
     result: dict = {}
     thread = threading.Thread(target=lambda: result.setdefault("uri", run_finetune(cfg)), daemon=True)
     thread.start()
-    run_dir = storage / "fault"
+    layout = RunLayout.of(str(storage), "fault")
     deadline = time.time() + 300
     # Wait until the controller has *registered* a checkpoint (its snapshot lists one), not merely until
     # the files exist: a failure before registration restarts from scratch, correctly.
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    snapshot = Path(layout.checkpoint_snapshot)
     while time.time() < deadline and not (
         snapshot.exists() and "checkpoint_dir_name" in snapshot.read_text()
     ):
         assert thread.is_alive(), "the run ended before its first checkpoint"
         time.sleep(0.5)
     # Each worker registers its pid under outputs/workers/; kill rank 1's process outright.
-    record = json.loads((run_dir / "outputs" / "workers" / "rank-1.json").read_text())
+    record = json.loads(Path(layout.worker_record(1)).read_text())
     os.kill(record["pid"], 9)
     thread.join(timeout=600)
     assert "uri" in result, "the run did not complete after a worker was killed"
@@ -163,7 +164,7 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
     assert s["resumed_from_step"] is not None and 4 <= s["resumed_from_step"] < 16
     assert s["data_split"] == "exact" and s["restarts"] >= 1
     # 2 workers x batch 4 = 8 rows a step: 16 steps are two epochs of the 64 rows.
-    counts = coverage(recorded_rows(s["outputs"]), s["resumed_from_step"])
+    counts = coverage(recorded_rows(layout), s["resumed_from_step"])
     assert len(counts) == EPOCH_ROWS and set(counts.values()) == {2}, counts.most_common(3)
 
     # The export is the EMA average of the last checkpoint (not the raw weights), and training moved it.

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ambient.train.layout import RunLayout
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
@@ -50,7 +52,7 @@ def finetune_log(tiny_model, tmp_path_factory) -> tuple[subprocess.CompletedProc
         cwd=root,
         timeout=1200,
     )
-    return done, root / "runs" / "logs" / "outputs" / "summary.json"
+    return done, Path(RunLayout.of(str(root / "runs"), "logs").summary)
 
 
 def test_the_last_line_is_the_summary_path(finetune_log):

@@ -33,6 +33,8 @@ import yaml
 
 from ambient.storage import exists, file_infos, join, read_text, upload_directory
 from ambient.train import FinetuneConfig
+from ambient.train.layout import RunLayout
+from ambient.tune.sweep import trial_layout
 from tests.conftest import free_port, free_port_block
 from tests.integration.test_exact_resume import coverage, recorded_rows
 
@@ -310,7 +312,7 @@ def test_sweep_trials_run_on_different_nodes_with_everything_on_s3(cluster, s3_i
         assert row["sample_grid"].startswith(f"{sweep_uri}/grids/") and row["summary"].startswith("s3://")
         summary = json.loads(read_text(row["summary"], storage))
         assert summary["exported_model"].startswith(f"{sweep_uri}/trials/")
-        worker = json.loads(read_text(join(summary["outputs"], "workers", "rank-0.json"), storage))
+        worker = json.loads(read_text(trial_layout(sweep_uri, row["trial"]).worker_record(0), storage))
         nodes.add(worker["node_id"])
     assert len(nodes) == 2, "each trial needs a whole worker node: the two ran on different nodes"
     best = FinetuneConfig.model_validate(
@@ -342,35 +344,38 @@ def test_node_loss_mid_run_resumes_from_s3_at_the_exact_row(cluster, s3_inputs, 
     runs = f"{s3_inputs['prefix']}/runs"
     name, every, steps = "multinode", 4, 16  # 2 workers x batch 4: 8 steps an epoch, 2 epochs
     entry = [
+        # The test-only step delay (ambient.train.callbacks.StepDelay) leaves time to kill a node.
+        "env", "AMBIENT_TEST_STEP_DELAY_S=1",
         "python", str(ROOT / "jobs" / "finetune.py"),
         "--set", f"model.path={s3_inputs['model']}", "--set", f"data.uri={s3_inputs['data']}",
         "--set", f"run.storage_path={runs}", "--set", f"run.name={name}", "--set", "run.max_failures=2",
         "--set", "scaling.placement_strategy=SPREAD", "--set", "scaling.resources_per_worker={trainer: 1}",
         "--set", "train.batch_size=4", "--set", f"train.max_steps={steps}",
         "--set", f"train.checkpoint_every={every}", "--set", "train.log_every=4",
-        "--set", "train.debug_step_sleep_s=1", "--set", "data.record_rows=true",
+        "--set", "data.record_rows=true",
         "--set", "consistency.weight=0", "--set", "validation.every_steps=8", "--set", "validation.num_steps=2",
         "--set", "model.lora_rank=4",
         "--set", "showcase.enabled=false",  # the demo default's before/after picture: minutes of sampling
     ]  # fmt: skip
     job = f"multinode-{uuid.uuid4().hex[:8]}"
     submit(cluster, job, entry)
-    run_dir, outputs = join(runs, name), join(runs, name, "outputs")
+    layout = RunLayout.of(runs, name)
+    outputs = layout.outputs
 
     # Both train workers are up, one on each worker node.
     def placed() -> list[RayNode]:
-        records = [json.loads(read_text(join(outputs, "workers", f"rank-{r}.json"), storage)) for r in (0, 1)]
+        records = [json.loads(read_text(layout.worker_record(r), storage)) for r in (0, 1)]
         return [next(n for n in cluster.workers if n.owns(rec["pid"])) for rec in records]
 
     wait_for(
-        lambda: all(exists(join(outputs, "workers", f"rank-{r}.json"), storage) for r in (0, 1)),
+        lambda: all(exists(layout.worker_record(r), storage) for r in (0, 1)),
         900,
         "the train workers",
     )
     hosts = placed()
     assert hosts[0] is not hosts[1], "SPREAD should put the two train workers on different nodes"
     # The first checkpoint is registered by the controller (its snapshot lists it): kill rank 1's node.
-    snapshot = join(run_dir, "checkpoint_manager_snapshot.json")
+    snapshot = layout.checkpoint_snapshot
     wait_for(
         lambda: exists(snapshot, storage) and "checkpoint_dir_name" in read_text(snapshot, storage),
         900,
@@ -382,7 +387,7 @@ def test_node_loss_mid_run_resumes_from_s3_at_the_exact_row(cluster, s3_inputs, 
     wait_for(lambda: job_status(cluster, job) in ("SUCCEEDED", "FAILED", "STOPPED"), 1200, "the job to end")
     logs = job_logs(cluster, job)
     assert job_status(cluster, job) == "SUCCEEDED", logs[-4000:]
-    summary_uri = join(outputs, "summary.json")
+    summary_uri = layout.summary
     assert driver_lines(logs)[-1] == summary_uri, driver_lines(logs)[-5:]  # the job's result line
 
     s = json.loads(read_text(summary_uri, storage))
@@ -392,7 +397,7 @@ def test_node_loss_mid_run_resumes_from_s3_at_the_exact_row(cluster, s3_inputs, 
         assert str(s[key]).startswith("s3://"), (key, s[key])
     files = file_infos(outputs, storage)
     # The export is published: CURRENT.json names the one version a reader loads.
-    current = json.loads(read_text(join(outputs, "model", "CURRENT.json"), storage))
+    current = json.loads(read_text(join(layout.model, "CURRENT.json"), storage))
     version = f"model/versions/{current['version']}"
     assert "loss_curve.png" in files and f"{version}/ambient_metadata.json" in files
     # A LoRA run exports its adapter (with rank and alpha) and the base's reference, not a base copy.
@@ -403,7 +408,7 @@ def test_node_loss_mid_run_resumes_from_s3_at_the_exact_row(cluster, s3_inputs, 
     assert all(c.startswith("s3://") for c in s["checkpoints"])
 
     # At most one checkpoint interval repeated, and the rows: every one of the 64 exactly twice.
-    rows = recorded_rows(outputs, storage)
+    rows = recorded_rows(layout, storage)
     resumed = s["resumed_from_step"]
     repeated_steps = max(rows[0]) - resumed
     counts: Counter = coverage(rows, resumed)

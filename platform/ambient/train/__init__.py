@@ -10,16 +10,24 @@ from typing import TYPE_CHECKING
 from ..lazy import lazy_exports
 
 _EXPORTS = {
+    "Callback": "callbacks",
     "FinetuneConfig": "config",
+    "FinetuneRun": "trainer",
+    "RunLayout": "layout",
     "run_finetune": "trainer",
 }
 __all__ = [
+    "Callback",
     "FinetuneConfig",
+    "FinetuneRun",
+    "RunLayout",
     "run_finetune",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .callbacks import Callback
     from .config import FinetuneConfig
-    from .trainer import run_finetune
+    from .layout import RunLayout
+    from .trainer import FinetuneRun, run_finetune

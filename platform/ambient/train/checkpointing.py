@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .records import StepRecord
+from .resume import STATE_FILE, save_rng
 
 DS_TAG = "ds"
-STATE_FILE = "train_state.json"
 EMA_FILE = "ema.safetensors"
 
 
@@ -29,12 +29,22 @@ class LoopState:
     resumed_from_step: int | None = None
     resumes: list[int] = field(default_factory=list)  # the step of every checkpoint restore, in order
     data_position: int = 0  # rows of the run's row stream consumed by all ranks (exact split)
+    data_identity: dict | None = None  # the dataset's and row plan's hashes (ambient.train.resume)
+    world: int | None = None  # the world size that wrote the checkpoint (its ZeRO partitions)
 
 
-def save(engine, directory: Path, state: LoopState, ema: dict[str, torch.Tensor] | None, rank: int) -> None:
+def save(
+    engine,
+    directory: Path,
+    state: LoopState,
+    ema: dict[str, torch.Tensor] | None,
+    rank: int,
+    gen: torch.Generator,
+) -> None:
     # Collective: every rank writes its shard. Frozen weights (a LoRA run's base UNet, 10 GB at SDXL's
     # size) come from the base model on resume and are left out.
     engine.save_checkpoint(str(directory), tag=DS_TAG, exclude_frozen_parameters=True)
+    save_rng(directory, rank, gen)  # every rank its own draws: a resume continues them exactly
     if rank == 0:
         (directory / STATE_FILE).write_text(json.dumps(asdict(state)))
         if ema is not None:

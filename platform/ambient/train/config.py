@@ -153,9 +153,6 @@ class TrainSection(Section):
     ema_decay: float | None = Field(None, gt=0, lt=1)
     seed: int = 0
     threads_per_worker: int = Field(1, ge=1)
-    debug_step_sleep_s: float = Field(
-        0.0, ge=0, description="debug: sleep this long after each step (failure-injection tests)"
-    )
 
 
 class ValidationSection(Section):

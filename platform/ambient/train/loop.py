@@ -1,13 +1,12 @@
 """The per-worker training loop run by Ray Train: DeepSpeed engine, ambient + consistency objective,
-checkpoints, metrics, validation grids and, on rank 0, the final export."""
+checkpoints, metrics and, on rank 0, the final export. Everything else a run does at some step
+(sample grids, row recording, worker registration) is a callback (ambient.train.callbacks)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import os
-import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,23 +22,25 @@ from ambient.data.row_stream import RankSlice, StreamPlan, rank_stream
 from ambient.data.streaming import iter_training_batches
 from ambient.models.denoiser import SDXLDenoiser
 from ambient.models.export import export_adapter, export_pipeline, publish_export
+from ambient.models.loading import load_model_components
 from ambient.models.lora import add_lora
-from ambient.models.sampling import image_grid, sample_images
-from ambient.models.source import load_model_components
+from ambient.models.sampling import sample_images
 from ambient.models.vae import vae_dtype
-from ambient.storage import join, upload_directory, write_bytes_atomic
+from ambient.storage import upload_directory, write_bytes_atomic
 
-from . import checkpointing
+from . import checkpointing, resume
 from .batch import model_inputs
+from .callbacks import Callback
 from .config import FinetuneConfig
 from .deepspeed_config import build_deepspeed_config, frozen_dtype, skip_shm_comm_op
 from .due import Due
 from .ema import EMA
+from .layout import RunLayout
 from .metrics import TrainMetrics
 from .objective import LossParts, training_loss
 from .outputs import plot_loss_curve
 from .plan import RunPlan, StoredText
-from .records import WORKER_SUMMARY, StepRecord, WorkerSummary
+from .records import StepRecord, WorkerSummary
 from .validation import validation_ambient_loss
 
 
@@ -111,10 +112,13 @@ class TrainingWorker:
         stream: StreamPlan | None,
         out_dir: Path,
         text: StoredText | None = None,
+        callbacks: list[Callback] | None = None,
     ) -> None:
         self.cfg, self.plan, self.stream = cfg, plan, stream
         self.text = text  # stored text embeddings: no text encoders are loaded
-        self.out_dir = out_dir  # local staging for outputs; run.storage_path is where they live
+        # Local staging for rank 0's outputs, uploaded to plan.layout.outputs (where they live).
+        self.staged = RunLayout.staging(out_dir)
+        self.callbacks = list(callbacks or [])
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         torch.set_num_threads(cfg.train.threads_per_worker)
@@ -122,7 +126,7 @@ class TrainingWorker:
         self.device = ray.train.torch.get_device()
         self.storage = cfg.storage.resolved()
 
-        self._register()
+        self._emit("on_worker_start", self)
         self.comps, self.model_dir = load_model_components(
             plan.model_source, self.storage, text_encoders=text is None
         )
@@ -135,16 +139,20 @@ class TrainingWorker:
             if cfg.validation.data_uri
             else None
         )
-        self.state, ema_state = self._restore()
+        self.state, ema_state, rng_state = self._restore()
         self.ema = EMA(self.engine.module, cfg.train.ema_decay, ema_state) if cfg.train.ema_decay else None
         # The last held-out loss (a resumed run's from its history): every later report carries it.
         last = next((r for r in reversed(self.state.history) if r.val_step is not None), None)
         self.last_val = (last.val_ambient_loss, last.val_step) if last is not None else None
         self.window, self.totals = _Sums(), _Sums()  # since the last report; this attempt's steps
-        # A generator per rank and resume point: the run's randomness is reproducible and never repeats.
+        # A generator per rank: the run's randomness is reproducible. A resume continues the draws its
+        # checkpoint saved (bit-identical to an uninterrupted run); without them (another world size)
+        # the generator is seeded at the resume step, so that no draw repeats.
         self.gen = torch.Generator().manual_seed(
             cfg.train.seed * 100_003 + self.rank * 7919 + self.state.step
         )
+        if rng_state is not None:
+            resume.apply_rng(rng_state, self.gen)
 
     def _build_engine(self):
         """Frozen VAE and text encoders (when loaded); the UNet (or its LoRA) trainable, wrapped by DeepSpeed."""
@@ -170,31 +178,29 @@ class TrainingWorker:
         )
         return engine, lr_scheduler
 
-    def _restore(self) -> tuple[checkpointing.LoopState, dict | None]:
-        """The loop state and EMA weights of Ray Train's latest checkpoint (loaded into the engine), or
-        a fresh state."""
+    def _restore(self) -> tuple[checkpointing.LoopState, dict | None, dict | None]:
+        """The loop state, EMA weights and this rank's random state of Ray Train's latest checkpoint
+        (its weights loaded into the engine), or a fresh state. A checkpoint made over other data than
+        the run's is refused; the rank fetches only its own ZeRO partition and the shared files."""
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            return checkpointing.LoopState(), None
-        with checkpoint.as_directory() as folder:
-            state, ema_state = checkpointing.load(self.engine, Path(folder))
+            return checkpointing.LoopState(), None, None
+        saved = resume.saved_state(checkpoint)
+        if self.plan.data_identity is not None:
+            current = resume.DataIdentity(**self.plan.data_identity)
+            resume.check_identity(saved.get("data_identity"), current, checkpoint.path)
+        with resume.rank_checkpoint_dir(checkpoint, self.rank, self.world, saved.get("world")) as folder:
+            state, ema_state = checkpointing.load(self.engine, folder)
+            rng_state = resume.read_rng(folder, self.rank)
         state.resumed_from_step = state.step
         state.resumes.append(state.step)
         self._log(f"resumed from checkpoint at step {state.step}")
-        return state, ema_state
+        return state, ema_state, rng_state
 
-    def _register(self) -> None:
-        """Leave ``outputs/workers/rank-N.json`` (pid, host, start time) so an operator can find each
-        rank's process; rewritten by a restarted worker group."""
-        record = {
-            "rank": self.rank,
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "started": time.time(),
-        }
-        uri = join(self.plan.outputs_uri, "workers", f"rank-{self.rank}.json")
-        write_bytes_atomic(uri, json.dumps(record).encode(), self.storage)
+    def _emit(self, event: str, *args) -> None:
+        """Call ``event`` on every callback, in the order given."""
+        for callback in self.callbacks:
+            getattr(callback, event)(*args)
 
     # ---- logging -----------------------------------------------------------------------------------
 
@@ -223,23 +229,13 @@ class TrainingWorker:
         part = RankSlice(start, stop, rank=self.rank, world=self.world, batch=batch)
         return iter_training_batches(rank_stream(self.stream, part, self.storage), batch, drop_last=True)
 
-    def _record_rows(self, ids: list[str]) -> None:
-        """data.record_rows: the ids this rank trained on at this step, under the attempt's resume step."""
-        start = self.state.resumed_from_step or 0
-        uri = join(
-            self.plan.outputs_uri,
-            "rows",
-            f"from-{start:06d}",
-            f"rank-{self.rank}",
-            f"step-{self.state.step:06d}.json",
-        )
-        write_bytes_atomic(uri, json.dumps({"ids": ids, "world": self.world}).encode(), self.storage)
-
     def run(self) -> None:
+        """The loop: an optimizer step, the step's callbacks, a report when one is due; then the export."""
         batches = self._batches()
         self.started, self.start_step = time.perf_counter(), self.state.step  # for the ETA
         while self.state.step < self.cfg.train.max_steps:
-            mine = self._optimizer_step(batches)
+            mine, ids = self._optimizer_step(batches)
+            self._emit("on_step_end", self, ids)
             self.window.add(mine)
             self.totals.add(mine)
             due = Due.at(
@@ -254,8 +250,9 @@ class TrainingWorker:
             self.metrics.record(dataclasses.replace(mine, checkpoint_seconds=checkpoint_seconds))
         self._finish()
 
-    def _optimizer_step(self, batches) -> StepRecord:
-        """grad_accum micro-batches and one optimizer step; returns this worker's record of the step."""
+    def _optimizer_step(self, batches) -> tuple[StepRecord, list[str]]:
+        """grad_accum micro-batches and one optimizer step; returns this worker's record of the step and
+        the ids of the rows it trained on."""
         accum = self.cfg.optim.grad_accum
         total_sum, amb_sum, cons_vals, images, wait, compute = 0.0, 0.0, [], 0, 0.0, 0.0
         step_ids: list[str] = []
@@ -272,9 +269,9 @@ class TrainingWorker:
             if parts.consistency is not None:
                 cons_vals.append(parts.consistency)
             images += rows
-        self._advance(images, step_ids)
+        self._advance(images)
         step_s = wait + compute
-        return StepRecord(
+        record = StepRecord(
             step=self.state.step,
             loss=total_sum / accum,  # LossParts.total: the one definition of the weighted sum
             ambient_loss=amb_sum / accum,
@@ -285,6 +282,7 @@ class TrainingWorker:
             data_wait_seconds=wait,
             images=images,
         )
+        return record, step_ids
 
     def _micro_batch(self, batch: dict) -> tuple[float, LossParts, int]:
         """Forward and backward of one micro-batch, then DeepSpeed's step (which applies the optimizer
@@ -310,16 +308,12 @@ class TrainingWorker:
         self.engine.step()
         return total, parts, inputs.y.shape[0]
 
-    def _advance(self, images: int, step_ids: list[str]) -> None:
+    def _advance(self, images: int) -> None:
         """The loop state after an optimizer step (what a checkpoint keeps), and the EMA."""
         cfg = self.cfg
         self.state.step += 1
         self.state.images_seen += images * self.world
         self.state.data_position += cfg.optim.grad_accum * self.world * cfg.train.batch_size
-        if cfg.data.record_rows:
-            self._record_rows(step_ids)
-        if cfg.train.debug_step_sleep_s:
-            time.sleep(cfg.train.debug_step_sleep_s)
         if self.ema is not None:
             self.ema.update(self.engine.module)
 
@@ -344,8 +338,7 @@ class TrainingWorker:
         self.state.history.append(record)
         if due.log:
             self._log_progress(record)
-        if due.sample:
-            self._sample_grid(f"step_{self.state.step:06d}")
+        self._emit("on_report", self, due)
         if due.checkpoint:
             return self._checkpoint_and_report(record)
         ray.train.report(record.report())
@@ -388,7 +381,8 @@ class TrainingWorker:
         with tempfile.TemporaryDirectory(prefix="ambient-ckpt-") as folder:
             t0 = time.perf_counter()
             shadow = self.ema.shadow if self.ema is not None else None
-            checkpointing.save(self.engine, Path(folder), self.state, shadow, self.rank)
+            self.state.data_identity, self.state.world = self.plan.data_identity, self.world
+            checkpointing.save(self.engine, Path(folder), self.state, shadow, self.rank, self.gen)
             seconds = time.perf_counter() - t0
             report = dataclasses.replace(record, checkpoint_seconds=seconds).report()
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
@@ -397,18 +391,15 @@ class TrainingWorker:
 
     # ---- samples, export, outputs ------------------------------------------------------------------
 
-    def _sample_grid(self, name: str) -> None:
-        """A grid of the validation prompts. Under ZeRO-3 every rank takes part (parameters are
-        partitioned); otherwise rank 0 samples alone."""
-        if self.rank != 0 and self.cfg.deepspeed.zero_stage != 3:
-            return
+    def sample_validation_prompts(self) -> list:
+        """Images of validation.prompts from the current weights (a collective under ZeRO-3)."""
         v = self.cfg.validation
         module = self.engine.module
         module.eval()
         try:
             comps = dataclasses.replace(self.comps, unet=module)
             stored = self.text
-            images = sample_images(
+            return sample_images(
                 comps,
                 list(v.prompts) if stored is None else None,
                 embeddings=stored.prompts if stored is not None else None,
@@ -425,19 +416,12 @@ class TrainingWorker:
             )
         finally:
             module.train()
-        if self.rank == 0:
-            rows = max(1, int(math.sqrt(len(images))))
-            path = self.out_dir / "samples" / f"{name}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            image_grid(images, rows=rows).save(path)
-            upload_directory(self.out_dir, self.plan.outputs_uri, self.storage)
 
     def _finish(self) -> None:
         if self.ema is not None:
             self.ema.copy_to(self.engine.module)
         self._export()
-        if self.ema is not None:  # the last validation grid showed the raw weights
-            self._sample_grid("final")
+        self._emit("on_train_end", self)
         if self.rank == 0:
             self._write_outputs()
 
@@ -459,7 +443,7 @@ class TrainingWorker:
                 "lora_alpha": self.cfg.model.lora_alpha or self.cfg.model.lora_rank or None,
                 "ema_decay": self.cfg.train.ema_decay,
             }
-            # Staged outside out_dir (which upload_directory copies file by file), then published:
+            # Staged outside self.staged (which upload_directory copies file by file), then published:
             # the files go to a fresh version under outputs/model, its CURRENT.json pointer last.
             with tempfile.TemporaryDirectory(prefix="ambient-export-") as staging:
                 out = Path(staging) / "model"
@@ -467,11 +451,11 @@ class TrainingWorker:
                     export_adapter(self.plan.model_source, module, out, metadata)
                 else:  # export_pipeline saves a LoRA UNet merged, with its adapter beside it
                     export_pipeline(self.model_dir, module, out, metadata)
-                publish_export(out, join(self.plan.outputs_uri, "model"), self.storage)
+                publish_export(out, self.plan.layout.model, self.storage)
 
     def _write_outputs(self) -> None:
         """Rank 0: the loss curve and the worker summary, uploaded with the export and the grids."""
-        plot_loss_curve(self.state.history, self.out_dir / "loss_curve.png", f"run {self.cfg.run.name}")
+        plot_loss_curve(self.state.history, Path(self.staged.loss_curve), f"run {self.cfg.run.name}")
         busy = self.totals.busy
         summary = WorkerSummary(
             steps=self.state.step,
@@ -484,9 +468,9 @@ class TrainingWorker:
             data_wait_fraction=self.totals.wait / busy if busy else None,
         )
         summary_json = json.dumps(summary.to_dict(), indent=2, default=str).encode()
-        write_bytes_atomic(str(self.out_dir / WORKER_SUMMARY), summary_json)
-        upload_directory(self.out_dir, self.plan.outputs_uri, self.storage)
-        self._log(f"outputs uploaded to {self.plan.outputs_uri}")
+        write_bytes_atomic(self.staged.worker_summary, summary_json)
+        upload_directory(self.staged.outputs, self.plan.layout.outputs, self.storage)
+        self._log(f"outputs uploaded to {self.plan.layout.outputs}")
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -496,4 +480,7 @@ def train_loop_per_worker(config: dict) -> None:
     # The staging folder goes with the worker: every output is uploaded to the run's storage, and a
     # node's disk would otherwise keep a model export per run.
     with tempfile.TemporaryDirectory(prefix="ambient-outputs-") as staging:
-        TrainingWorker(cfg, plan, config.get("stream"), Path(staging), config.get("text")).run()
+        worker = TrainingWorker(
+            cfg, plan, config.get("stream"), Path(staging), config.get("text"), config.get("callbacks")
+        )
+        worker.run()

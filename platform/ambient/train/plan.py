@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from ambient.models.conditioning import TextEmbeddings
 
+from .layout import RunLayout
+
 
 @dataclass(frozen=True)
 class RunPlan:
@@ -15,8 +17,11 @@ class RunPlan:
     sigma_n: float  # the level the model is trained at (the dataset's, or loss.sigma_train)
     sampling_mode: str  # "full" or "early_stop"
     resolution: int
-    outputs_uri: str  # where samples, the loss curve, the export and the summary go
+    layout: RunLayout  # where the checkpoints, samples, loss curve, export and summary go
     data_split: str = "exact"  # data.split: "exact" (the worker streams its share) or "ray_split"
+    # The dataset's and row plan's SHA-256 (ambient.train.resume): stored in every checkpoint, and a
+    # resume over other data is refused.
+    data_identity: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 METRIC_PREFIX = "ambient_train_"
-WORKER_SUMMARY = "worker_summary.json"  # rank 0 -> the driver, beside summary.json
 
 
 def _metric(kind: str):

@@ -8,14 +8,12 @@ from PIL import Image
 
 from ambient.data.holdout import read_rows, row_ids
 from ambient.eval.showcase import SamplingSpec, adherence_line, png_bytes, showcase
-from ambient.models.source import load_model_components
-from ambient.storage import exists, join, read_bytes, write_bytes_atomic
+from ambient.models.loading import load_model_components
+from ambient.storage import exists, read_bytes, write_bytes_atomic
 from ambient.synthetic import world_of_id
 
 from .config import FinetuneConfig
 from .plan import RunPlan
-
-COMPARISON_NAME = "comparison.png"
 
 
 def write_showcase(cfg: FinetuneConfig, plan: RunPlan) -> tuple[dict, list[str]]:
@@ -24,7 +22,7 @@ def write_showcase(cfg: FinetuneConfig, plan: RunPlan) -> tuple[dict, list[str]]
     section = cfg.showcase
     storage = cfg.storage.resolved()
     base, _ = load_model_components(plan.model_source, storage)
-    finetuned, _ = load_model_components(join(plan.outputs_uri, "model"), storage)
+    finetuned, _ = load_model_components(plan.layout.model, storage)
     # Rows of the retained world (rehearsal mixed into the data) are not the new concept: left out,
     # unless the data is that world alone (a fine-tune on the base world itself).
     retained = section.retain_world
@@ -36,7 +34,7 @@ def write_showcase(cfg: FinetuneConfig, plan: RunPlan) -> tuple[dict, list[str]]
         limit=max(section.examples, section.adherence_prompts),
         keep=(lambda row_id: world_of_id(row_id) != retained) if rehearsal else None,
     )
-    curve_uri = join(plan.outputs_uri, "loss_curve.png")
+    curve_uri = plan.layout.loss_curve
     curve = Image.open(io.BytesIO(read_bytes(curve_uri, storage))) if exists(curve_uri, storage) else None
     common = {
         "steps": section.num_steps,
@@ -56,6 +54,6 @@ def write_showcase(cfg: FinetuneConfig, plan: RunPlan) -> tuple[dict, list[str]]
         retain_world=section.retain_world,
         loss_curve=curve,
     )
-    picture_uri = join(plan.outputs_uri, COMPARISON_NAME)
+    picture_uri = plan.layout.comparison
     write_bytes_atomic(picture_uri, png_bytes(picture), storage)
     return {"picture": picture_uri, **numbers}, [f"comparison:     {picture_uri}", *adherence_line(numbers)]

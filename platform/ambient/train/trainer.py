@@ -1,8 +1,8 @@
-"""The driver: validate, resolve the model and data, assemble Ray Train + DeepSpeed, write the summary."""
+"""The driver: one fine-tuning run. ``FinetuneRun.preflight`` checks every input before Ray starts;
+``FinetuneRun.train`` plans the run, trains it with Ray Train + DeepSpeed and writes its summary."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -22,7 +22,7 @@ from ambient.data.config import DestinationConfig, EncodeConfig, PrepareShardsCo
 from ambient.data.encode import describe_vae, downsample_factor, vae_config, vae_differences, vae_identity
 from ambient.data.errors import ManifestError, VaeMismatchError
 from ambient.data.row_stream import StreamPlan
-from ambient.data.schema import MANIFEST_NAME, SUMMARY_NAME, Manifest
+from ambient.data.schema import MANIFEST_NAME, Manifest
 from ambient.data.streaming import DatasetInfo, inspect_dataset, stream_epochs
 from ambient.data.text import read_empty_caption
 from ambient.data.validate import load_manifest
@@ -31,10 +31,13 @@ from ambient.models.source import check_model
 from ambient.ray_init import init_ray
 from ambient.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
 
+from . import resume
+from .callbacks import Callback, Showcase, standard_callbacks
 from .config import DEMO_DATA_URI, FinetuneConfig
+from .layout import RunLayout
 from .loop import train_loop_per_worker
 from .plan import RunPlan, StoredText
-from .records import WORKER_SUMMARY, RunSummary, WorkerSummary
+from .records import RunSummary, WorkerSummary
 
 
 def _log(message: str) -> None:
@@ -83,10 +86,8 @@ def check_validation_data(cfg: FinetuneConfig, field: str = "validation.data_uri
 DEMO_SOURCE = SourceConfig(kind="synthetic", world="cross", count=512, replay_world="base", replay_share=0.25)
 
 
-def ensure_demo_shards(cfg: FinetuneConfig, model_source: str) -> None:
-    """Create the synthetic demo shards at the demo's own data.uri when it holds no dataset yet."""
-    if not check_training_data(cfg):
-        return
+def prepare_demo_shards(cfg: FinetuneConfig, model_source: str) -> None:
+    """Create the synthetic demo shards at the demo's own data.uri (check_training_data found none)."""
     from ambient.data.prepare import prepare_shards
 
     _log(f"no dataset at {cfg.data.uri}: preparing the synthetic demo shards (noisy crosses)")
@@ -126,10 +127,10 @@ def check_dataset_vae(cfg: FinetuneConfig, model_source: str) -> None:
     _log(f"warning (data.allow_vae_mismatch): {message}")
 
 
-def _storage_filesystem(cfg: FinetuneConfig):
-    if not is_s3(cfg.run.storage_path):
-        return None, str(Path(cfg.run.storage_path).absolute())
-    fs, path = resolve_filesystem(cfg.run.storage_path, cfg.storage.resolved())
+def _storage_filesystem(cfg: FinetuneConfig, layout: RunLayout):
+    if not is_s3(layout.storage_path):
+        return None, layout.storage_path
+    fs, path = resolve_filesystem(layout.storage_path, cfg.storage.resolved())
     return fs, path
 
 
@@ -245,22 +246,24 @@ def training_sigma_n(cfg: FinetuneConfig, data_sigma_n: float) -> float:
     return max(cfg.loss.sigma_train, data_sigma_n)
 
 
-def prepare_run(cfg: FinetuneConfig, model_source: str) -> PreparedRun:
-    """Validate the data and plan the run (Ray must be initialised; ``model_source`` from resolve_model)."""
+def prepare_run(cfg: FinetuneConfig, model_source: str, layout: RunLayout) -> PreparedRun:
+    """Validate the shards and plan the run (Ray must be initialised; ``model_source`` from
+    resolve_model; the held-out set checked by the preflight)."""
     storage = cfg.storage.resolved()
-    check_validation_data(cfg)  # a missing held-out set fails here, not in a worker
     info = checked_dataset(cfg, storage, model_source)
     exact = cfg.data.split == "exact"
     train_ds = None if exact else streaming_epochs(cfg, storage, info)
     stream = (
         StreamPlan.from_info(info, cfg.data.shuffle_seed, cfg.data.shuffle_window_rows) if exact else None
     )
+    # What the checkpoints record of the data; the checkpoint a resume would start from must match it.
+    identity = resume.current_identity(cfg.data.uri, storage, stream, cfg.data.split)
+    resume.check_latest_checkpoint(layout.checkpoint_snapshot, layout.run_dir, identity, storage)
     manifest = info.manifest
     sigma_n = training_sigma_n(cfg, manifest.noise.sigma_n)
     mode = resolve_sampling_mode(
         cfg.validation.mode, sigma_n, default_sampling_mode(sigma_n, cfg.consistency.weight > 0)
     )
-    outputs_uri = join(join(cfg.run.storage_path, cfg.run.name), "outputs")
     plan = RunPlan(
         model_source=model_source,
         prediction_type=_read_scheduler_config(model_source, storage).get("prediction_type", "epsilon"),
@@ -268,8 +271,9 @@ def prepare_run(cfg: FinetuneConfig, model_source: str) -> PreparedRun:
         sigma_n=float(sigma_n),
         sampling_mode=mode,
         resolution=manifest.resolution,
-        outputs_uri=outputs_uri if is_s3(outputs_uri) else str(Path(outputs_uri).absolute()),
+        layout=layout,
         data_split=cfg.data.split,
+        data_identity=identity.to_dict(),
     )
     text = stored_text(cfg, info, model_source, storage)
     _log_block(start_banner(cfg, plan, info))
@@ -291,7 +295,7 @@ def start_banner(cfg: FinetuneConfig, plan: RunPlan, info: DatasetInfo) -> list[
             else "text encoders on every worker"
         ),
         f"sigma_n    {plan.sigma_n:.4g}, sampling {plan.sampling_mode}",
-        f"outputs    {plan.outputs_uri}",
+        f"outputs    {plan.layout.outputs}",
     ]
 
 
@@ -321,8 +325,16 @@ def _log_block(lines: list[str]) -> None:
         _log(line)
 
 
-def build_trainer(cfg: FinetuneConfig, prepared: PreparedRun, callbacks: list | None = None) -> TorchTrainer:
-    fs, storage_path = _storage_filesystem(cfg)
+def build_trainer(
+    cfg: FinetuneConfig,
+    prepared: PreparedRun,
+    callbacks: list | None = None,
+    run_callbacks: list[Callback] | None = None,
+) -> TorchTrainer:
+    """The run's TorchTrainer: ``callbacks`` are Ray Train's (e.g. Tune's report callback),
+    ``run_callbacks`` the run's own (ambient.train.callbacks), sent to every worker."""
+    layout = prepared.plan.layout
+    fs, storage_path = _storage_filesystem(cfg, layout)
     gpu = {"GPU": 1} if cfg.scaling.use_gpu else {}
     return TorchTrainer(
         train_loop_per_worker,
@@ -332,6 +344,7 @@ def build_trainer(cfg: FinetuneConfig, prepared: PreparedRun, callbacks: list | 
             "plan": prepared.plan.__dict__,
             "stream": prepared.stream,
             "text": prepared.text,
+            "callbacks": list(run_callbacks or []),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers,
@@ -344,7 +357,7 @@ def build_trainer(cfg: FinetuneConfig, prepared: PreparedRun, callbacks: list | 
             placement_strategy=cfg.scaling.placement_strategy,
         ),
         run_config=RunConfig(
-            name=cfg.run.name,
+            name=layout.name,
             storage_path=storage_path,
             storage_filesystem=fs,
             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
@@ -356,33 +369,74 @@ def build_trainer(cfg: FinetuneConfig, prepared: PreparedRun, callbacks: list | 
     )
 
 
+class FinetuneRun:
+    """One fine-tuning run: its inputs checked once (``preflight``), then trained (``train``). A sweep
+    checks its base config once and trains each trial's config as a run of its own."""
+
+    def __init__(
+        self,
+        cfg: FinetuneConfig,
+        model_source: str,
+        prepare_demo_data: bool = False,
+        started: float | None = None,
+    ) -> None:
+        self.cfg, self.model_source = cfg, model_source
+        self.started = time.time() if started is None else started  # summary.json's wall_seconds
+        self.prepare_demo_data = prepare_demo_data  # the demo's data.uri holds no dataset yet
+        self.layout = RunLayout.of(cfg.run.storage_path, cfg.run.name)
+        self.plan: RunPlan | None = None  # set by train
+
+    @classmethod
+    def preflight(cls, cfg: FinetuneConfig, holdout_field: str = "validation.data_uri") -> FinetuneRun:
+        """Before any cluster work: the model reference, the VAE that encoded the shards, the dataset
+        (or the demo's, to be prepared), the held-out set (errors name ``holdout_field``)."""
+        started = time.time()
+        model_source = resolve_model(cfg)
+        check_dataset_vae(cfg, model_source)
+        prepare = check_training_data(cfg)
+        check_validation_data(cfg, holdout_field)
+        return cls(cfg, model_source, prepare_demo_data=prepare, started=started)
+
+    def prepare_data(self) -> None:
+        """Ray started: the demo's shards, when the preflight found none."""
+        if self.prepare_demo_data:
+            prepare_demo_shards(self.cfg, self.model_source)
+            self.prepare_demo_data = False
+
+    def train(self, callbacks: list[Callback], ray_callbacks: list | None = None) -> RunSummary:
+        """Plan, train (Ray started, the data prepared) and write summary.json; returns the summary."""
+        storage = self.cfg.storage.resolved()
+        prepared = prepare_run(self.cfg, self.model_source, self.layout)
+        self.plan = prepared.plan
+        trainer = build_trainer(self.cfg, prepared, ray_callbacks, run_callbacks=callbacks)
+        result = trainer.fit()
+        if result.error is not None:
+            raise result.error
+        summary = make_summary(self.cfg, prepared.plan, prepared.data_counts, result, self.started)
+        save_summary(summary, prepared.plan, storage)
+        for callback in callbacks:
+            ended = callback.on_run_end(self, summary)
+            if ended is not summary:
+                summary = ended
+                save_summary(summary, prepared.plan, storage)
+        return summary
+
+
 def run_finetune(cfg: FinetuneConfig, callbacks: list | None = None) -> str:
     """Run (or resume) the fine-tuning job described by ``cfg``; returns the summary.json path/URI.
 
-    A rerun with the same run.name and run.storage_path resumes from the latest checkpoint.
+    ``callbacks``: the run's own (ambient.train.callbacks.Callback) join the standard ones; any other
+    is a Ray Train callback. A rerun with the same run.name and run.storage_path resumes from the
+    latest checkpoint.
     """
-    started = time.time()
-    model_source = resolve_model(cfg)  # a missing model fails here, before any cluster work
-    check_dataset_vae(cfg, model_source)  # so do shards encoded by another VAE
-    check_training_data(cfg)  # and a data.uri without a dataset, and a missing held-out set
-    check_validation_data(cfg)
+    run = FinetuneRun.preflight(cfg)  # a bad model, dataset or held-out set fails before Ray starts
     init_ray(cfg.run.ray_address, cfg.scaling.num_workers * cfg.scaling.cpus_per_worker)
-    ensure_demo_shards(cfg, model_source)
-    prepared = prepare_run(cfg, model_source)
-    result = build_trainer(cfg, prepared, callbacks).fit()
-    if result.error is not None:
-        raise result.error
-    summary = make_summary(cfg, prepared.plan, prepared.data_counts, result, started)
-    summary_uri = save_summary(summary, prepared.plan, cfg.storage.resolved())
-    if cfg.showcase.enabled:
-        from .showcase_step import write_showcase
-
-        numbers, lines = write_showcase(cfg, prepared.plan)
-        summary = dataclasses.replace(summary, showcase=numbers)
-        save_summary(summary, prepared.plan, cfg.storage.resolved())
-        _log_block(lines)
-    _log_block(final_summary(summary, summary_uri))
-    return summary_uri
+    run.prepare_data()
+    own = [c for c in callbacks or [] if isinstance(c, Callback)]
+    ray_callbacks = [c for c in callbacks or [] if not isinstance(c, Callback)]
+    summary = run.train([*standard_callbacks(cfg), Showcase(), *own], ray_callbacks)
+    _log_block(final_summary(summary, run.layout.summary))
+    return run.layout.summary
 
 
 def _read_scheduler_config(model_source: str, storage) -> dict:
@@ -404,7 +458,7 @@ def checkpoint_uri(cfg: FinetuneConfig, path: str) -> str:
 
 def save_summary(summary: RunSummary, plan: RunPlan, storage) -> str:
     """Write summary.json beside the outputs; returns its path/URI."""
-    uri = join(plan.outputs_uri, SUMMARY_NAME)
+    uri = plan.layout.summary
     write_bytes_atomic(uri, json.dumps(summary.to_dict(), indent=2, default=str).encode(), storage)
     return uri
 
@@ -412,7 +466,8 @@ def save_summary(summary: RunSummary, plan: RunPlan, storage) -> str:
 def make_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result, started: float) -> RunSummary:
     """The run's outcome, from the rank-0 worker summary and Train's result."""
     storage = cfg.storage.resolved()
-    worker = WorkerSummary.from_dict(json.loads(read_text(join(plan.outputs_uri, WORKER_SUMMARY), storage)))
+    layout = plan.layout
+    worker = WorkerSummary.from_dict(json.loads(read_text(layout.worker_summary, storage)))
     checkpoints = [checkpoint_uri(cfg, c.path) for c, _ in (result.best_checkpoints or [])]
     return RunSummary(
         run=cfg.run.name,
@@ -431,10 +486,10 @@ def make_summary(cfg: FinetuneConfig, plan: RunPlan, data_counts: dict, result, 
         sampling_mode=plan.sampling_mode,
         data={"uri": plan.data_uri, **data_counts},
         model_source=plan.model_source,
-        outputs=plan.outputs_uri,
-        exported_model=join(plan.outputs_uri, "model"),
-        loss_curve=join(plan.outputs_uri, "loss_curve.png"),
-        sample_grids=join(plan.outputs_uri, "samples"),
+        outputs=layout.outputs,
+        exported_model=layout.model,
+        loss_curve=layout.loss_curve,
+        sample_grids=layout.samples,
         latest_checkpoint=checkpoint_uri(cfg, result.checkpoint.path) if result.checkpoint else None,
         checkpoints=checkpoints,
         wall_seconds=round(time.time() - started, 1),

@@ -1,6 +1,7 @@
 """The sweep driver: Ray Tune over noise levels and consistency weights, each trial a full Ray Train run.
 
-Train V2 under Tune: each trial is a driver function that builds the fine-tuning TorchTrainer with a
+Train V2 under Tune: the sweep checks its base config once (ambient.train.trainer.FinetuneRun's
+preflight); each trial is a driver function that trains its config as a FinetuneRun with a
 TuneReportCallback (Train's reports become the trial's results, so ASHA sees the validation loss as it
 is reported), then scores the exported model and reports the final metrics.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,19 +38,10 @@ from ambient.storage import (
     resolve_filesystem,
     upload_directory,
 )
+from ambient.train.callbacks import standard_callbacks
 from ambient.train.config import FinetuneConfig
-from ambient.train.trainer import (
-    build_trainer,
-    check_dataset_vae,
-    check_training_data,
-    check_validation_data,
-    ensure_demo_shards,
-    init_ray,
-    make_summary,
-    prepare_run,
-    resolve_model,
-    save_summary,
-)
+from ambient.train.layout import RunLayout
+from ambient.train.trainer import FinetuneRun, init_ray
 
 from .config import SweepConfig
 from .quality import trial_quality
@@ -58,6 +49,7 @@ from .report import write_reports
 from .result import TrialResult
 from .trial import trial_config
 
+TRIALS = "trials"  # the trials' runs, in the sweep's folder
 NO_MEMORIZATION_NOTE = (
     "memorization score: disabled (memorization.enabled = false); the Pareto plot uses the training noise "
     "level as the memorization axis"
@@ -87,24 +79,25 @@ def trial_memorization(model_dir: str, cfg: FinetuneConfig, memorization: dict) 
         return None
 
 
+def trial_layout(sweep_uri: str, trial_id: str) -> RunLayout:
+    """Where a trial's run lives: ``trials/trial-<id>`` in the sweep's folder."""
+    return RunLayout.of(join(sweep_uri, TRIALS), f"trial-{trial_id}")
+
+
 def run_trial(
-    params: dict, *, base: dict, model_source: str, trials_uri: str, quality: dict, memorization: dict
+    params: dict, *, base: dict, model_source: str, sweep_uri: str, quality: dict, memorization: dict
 ) -> None:
-    started = time.time()
-    name = f"trial-{tune.get_context().get_trial_id()}"
-    cfg = trial_config(base, params, name, trials_uri)
-    prepared = prepare_run(cfg, model_source)
-    result = build_trainer(cfg, prepared, callbacks=[TuneReportCallback()]).fit()
-    if result.error is not None:
-        raise result.error
-    summary = make_summary(cfg, prepared.plan, prepared.data_counts, result, started)
-    summary_uri = save_summary(summary, prepared.plan, cfg.storage.resolved())
+    layout = trial_layout(sweep_uri, tune.get_context().get_trial_id())
+    cfg = trial_config(base, params, layout.name, layout.storage_path)
+    run = FinetuneRun(cfg, model_source)  # the sweep checked the base's inputs and prepared the data
+    summary = run.train(standard_callbacks(cfg), ray_callbacks=[TuneReportCallback()])
+    summary_uri = run.layout.summary
     holdout = read_rows(cfg.validation.data_uri, cfg.storage.resolved(), quality["samples"])
     quality_scores = trial_quality(
         str(resolve_model_folder(summary.exported_model, cfg.storage.resolved())),
         holdout,
-        mode=prepared.plan.sampling_mode,
-        sampling_sigma_n=prepared.plan.sigma_n,
+        mode=run.plan.sampling_mode,
+        sampling_sigma_n=run.plan.sigma_n,
         num_steps=quality["steps"],
         micro_batch=cfg.validation.sample_micro_batch,
     )
@@ -122,10 +115,10 @@ def run_trial(
 
 def plan_holdout(cfg: SweepConfig) -> tuple[str, bool]:
     """Before any cluster work: the held-out set every trial validates on, and whether the demo's must
-    be prepared (beside a local data.uri; other images, other noise). A given one must exist."""
+    be prepared (beside a local data.uri; other images, other noise). A given one was checked by the
+    preflight."""
     base = cfg.base
     if base.validation.data_uri:
-        check_validation_data(base, "base.validation.data_uri")
         return base.validation.data_uri, False
     if is_s3(base.data.uri):
         raise ValueError("base.validation.data_uri: set a held-out shard set for a sweep on S3 data")
@@ -191,42 +184,9 @@ def _tune_config(cfg: SweepConfig) -> tune.TuneConfig:
     )
 
 
-def run_sweep(cfg: SweepConfig) -> str:
-    """Run (or resume) the sweep; returns the path of its results table (results.md)."""
-    base = cfg.base
-    storage = base.storage.resolved()
-    # Every input is checked before Ray starts: the model, the data, the search space, the held-out set.
-    model_source = resolve_model(base)
-    if not check_training_data(base):
-        check_space(cfg, load_manifest(base.data.uri, storage).sigma_n.max)
-    check_dataset_vae(base, model_source)  # before Ray: shards encoded by another VAE fail here
-    holdout_uri, holdout_missing = plan_holdout(cfg)
-    per_trial = base.scaling.num_workers * base.scaling.cpus_per_worker + cfg.trial_cpus
-    init_ray(cfg.ray_address, per_trial * cfg.max_concurrent_trials)
-    ensure_demo_shards(base, model_source)
-    manifest = load_manifest(base.data.uri, storage)
-    check_space(cfg, manifest.sigma_n.max)
-    if holdout_missing:
-        prepare_holdout(cfg, holdout_uri, model_source, manifest.noise.sigma_n)
-    base_dump = base.model_dump()
-    base_dump["validation"]["data_uri"] = holdout_uri
-
-    sweep_uri = sweep_location(cfg)
-    fs, tune_dir = (None, sweep_uri) if not is_s3(sweep_uri) else resolve_filesystem(sweep_uri, storage)
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            run_trial,
-            # Trials run in Ray workers, which may not share the driver's AWS_* environment: they get
-            # the storage settings resolved here (kept out of base_dump, which the reports write).
-            base={**base_dump, "storage": storage.model_dump()},
-            model_source=model_source,
-            trials_uri=join(sweep_uri, "trials"),
-            quality={"samples": cfg.quality_samples, "steps": cfg.quality_steps},
-            memorization=cfg.memorization.model_dump(),
-        ),
-        {"cpu": cfg.trial_cpus},
-    )
-    note = (
+def memorization_note(cfg: SweepConfig) -> str:
+    """What the memorization column measures, logged and written with the reports."""
+    return (
         NO_MEMORIZATION_NOTE
         if not cfg.memorization.enabled
         else (
@@ -234,6 +194,48 @@ def run_sweep(cfg: SweepConfig) -> str:
             f"training items; objective = val_ambient_loss + {cfg.memorization.weight} x memorization"
         )
     )
+
+
+def run_sweep(cfg: SweepConfig) -> str:
+    """Run (or resume) the sweep; returns the path of its results table (results.md)."""
+    base = cfg.base
+    storage = base.storage.resolved()
+    # Every input is checked before Ray starts: the model, the data, the held-out set, the search space
+    # (against the data's noise: after Ray starts where the demo's data is still to be prepared).
+    run = FinetuneRun.preflight(base, holdout_field="base.validation.data_uri")
+    data_ready = not run.prepare_demo_data
+    if data_ready:
+        check_space(cfg, load_manifest(base.data.uri, storage).sigma_n.max)
+    holdout_uri, holdout_missing = plan_holdout(cfg)
+    per_trial = base.scaling.num_workers * base.scaling.cpus_per_worker + cfg.trial_cpus
+    init_ray(cfg.ray_address, per_trial * cfg.max_concurrent_trials)
+    run.prepare_data()
+    manifest = load_manifest(base.data.uri, storage)
+    if not data_ready:
+        check_space(cfg, manifest.sigma_n.max)
+    if holdout_missing:
+        prepare_holdout(cfg, holdout_uri, run.model_source, manifest.noise.sigma_n)
+    base_dump = base.model_dump()
+    base_dump["validation"]["data_uri"] = holdout_uri
+
+    sweep_uri = sweep_location(cfg)
+    fs, tune_dir = (None, sweep_uri) if not is_s3(sweep_uri) else resolve_filesystem(sweep_uri, storage)
+    # Tune's storage_path: the sweep's own parent folder, as a path inside ``fs`` on S3.
+    parent = sweep_storage(cfg) if fs is None else resolve_filesystem(sweep_storage(cfg), storage)[1]
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial,
+            # Trials run in Ray workers, which may not share the driver's AWS_* environment: they get
+            # the storage settings resolved here (kept out of base_dump, which the reports write).
+            base={**base_dump, "storage": storage.model_dump()},
+            model_source=run.model_source,
+            sweep_uri=sweep_uri,
+            quality={"samples": cfg.quality_samples, "steps": cfg.quality_steps},
+            memorization=cfg.memorization.model_dump(),
+        ),
+        {"cpu": cfg.trial_cpus},
+    )
+    note = memorization_note(cfg)
     _log(note)
     with aws_secrets_hidden_from_ray():  # trials get the resolved storage instead (above)
         if tune.Tuner.can_restore(tune_dir, storage_filesystem=fs):
@@ -246,9 +248,7 @@ def run_sweep(cfg: SweepConfig) -> str:
                 trainable,
                 param_space=_param_space(cfg),
                 tune_config=_tune_config(cfg),
-                run_config=tune.RunConfig(
-                    name=cfg.name, storage_path=tune_dir.rsplit("/", 1)[0], storage_filesystem=fs
-                ),
+                run_config=tune.RunConfig(name=cfg.name, storage_path=parent, storage_filesystem=fs),
             )
         grid = tuner.fit()
     return write_sweep_outputs([result_row(result) for result in grid], sweep_uri, cfg, base_dump, note)
@@ -285,9 +285,12 @@ def aws_secrets_hidden_from_ray():
 def sweep_location(cfg: SweepConfig) -> str:
     """The sweep's folder: ``storage_path/name``, an s3:// URI or an absolute local path (resolved here on
     the driver: Tune runs trials in their own working directories)."""
-    if is_s3(cfg.storage_path):
-        return join(cfg.storage_path, cfg.name)
-    return str(Path(cfg.storage_path).absolute() / cfg.name)
+    return join(sweep_storage(cfg), cfg.name)
+
+
+def sweep_storage(cfg: SweepConfig) -> str:
+    """storage_path as an s3:// URI or an absolute local path."""
+    return cfg.storage_path if is_s3(cfg.storage_path) else str(Path(cfg.storage_path).absolute())
 
 
 def write_sweep_outputs(
@@ -317,7 +320,7 @@ def write_local_outputs(
     for row in rows:
         if not row["summary"]:
             continue
-        samples_uri = join(row["summary"].rsplit("/", 1)[0], "samples")
+        samples_uri = trial_layout(sweep_uri, row["trial"]).samples
         samples = sorted(name for name in file_infos(samples_uri, storage) if name.endswith(".png"))
         if samples:
             (local / "grids" / f"{row['trial']}.png").write_bytes(
