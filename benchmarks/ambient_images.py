@@ -41,6 +41,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ambient.eval.results import NEAR_DUPLICATE, AuditLayout
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("clean", "naive", "early_stop", "consistency")
 STUDIES = ("quality", "memorization")
@@ -53,7 +55,6 @@ QUALITY_PNG, MEMO_PNG = "quality_vs_sigma.png", "memorization_vs_quality.png"
 GENERATIONS_PNG, ATTACKS_PNG = "generations.png", "attacks.png"
 HELDOUT_SEED = 1  # the held-out clean images: the same world, another seed (disjoint ids)
 MEMO_SEED = 2  # the memorization study's small training set
-NEAR_DUPLICATE = "0.95"  # generation-similarity threshold reported as "near-duplicates"
 VALIDATION_PROMPTS = (
     "a red star on a blue background",
     "a yellow star on a black background",
@@ -345,6 +346,7 @@ def finetune(cell: Cell, settings: Settings, shards: str, base_model: str, run_n
 
 
 def audit_config(settings: Settings, cell: Cell, *, generations: int, sampler: bool, quality: bool):
+    from ambient.core.sampling_spec import stop_level
     from ambient.eval import AuditConfig
 
     return AuditConfig.model_validate(
@@ -354,7 +356,7 @@ def audit_config(settings: Settings, cell: Cell, *, generations: int, sampler: b
                 "n": generations,
                 "steps": settings.sample_steps,
                 "mode": sampling_mode(cell),
-                "sigma_n": cell.sigma_n if sampling_mode(cell) == "early_stop" else 0.0,
+                "sigma_n": stop_level(sampling_mode(cell), cell.sigma_n),
             },
             "quality": {"enabled": quality},
             "seed": settings.seed,
@@ -381,12 +383,12 @@ def quality_metrics(comps, cell: Cell, settings: Settings, heldout) -> dict:
     originals, space = prepare_items(heldout, comps)
     cfg = audit_config(settings, cell, generations=len(heldout), sampler=False, quality=True)
     audit = audit_model(comps, heldout, originals, space, cfg, label=cell.name)
-    adherence = (audit.quality or {}).get("prompt_adherence", {})
+    adherence = audit.prompt_adherence  # None: prompts outside the shape world
     return {
-        "fd_builtin": audit.quality["fd_builtin"],
-        "adherence": adherence.get("adherence"),
-        "adherence_shape": adherence.get("shape"),
-        "adherence_colors": adherence.get("colors"),
+        "fd_builtin": audit.quality.fd_builtin,
+        "adherence": adherence.adherence if adherence else None,
+        "adherence_shape": adherence.shape if adherence else None,
+        "adherence_colors": adherence.colors if adherence else None,
         "heldout_tweedie_similarity": float(audit.attacks[0].tweedie_similarity.mean()),
     }
 
@@ -411,10 +413,10 @@ def memorization_metrics(comps, cell: Cell, settings: Settings, shards: str, out
         "tweedie_similarity": float(attack.tweedie_similarity.mean()),
         "tweedie_psnr": float(attack.tweedie_psnr.mean()),
         "sample_similarity": float(attack.sample_similarity.mean()),
-        "generation_mean_max_similarity": gen["mean_max_similarity"],
-        "generation_near_duplicates": gen["fraction_above"][NEAR_DUPLICATE],
-        "generation_above_0.9": gen["fraction_above"]["0.9"],
-        "vae_ceiling_similarity": audit.vae_ceiling["similarity_mean"],
+        "generation_mean_max_similarity": gen.mean_max_similarity,
+        "generation_near_duplicates": gen.above(NEAR_DUPLICATE),
+        "generation_above_0.9": gen.above(0.9),
+        "vae_ceiling_similarity": audit.vae_ceiling.similarity_mean,
         "audited_items": len(items),
         "generations": n,
     }
@@ -625,7 +627,7 @@ def memorization_table(cells: list[dict]) -> list[str]:
         return []
     lines = [
         "| variant | sigma_n | Tweedie similarity t=900 (VAE ceiling) | sampler similarity | generations: "
-        f"mean max-similarity | near-duplicates (> {NEAR_DUPLICATE}) | > 0.9 | held-out Tweedie sim. "
+        f"mean max-similarity | near-duplicates (> {NEAR_DUPLICATE:g}) | > 0.9 | held-out Tweedie sim. "
         "| FD (built-in) | prompt adherence | train s |",
         "|---" * 11 + "|",
     ]
@@ -765,11 +767,12 @@ def audit_picture(cell: dict, work: Path | None, kind: str, results: Path | None
     )
     if folder is None or not folder.is_dir():
         return None
+    layout = AuditLayout(folder)
     if kind == "generations":
-        path = folder / f"top_matches_{cell['name']}.png"
+        path = layout.top_matches(cell["name"])
         return path if path.is_file() else None
-    grids = list(folder.glob(f"attack_{cell['name']}_t*.png"))
-    return max(grids, key=lambda g: float(g.stem.rsplit("_t", 1)[1]), default=None)
+    grids = layout.attack_grids(cell["name"])
+    return grids[max(grids)] if grids else None
 
 
 def cell_label(cell: dict) -> str:

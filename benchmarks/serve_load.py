@@ -144,6 +144,7 @@ def abuser_benchmark(args: argparse.Namespace, choice, url: str) -> dict:
     """Cheap requests' latency under the mixed load, alone and beside one abusive client."""
     from ray import serve
 
+    from ambient.core.sampling_spec import SamplingSpec
     from ambient.serve.app import build_application, load_serve_config
     from ambient.serve.cost import request_cost
     from ambient.serve.sampler import SamplingKey
@@ -157,7 +158,7 @@ def abuser_benchmark(args: argparse.Namespace, choice, url: str) -> dict:
         "replica": {"num_cpus": 1, "torch_threads": args.threads},
     }
     method = load_serve_config(inline=inline).defaults.method
-    key = SamplingKey(args.steps, args.guidance, 64, 64, "full", 0.0, method)
+    key = SamplingKey(SamplingSpec("full", 0.0, args.steps, args.guidance, method), 64, 64)
     inline["limits"]["max_request_cost"] = request_cost(key, args.max_images)  # maximal fits, +1 step not
     cfg = load_serve_config(inline=inline)
     serve.run(build_application(cfg, choice), name="abuse", route_prefix="/abuse", blocking=False)
@@ -220,13 +221,16 @@ class Direct:
     def __init__(self, model_dir: str, body: dict, method: str, threads: int) -> None:
         import torch
 
+        from ambient.core.sampling_spec import SamplingSpec
         from ambient.models.loading import load_components
         from ambient.serve.sampler import SamplingKey
 
         torch.set_num_threads(threads)
         self.comps = load_components(model_dir)
         res = body["height"]
-        self.key = SamplingKey(body["steps"], body["guidance_scale"], res, res, "full", 0.0, method)
+        self.key = SamplingKey(
+            SamplingSpec("full", 0.0, body["steps"], body["guidance_scale"], method), res, res
+        )
         self.prompt = body["prompt"]
 
     def __call__(self, seed: int) -> float:

@@ -7,7 +7,6 @@ must tell it from the untrained UNet, and the compare report must hold both, sid
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -18,6 +17,7 @@ from ambient.config import load_config
 from ambient.eval import AuditConfig, memorization_score, run_audit
 from ambient.eval.items import from_dataset, synthetic
 from ambient.eval.overfit import overfit_model
+from ambient.eval.results import DEFAULT_THRESHOLDS, AuditLayout, AuditResult
 
 ITEMS = 4
 OVERFIT_STEPS = 120  # about a minute on 2 loaded cores; reaches a Tweedie similarity of ~0.7
@@ -78,42 +78,39 @@ def test_attack_scores_the_overfit_model_higher(untrained_model, overfit):
 def test_compare_report_side_by_side(tmp_path, untrained_model, overfit):
     cfg = _config(tmp_path, untrained_model, overfit)
     md = run_audit(cfg)
-    out = md.parent
+    layout = AuditLayout(cfg.output_dir)
+    assert md == layout.report_md
     text = md.read_text()
     assert "| untrained | overfit |" in text and "fd_builtin" in text and "NOT FID" in text
-    report = json.loads((out / "report.json").read_text())
-    assert [m["label"] for m in report["models"]] == ["untrained", "overfit"]
-    assert [it["id"] for it in report["items"]] == [f"synthetic-0-{i:06d}" for i in range(ITEMS)]
-    untrained, memorized = report["models"]
-    for model in report["models"]:
-        attack = model["attacks"][0]
-        assert attack["timestep"] == 900 and attack["sigma"] == pytest.approx(8.35, abs=0.05)
-        assert model["generation"]["n"] == 4 and set(model["generation"]["fraction_above"]) == {
-            "0.9",
-            "0.95",
-            "0.99",
-        }
-        assert math.isfinite(model["quality"]["fd_builtin"]) and model["quality"]["fid"] is None
-        assert len(model["per_item"][0]["tweedie_similarity"]) == ITEMS
+    report = AuditResult.read(layout.report_json)
+    assert [m.label for m in report.models] == ["untrained", "overfit"]
+    assert [it.id for it in report.items] == [f"synthetic-0-{i:06d}" for i in range(ITEMS)]
+    untrained, memorized = report.models
+    for model in report.models:
+        attack = model.attacks[0]
+        assert attack.timestep == 900 and attack.sigma == pytest.approx(8.35, abs=0.05)
+        assert model.generation.n == 4 and model.generation.thresholds == list(DEFAULT_THRESHOLDS)
+        assert math.isfinite(model.quality.fd_builtin) and model.quality.fid is None
+        assert len(model.per_item[0].tweedie_similarity) == ITEMS
     # the whole sampler from the corrupted point also returns the over-fit model's images
-    assert (
-        memorized["attacks"][0]["sample_similarity_mean"] > untrained["attacks"][0]["sample_similarity_mean"]
-    )
+    assert memorized.attacks[0].sample.similarity_mean > untrained.attacks[0].sample.similarity_mean
     # the report's score is the sweep's score (same items, seed, features)
-    assert memorized["memorization_score"] == pytest.approx(
+    assert memorized.memorization_score == pytest.approx(
         memorization_score(overfit, synthetic(ITEMS, seed=0, resolution=64)), abs=1e-4
     )
-    pngs = ["generation_similarity.png"] + [
-        f"{kind}_{label}{suffix}.png"
+    pngs = [layout.histogram] + [
+        path
         for label in ("untrained", "overfit")
-        for kind, suffix in (("attack", "_t900"), ("top_matches", ""))
+        for path in (layout.attack_grid(label, 900), layout.top_matches(label))
     ]
-    for name in pngs:
-        assert name in text
-        with Image.open(out / name) as im:
+    for path in pngs:
+        assert path.name in text
+        with Image.open(path) as im:
             im.load()
             assert im.width > 64 and im.height >= 64
-    with Image.open(out / "attack_overfit_t900.png") as im:  # original | corrupted | tweedie | sample, 4 rows
+    with Image.open(
+        layout.attack_grid("overfit", 900)
+    ) as im:  # original | corrupted | tweedie | sample, 4 rows
         assert im.size == (4 * 64, ITEMS * 64)
 
 
@@ -187,5 +184,6 @@ def test_job_prints_the_report_path_last(tmp_path, untrained_model):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = proc.stdout.strip().splitlines()[-1]
-    assert Path(last) == out / "report.md" and Path(last).is_file()
-    assert json.loads((out / "report.json").read_text())["models"][0]["generation"]["n"] == 2
+    layout = AuditLayout(out)
+    assert Path(last) == layout.report_md and Path(last).is_file()
+    assert AuditResult.read(layout.report_json).models[0].generation.n == 2

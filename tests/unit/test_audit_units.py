@@ -20,7 +20,14 @@ from ambient.eval.attack import erase_mask, psnr, to_uint8
 from ambient.eval.config import AuditConfig, check_paths
 from ambient.eval.features import BuiltinFeatures, DinoV2Features, FeatureSpace, cosine_similarity
 from ambient.eval.items import from_folder, synthetic
-from ambient.eval.quality import fd_builtin, frechet_distance, load_reference_stats, quality_metrics
+from ambient.eval.quality import (
+    FID_REFERENCE_ITEMS,
+    fd_builtin,
+    frechet_distance,
+    load_reference_stats,
+    quality_metrics,
+)
+from ambient.eval.results import NEAR_DUPLICATE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,11 +57,11 @@ def test_unrelated_images_have_low_similarity(shapes):
     assert unrelated.mean() < 0.2 and unrelated.max() < 0.5
     noise = torch.rand(len(shapes), 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     assert space.paired(shapes, noise).abs().mean() < 0.4
-    # a near-duplicate (small pixel noise) stays above the audit's 0.95 threshold
+    # a near-duplicate (small pixel noise) stays above the audit's near-duplicate threshold
     jitter = (shapes + 0.02 * torch.randn(shapes.shape, generator=torch.Generator().manual_seed(1))).clamp(
         -1, 1
     )
-    assert space.paired(shapes, jitter).min() > 0.95
+    assert space.paired(shapes, jitter).min() > NEAR_DUPLICATE
 
 
 def test_a_plain_background_is_no_near_duplicate(shapes):
@@ -125,8 +132,8 @@ def test_inception_loader_and_reference_stats(tmp_path, shapes):
     path = tmp_path / "inception.pt"
     torch.jit.script(_FakeInception()).save(str(path))
     out = quality_metrics(to_uint8(shapes), to_uint8(shapes), inception=str(path))
-    assert out["fid"] == pytest.approx(0.0, abs=1e-4)
-    assert out["fid_reference"] == "audited training items"
+    assert out.fid == pytest.approx(0.0, abs=1e-4)
+    assert out.fid_reference == FID_REFERENCE_ITEMS
     feats = (
         torch.nn.functional.adaptive_avg_pool2d(to_uint8(shapes).float() / 255.0, 4)
         .flatten(1)
@@ -137,7 +144,7 @@ def test_inception_loader_and_reference_stats(tmp_path, shapes):
     out = quality_metrics(
         to_uint8(shapes), to_uint8(shapes), inception=str(path), reference_stats=str(tmp_path / "ref.npz")
     )
-    assert out["fid"] == pytest.approx(0.0, abs=1e-4)
+    assert out.fid == pytest.approx(0.0, abs=1e-4) and out.fid_reference == str(tmp_path / "ref.npz")
 
     bad = tmp_path / "not-torchscript.pt"
     bad.write_bytes(b"not a model")

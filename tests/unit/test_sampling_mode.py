@@ -52,14 +52,16 @@ def test_serving_honours_the_exports_default(export):
 
 
 def test_the_audit_samples_each_model_in_its_own_mode_unless_told(export, tmp_path):
-    from ambient.eval.api import generation_sampling
+    from ambient.eval.api import generation_spec
     from ambient.eval.config import GenerationSection
 
-    own = generation_sampling(GenerationSection(), str(export))
-    assert (own.mode, own.sigma_n) == ("early_stop", 0.5)
-    told = generation_sampling(GenerationSection(mode="full"), str(export))
-    assert (told.mode, told.sigma_n) == ("full", 0.0)
-    lower = generation_sampling(GenerationSection(mode="early_stop", sigma_n=0.2), str(export))
-    assert (lower.mode, lower.sigma_n) == ("early_stop", 0.2)
-    bare = generation_sampling(GenerationSection(), str(tmp_path))  # no metadata: a clean model
-    assert (bare.mode, bare.sigma_n) == ("full", 0.0)
+    own = generation_spec(GenerationSection(), str(export))
+    assert (own.mode, own.sigma_stop, own.steps, own.guidance) == ("early_stop", 0.5, 16, 1.0)
+    told = generation_spec(GenerationSection(mode="full"), str(export))
+    assert (told.mode, told.sigma_stop) == ("full", 0.0)
+    lower = generation_spec(GenerationSection(mode="early_stop", sigma_n=0.2), str(export))
+    assert (lower.mode, lower.sigma_stop) == ("early_stop", 0.2)
+    bare = generation_spec(GenerationSection(), str(tmp_path))  # no metadata: a clean model
+    assert (bare.mode, bare.sigma_stop) == ("full", 0.0)
+    forced = generation_spec(GenerationSection(mode="early_stop"), str(tmp_path))
+    assert (forced.mode, forced.sigma_stop) == ("full", 0.0)  # early stop at a clean model's 0 is full

@@ -118,12 +118,11 @@ def tiny_components():
 
 
 def test_serve_sampler_is_sample_images_and_seeds_are_per_image(tiny_components):
+    from ambient.core.sampling_spec import SamplingSpec
     from ambient.models import sample_images
     from ambient.serve.sampler import SamplingKey, generate
 
-    key = SamplingKey(
-        steps=2, guidance_scale=3.0, height=32, width=32, mode="full", sigma_n=0.0, method="euler"
-    )
+    key = SamplingKey(SamplingSpec("full", 0.0, steps=2, guidance=3.0, method="euler"), height=32, width=32)
     ours = generate(tiny_components, key, ["a", "b"], ["", "x"], [11, 12])
     ref = sample_images(
         tiny_components,
@@ -151,11 +150,10 @@ def test_serve_sampler_is_sample_images_and_seeds_are_per_image(tiny_components)
 
 
 def test_fixed_shape_makes_an_image_independent_of_its_batch(tiny_components):
+    from ambient.core.sampling_spec import SamplingSpec
     from ambient.serve.sampler import SamplingKey, generate
 
-    key = SamplingKey(
-        steps=2, guidance_scale=3.0, height=32, width=32, mode="full", sigma_n=0.0, method="euler"
-    )
+    key = SamplingKey(SamplingSpec("full", 0.0, steps=2, guidance=3.0, method="euler"), height=32, width=32)
     alone = generate(tiny_components, key, ["a"], [""], [7], call_rows=2)
     crowd = generate(
         tiny_components, key, ["b", "c", "d", "e", "a"], ["", "x", "", "", ""], [1, 2, 3, 4, 7], call_rows=2
@@ -180,13 +178,13 @@ def test_call_rows_default_by_device_and_bounded_by_the_batch():
 
 
 def test_early_stop_ends_at_sigma_n(tiny_components):
+    from ambient.core.sampling_spec import sampling_spec
     from ambient.serve.sampler import SamplingKey, generate
 
-    full = SamplingKey(
-        steps=2, guidance_scale=1.0, height=32, width=32, mode="full", sigma_n=0.5, method="euler"
-    )
-    early = SamplingKey(**{**full.__dict__, "mode": "early_stop"})
-    assert full.sigma_stop == 0 and early.sigma_stop == 0.5
+    settings = {"steps": 2, "guidance": 1.0, "method": "euler"}
+    full = SamplingKey(sampling_spec("full", 0.5, "early_stop", **settings), 32, 32)
+    early = SamplingKey(sampling_spec("early_stop", 0.5, "full", **settings), 32, 32)
+    assert full.spec.sigma_stop == 0 and early.spec.sigma_stop == 0.5
     a = generate(tiny_components, full, ["a"], [""], [3])[0]
     b = generate(tiny_components, early, ["a"], [""], [3])[0]
     assert a.size == b.size == (32, 32) and not np.array_equal(np.asarray(a), np.asarray(b))

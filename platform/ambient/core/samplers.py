@@ -3,8 +3,6 @@ and early stop at sigma_n finished with one Tweedie step."""
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
 
@@ -12,25 +10,14 @@ from ._checks import as_sigma, same_shape
 from .ambient import Denoiser
 from .conversions import karras_sigmas
 
-Method = Literal["euler", "heun", "posterior"]
-SamplingMode = Literal["full", "early_stop"]
-
-
-def default_sampling_mode(sigma_n: float, trained_with_consistency: bool) -> SamplingMode:
-    """The one rule for how a model is sampled by default: "full" (to sigma = 0) when it was trained
-    with the consistency loss or on clean data (sigma_n = 0), else "early_stop" (down to sigma_n and
-    one Tweedie step: a model trained only above sigma_n is not trusted below it)."""
-    return "full" if trained_with_consistency or sigma_n == 0 else "early_stop"
-
-
-def resolve_sampling_mode(requested: str, sigma_n: float, default: SamplingMode) -> SamplingMode:
-    """The mode that runs: ``default`` for "auto", else the requested one; "full" whenever sigma_n = 0
-    (early stop at 0 is full sampling, and callers report what ran)."""
-    if requested not in ("auto", "full", "early_stop"):
-        raise ValueError(f"sampling mode must be auto, full or early_stop, got {requested!r}")
-    if sigma_n == 0:
-        return "full"
-    return default if requested == "auto" else requested  # type: ignore[return-value]
+# The mode rules live with SamplingSpec; re-exported here, where callers have imported them from.
+from .sampling_spec import (  # noqa: F401
+    Method,
+    SamplingMode,
+    default_sampling_mode,
+    resolve_sampling_mode,
+    stop_level,
+)
 
 
 def posterior_step(
@@ -122,7 +109,7 @@ def generate(
     denoiser: Denoiser,
     shape: tuple[int, ...],
     *,
-    mode: Literal["full", "early_stop"] = "full",
+    mode: SamplingMode = "full",
     sigma_n: float = 0.0,
     num_steps: int = 32,
     method: Method = "heun",
@@ -137,8 +124,11 @@ def generate(
     """Draw samples from pure noise. "full" samples to sigma = 0 (a consistent model);
     "early_stop" samples down to sigma_n and finishes with one Tweedie step x0 = h(x_{sigma_n}, sigma_n)
     (a model trained only above sigma_n is not trusted below it)."""
+    if mode not in ("full", "early_stop"):
+        raise ValueError(f"mode must be 'full' or 'early_stop', got {mode!r}")
+    sigma_stop = stop_level(mode, sigma_n)
     x = torch.randn(shape, generator=generator, dtype=dtype, device=device) * sigma_max
-    if mode == "full" or sigma_n == 0:
+    if sigma_stop == 0:
         return sample(
             denoiser,
             x,
@@ -147,9 +137,7 @@ def generate(
             generator=generator,
             cond=cond,
         )
-    if mode != "early_stop":
-        raise ValueError(f"mode must be 'full' or 'early_stop', got {mode!r}")
-    sched = early_stop_schedule(num_steps, sigma_n, sigma_max, rho)
+    sched = early_stop_schedule(num_steps, sigma_stop, sigma_max, rho)
     x = sample(denoiser, x, sched, method=method, generator=generator, cond=cond)
-    sn = torch.full((shape[0],), float(sigma_n), dtype=dtype, device=device)
+    sn = torch.full((shape[0],), sigma_stop, dtype=dtype, device=device)
     return denoiser(x, sn, **(cond or {}))

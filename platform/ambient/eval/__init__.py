@@ -24,14 +24,20 @@ _EXPORTS = {
     "cosine_similarity": "features",
     "AuditItems": "items",
     "load_items": "items",
+    "AuditLayout": "results",
+    "AuditResult": "results",
+    "ModelResult": "results",
 }
 __all__ = [
     "AuditConfig",
     "AuditItems",
+    "AuditLayout",
+    "AuditResult",
     "BuiltinFeatures",
     "DinoV2Features",
     "FeatureSpace",
     "ModelAudit",
+    "ModelResult",
     "audit_model",
     "build_extractor",
     "check_paths",
@@ -49,3 +55,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from .config import AuditConfig, check_paths, dry_run
     from .features import BuiltinFeatures, DinoV2Features, FeatureSpace, build_extractor, cosine_similarity
     from .items import AuditItems, load_items
+    from .results import AuditLayout, AuditResult, ModelResult

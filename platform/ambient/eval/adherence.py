@@ -19,6 +19,8 @@ from PIL import Image, ImageDraw
 
 from ambient.synthetic import ALL_SHAPES, COLORS, draw_shape
 
+from .results import AdherenceScore
+
 PROMPT = re.compile(
     rf"^an? (?P<fg>{'|'.join(COLORS)}) (?P<shape>{'|'.join(ALL_SHAPES)}) on an? (?P<bg>{'|'.join(COLORS)}) "
     r"background$"
@@ -97,20 +99,6 @@ def read_image(image: np.ndarray) -> Reading:
         return Reading(bg=_NAMES[bg], fg=None, shape=None)
     fg = int(np.bincount(classes[foreground], minlength=len(_NAMES)).argmax())
     return Reading(bg=_NAMES[bg], fg=_NAMES[fg], shape=read_shape(classes == fg))
-
-
-@dataclass(frozen=True)
-class AdherenceScore:
-    n: int
-    background: float  # fraction of images whose background colour matches the prompt
-    foreground: float
-    shape: float
-    colors: float  # both colours right
-    all: float  # all three right
-    adherence: float  # mean of the three attribute accuracies
-
-    def summary(self) -> dict[str, float | int]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 def _as_hwc_uint8(images) -> list[np.ndarray]:

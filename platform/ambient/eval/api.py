@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ambient.core import resolve_sampling_mode
-from ambient.models.export import ExportSampling, read_metadata, sampling_defaults
+from ambient.core.sampling_spec import SamplingSpec, sampling_spec
+from ambient.models.export import read_metadata, sampling_defaults
 from ambient.models.loading import SDXLComponents, load_components
 from ambient.models.source import resolve_model
 from ambient.models.vae import decode_latents, encode_images
@@ -30,8 +30,7 @@ from .features import FeatureSpace, build_extractor
 from .generation import GenerationResult, generation_similarity
 from .items import AuditItems, from_dataset, load_items
 from .quality import quality_metrics
-
-GENERATION_SCORE_THRESHOLD = 0.95
+from .results import NEAR_DUPLICATE, AdherenceScore, GenerationSampling, QualitySummary, VaeCeiling
 
 
 @dataclass
@@ -39,25 +38,13 @@ class ModelAudit:
     label: str
     path: str
     attacks: list[AttackResult]
-    vae_ceiling: dict[str, float]  # the VAE round trip: the best any reconstruction can score
+    vae_ceiling: VaeCeiling
     generation: GenerationResult | None = None
-    quality: dict | None = None
+    generation_sampling: GenerationSampling | None = None
+    quality: QualitySummary | None = None
+    prompt_adherence: AdherenceScore | None = None  # generations of synthetic-world captions only
     score: float = float("nan")
     score_name: str = ""
-    extra: dict = field(default_factory=dict)
-
-    def summary(self) -> dict:
-        return {
-            "label": self.label,
-            "path": self.path,
-            "memorization_score": self.score,
-            "score": self.score_name,
-            "vae_ceiling": self.vae_ceiling,
-            "attacks": [a.summary() for a in self.attacks],
-            "generation": self.generation.summary() if self.generation else None,
-            "generation_sampling": self.extra.get("generation_sampling"),
-            "quality": self.quality,
-        }
 
 
 def resolve_model_path(path: str | None, storage: StorageConfig | None = None) -> str:
@@ -66,21 +53,16 @@ def resolve_model_path(path: str | None, storage: StorageConfig | None = None) -
     return str(resolve_model(None if path is None else str(path), storage))
 
 
-def generation_sampling(gen: GenerationSection, path: str) -> ExportSampling:
+def generation_spec(gen: GenerationSection, path: str) -> SamplingSpec:
     """How the generations of the model at ``path`` are sampled: its own default (from its
     ambient_metadata.json; none = a clean model) unless ``generation.mode`` / ``generation.sigma_n``
-    say otherwise."""
+    say otherwise, with ``generation.steps`` and ``generation.guidance``."""
     try:
         own = sampling_defaults(read_metadata(path)) if path else sampling_defaults({})
     except FileNotFoundError:
         own = sampling_defaults({})
     sigma_n = own.sigma_n if gen.sigma_n is None else gen.sigma_n
-    mode = resolve_sampling_mode(gen.mode, sigma_n, own.mode)
-    return ExportSampling(
-        sigma_n=sigma_n if mode == "early_stop" else 0.0,
-        trained_with_consistency=own.trained_with_consistency,
-        mode=mode,
-    )
+    return sampling_spec(gen.mode, sigma_n, own.mode, steps=gen.steps, guidance=gen.guidance)
 
 
 def default_resolution(comps: SDXLComponents) -> int:
@@ -115,7 +97,7 @@ def score_of(audit: ModelAudit, score: str) -> float:
         return float(sims.mean())
     if audit.generation is None:
         raise ValueError("score 'generation' needs generation.n > 0")
-    return audit.generation.fraction_above(GENERATION_SCORE_THRESHOLD)
+    return audit.generation.fraction_above(NEAR_DUPLICATE)
 
 
 @torch.no_grad()
@@ -134,10 +116,10 @@ def audit_model(
     round_trip = decode_latents(
         comps.vae, encode_images(comps.vae, originals, cfg.batch_size), cfg.batch_size
     )
-    ceiling = {
-        "similarity_mean": float(space.paired(round_trip, truth).mean()),
-        "psnr_mean": float(psnr(round_trip, truth).mean()),
-    }
+    ceiling = VaeCeiling(
+        similarity_mean=float(space.paired(round_trip, truth).mean()),
+        psnr_mean=float(psnr(round_trip, truth).mean()),
+    )
     attacks = [
         reconstruction_attack(
             comps,
@@ -159,18 +141,16 @@ def audit_model(
     audit = ModelAudit(label=label, path=path, attacks=attacks, vae_ceiling=ceiling)
     gen = cfg.generation
     if gen.n > 0:
-        sampling = generation_sampling(gen, path)
-        audit.extra["generation_sampling"] = {"mode": sampling.mode, "sigma_n": sampling.sigma_n}
+        spec = generation_spec(gen, path)
+        # The report's sigma_n is the level the generations stopped at (0 for full sampling).
+        audit.generation_sampling = GenerationSampling(mode=spec.mode, sigma_n=spec.sigma_stop)
         height, width = originals.shape[-2:]
         audit.generation = generation_similarity(
             comps,
             items.captions,
             space,
             n=gen.n,
-            steps=gen.steps,
-            guidance=gen.guidance,
-            mode=sampling.mode,
-            sigma_n=sampling.sigma_n,
+            spec=spec,
             seed=cfg.seed,
             height=height,
             width=width,
@@ -186,8 +166,7 @@ def audit_model(
                 batch_size=cfg.batch_size,
             )
         if all(parse_prompt(c) for c in audit.generation.captions):  # the synthetic shape world
-            adherence = prompt_adherence(audit.generation.images, audit.generation.captions)
-            audit.quality = {**(audit.quality or {}), "prompt_adherence": adherence.summary()}
+            audit.prompt_adherence = prompt_adherence(audit.generation.images, audit.generation.captions)
     audit.score, audit.score_name = score_of(audit, cfg.score), cfg.score
     return audit
 
@@ -240,7 +219,7 @@ def memorization_score(
     are used as they are; ``storage`` reaches S3). ``config.score`` picks the
     number: "tweedie" (default: the mean feature similarity of the one-step Tweedie reconstruction
     from ``config.attack.timesteps[0]``, 900 by default, to the originals), "sample" (the same after the
-    whole sampler) or "generation" (the fraction of generations above 0.95). Only what the score needs
+    whole sampler) or "generation" (the fraction of generations above ``NEAR_DUPLICATE``). Only what the score needs
     runs: the default costs one UNet pass per item (a few seconds for 8 items of the tiny model on CPU).
     """
     cfg = (config or AuditConfig()).model_copy(deep=True)

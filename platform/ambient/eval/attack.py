@@ -20,6 +20,7 @@ from ambient.models.vae import decode_latents, encode_images
 
 from .conditioning import caption_denoiser
 from .features import FeatureSpace
+from .results import AttackSummary, ItemAttack
 
 MASKS = ("none", "center", "right_half", "bottom_half")
 
@@ -65,20 +66,29 @@ class AttackResult:
     sample_psnr: Tensor | None = None
     images: dict[str, Tensor] = field(default_factory=dict)  # uint8 (N, 3, H, W): corrupted, tweedie, sample
 
-    def summary(self) -> dict:
-        out = {
-            "timestep": self.timestep,
-            "sigma": self.sigma,
-            "mask": self.mask,
-            "tweedie_similarity_mean": float(self.tweedie_similarity.mean()),
-            "tweedie_similarity_max": float(self.tweedie_similarity.max()),
-            "tweedie_psnr_mean": float(self.tweedie_psnr.mean()),
-        }
-        if self.sample_similarity is not None and self.sample_psnr is not None:
-            out["sample_similarity_mean"] = float(self.sample_similarity.mean())
-            out["sample_similarity_max"] = float(self.sample_similarity.max())
-            out["sample_psnr_mean"] = float(self.sample_psnr.mean())
-        return out
+    def summary(self) -> AttackSummary:
+        sampled = self.sample_similarity is not None and self.sample_psnr is not None
+        return AttackSummary(
+            timestep=self.timestep,
+            sigma=self.sigma,
+            mask=self.mask,
+            tweedie_similarity_mean=float(self.tweedie_similarity.mean()),
+            tweedie_similarity_max=float(self.tweedie_similarity.max()),
+            tweedie_psnr_mean=float(self.tweedie_psnr.mean()),
+            sample_similarity_mean=float(self.sample_similarity.mean()) if sampled else None,
+            sample_similarity_max=float(self.sample_similarity.max()) if sampled else None,
+            sample_psnr_mean=float(self.sample_psnr.mean()) if sampled else None,
+        )
+
+    def per_item(self) -> ItemAttack:
+        """The numbers of each item, in the items' order."""
+        return ItemAttack(
+            timestep=self.timestep,
+            tweedie_similarity=self.tweedie_similarity.tolist(),
+            tweedie_psnr=self.tweedie_psnr.tolist(),
+            sample_similarity=None if self.sample_similarity is None else self.sample_similarity.tolist(),
+            sample_psnr=None if self.sample_psnr is None else self.sample_psnr.tolist(),
+        )
 
 
 def attack_sigma(comps: SDXLComponents, timestep: float) -> float:

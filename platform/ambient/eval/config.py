@@ -15,6 +15,8 @@ from pydantic import Field, field_validator, model_validator
 from ambient.config import OptionalPathOrUri, PathOrUri, Section
 from ambient.storage import StorageConfig, is_s3
 
+from .results import DEFAULT_THRESHOLDS, NEAR_DUPLICATE, AuditLayout
+
 
 class ModelEntry(Section):
     path: OptionalPathOrUri = Field(
@@ -81,7 +83,7 @@ class GenerationSection(Section):
     sigma_n: float | None = Field(
         None, ge=0, description="early_stop: the level sampled down to; None = each model's own sigma_n"
     )
-    thresholds: list[float] = Field([0.9, 0.95, 0.99], description="report the fraction above each")
+    thresholds: list[float] = Field(list(DEFAULT_THRESHOLDS), description="report the fraction above each")
     top_k: int = Field(8, ge=1, description="top matches shown beside their training images")
 
 
@@ -129,7 +131,7 @@ class AuditConfig(Section):
     score: Literal["tweedie", "sample", "generation"] = Field(
         "tweedie",
         description="memorization score: mean attack similarity (one Tweedie step or the sampler) at the "
-        "first timestep, or the fraction of generations above 0.95",
+        f"first timestep, or the fraction of generations above {NEAR_DUPLICATE:g}",
     )
     output_dir: PathOrUri = "runs/audit"
     seed: int = 0
@@ -205,4 +207,4 @@ def dry_run(cfg: AuditConfig) -> str:
 
     check_paths(cfg)
     print_dry_run(cfg)
-    return str(Path(cfg.output_dir) / "report.md")
+    return str(AuditLayout(Path(cfg.output_dir)).report_md)

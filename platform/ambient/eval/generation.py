@@ -11,11 +11,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ambient.core.sampling_spec import SamplingSpec
 from ambient.models.loading import SDXLComponents
-from ambient.models.sampling import sample_latents
+from ambient.models.sampling import call_spec, sample_latents
 from ambient.models.vae import decode_latents
 
 from .features import FeatureSpace
+from .results import DEFAULT_THRESHOLDS, GenerationSummary
 
 
 @dataclass
@@ -30,13 +32,13 @@ class GenerationResult:
     def fraction_above(self, threshold: float) -> float:
         return float((self.max_similarity > threshold).float().mean())
 
-    def summary(self) -> dict:
-        return {
-            "n": len(self.captions),
-            "mean_max_similarity": float(self.max_similarity.mean()),
-            "max_similarity": float(self.max_similarity.max()),
-            "fraction_above": {f"{t:g}": self.fraction_above(t) for t in self.thresholds},
-        }
+    def summary(self) -> GenerationSummary:
+        return GenerationSummary(
+            n=len(self.captions),
+            mean_max_similarity=float(self.max_similarity.mean()),
+            max_similarity=float(self.max_similarity.max()),
+            fraction_above={t: self.fraction_above(t) for t in self.thresholds},
+        )
 
 
 @torch.no_grad()
@@ -45,17 +47,20 @@ def generate_from_captions(
     captions: list[str],
     n: int,
     *,
-    steps: int,
-    guidance: float,
-    mode: str,
-    sigma_n: float,
+    spec: SamplingSpec | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    mode: str | None = None,
+    sigma_n: float | None = None,
     seed: int,
     height: int,
     width: int,
     batch_size: int = 8,
 ) -> tuple[list[str], list[int], Tensor]:
-    """n images, caption i % len(captions), sample i seeded with seed + i (independent of batching).
+    """n images, caption i % len(captions), sample i seeded with seed + i (independent of batching),
+    sampled as ``spec`` says (or as ``steps``, ``guidance``, ``mode`` and ``sigma_n`` say).
     ``batch_size`` prompts are sampled and decoded at a time."""
+    spec = call_spec(spec, mode, sigma_n, steps, guidance)  # type: ignore[arg-type]
     prompts = [captions[i % len(captions)] for i in range(n)]
     seeds = [seed + i for i in range(n)]
     images = []
@@ -64,10 +69,7 @@ def generate_from_captions(
         latents = sample_latents(
             comps,
             prompts[sl],
-            mode=mode,
-            sigma_n=sigma_n,
-            num_steps=steps,
-            guidance_scale=guidance,
+            spec=spec,
             seed=seeds[sl],
             height=height,
             width=width,
@@ -82,24 +84,18 @@ def generation_similarity(
     space: FeatureSpace,
     *,
     n: int,
-    steps: int,
-    guidance: float,
-    mode: str = "full",
-    sigma_n: float = 0.0,
+    spec: SamplingSpec,
     seed: int = 0,
     height: int,
     width: int,
-    thresholds: list[float] = (0.9, 0.95, 0.99),
+    thresholds: list[float] = DEFAULT_THRESHOLDS,
     batch_size: int = 8,
 ) -> GenerationResult:
     prompts, seeds, images = generate_from_captions(
         comps,
         captions,
         n,
-        steps=steps,
-        guidance=guidance,
-        mode=mode,
-        sigma_n=sigma_n,
+        spec=spec,
         seed=seed,
         height=height,
         width=width,

@@ -24,9 +24,11 @@ from scipy import linalg
 from torch import Tensor
 
 from .features import BuiltinFeatures
+from .results import QualitySummary
 
 BUILTIN_DIM = 64
 BUILTIN_SEED = 1234
+FID_REFERENCE_ITEMS = "audited training items"  # fid_reference without reference statistics
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
@@ -107,20 +109,24 @@ def quality_metrics(
     inception: str | None = None,
     reference_stats: str | None = None,
     batch_size: int = 32,
-) -> dict:
-    """{"fd_builtin": ..., "fid": ... or None, "fid_reference": where its statistics came from}."""
-    out: dict = {"n_generated": len(generated), "n_reference": len(reference)}
-    out["fd_builtin"] = (
-        fd_builtin(generated, reference) if len(generated) >= 2 and len(reference) >= 2 else None
-    )
-    out["fid"], out["fid_reference"] = None, None
+) -> QualitySummary:
+    """The built-in Fréchet distance (None below 2 images on a side) and, with ``inception``, FID
+    against ``reference_stats`` or the reference images."""
+    builtin = fd_builtin(generated, reference) if len(generated) >= 2 and len(reference) >= 2 else None
+    fid, fid_reference = None, None
     if inception:
         model = InceptionFeatures(inception)
         gen = torch.cat([model.embed(c) for c in generated.split(batch_size)])
         if reference_stats:
-            ref_stats, out["fid_reference"] = load_reference_stats(reference_stats), str(reference_stats)
+            ref_stats, fid_reference = load_reference_stats(reference_stats), str(reference_stats)
         else:
             ref = torch.cat([model.embed(c) for c in reference.split(batch_size)])
-            ref_stats, out["fid_reference"] = statistics(ref), "audited training items"
-        out["fid"] = frechet_distance(*statistics(gen), *ref_stats)
-    return out
+            ref_stats, fid_reference = statistics(ref), FID_REFERENCE_ITEMS
+        fid = frechet_distance(*statistics(gen), *ref_stats)
+    return QualitySummary(
+        n_generated=len(generated),
+        n_reference=len(reference),
+        fd_builtin=builtin,
+        fid=fid,
+        fid_reference=fid_reference,
+    )

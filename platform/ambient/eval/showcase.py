@@ -21,6 +21,7 @@ from ambient.models.vae import decode_latents, tensor_to_pil
 
 from .adherence import adherence_prompts, parse_prompt, prompt_adherence
 from .generation import generate_from_captions
+from .results import AdherenceScore
 
 TILE = 128  # pixels per image in the picture (64 px samples are upscaled, nearest neighbour)
 HEADER = 22
@@ -143,12 +144,12 @@ def adherence_line(numbers: dict) -> list[str]:
     """Human-readable lines of the adherence numbers (for the end of the job's output)."""
     lines = []
     for name, entry in numbers.get("adherence", {}).items():
-        base, tuned = entry["base"], entry["finetuned"]
+        base, tuned = AdherenceScore.from_dict(entry["base"]), AdherenceScore.from_dict(entry["finetuned"])
         lines.append(
             f"prompt adherence, {name.replace('_', ' ')} ({entry['prompts']} prompts, {entry['world']}): "
-            f"base {base['adherence']:.2f} -> fine-tuned {tuned['adherence']:.2f} "
-            f"(shape {base['shape']:.2f} -> {tuned['shape']:.2f}, "
-            f"colours {base['colors']:.2f} -> {tuned['colors']:.2f})"
+            f"base {base.adherence:.2f} -> fine-tuned {tuned.adherence:.2f} "
+            f"(shape {base.shape:.2f} -> {tuned.shape:.2f}, "
+            f"colours {base.colors:.2f} -> {tuned.colors:.2f})"
         )
     return lines
 

@@ -10,6 +10,10 @@ prompts run at a time (text encoders, UNet and VAE decode): memory follows the m
 number of prompts, and the images do not change (up to that rounding). Precomputed prompt embeddings
 (``embeddings``, ``negative_embeddings``) replace the text encoders: a training worker that loads none
 samples its grids from the embeddings the driver computed once.
+
+How to sample (mode, stop level, steps, guidance, method) is one ``SamplingSpec``
+(``ambient.core.sampling_spec``): give ``spec``, or the keywords ``mode``, ``sigma_n``, ``num_steps``,
+``guidance_scale`` and ``method``, from which the spec is built by the same rule.
 """
 
 from __future__ import annotations
@@ -22,13 +26,11 @@ from PIL import Image
 from torch import Tensor
 
 from ..core import Denoiser, early_stop_schedule, full_schedule, posterior_step, sample
+from ..core.sampling_spec import Method, SamplingMode, SamplingSpec, explicit_spec
 from .conditioning import TextEmbeddings, make_add_time_ids
 from .denoiser import SDXLDenoiser, guided
 from .loading import SDXLComponents
 from .vae import decode_latents, tensor_to_pil
-
-Mode = Literal["full", "early_stop"]
-Method = Literal["euler", "heun", "posterior"]
 
 
 def _seeds(seed: int | list[int], count: int) -> list[int]:
@@ -59,14 +61,15 @@ def sample_latents(
     components: SDXLComponents,
     prompts: list[str] | None,
     *,
-    mode: Mode = "full",
-    sigma_n: float = 0.0,
-    num_steps: int = 32,
-    guidance_scale: float = 5.0,
+    spec: SamplingSpec | None = None,
+    mode: SamplingMode | None = None,
+    sigma_n: float | None = None,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
     seed: int | list[int] = 0,
     height: int | None = None,
     width: int | None = None,
-    method: Method = "heun",
+    method: Method | None = None,
     uncond: Literal["empty", "zeros"] = "empty",
     negative_prompts: list[str] | None = None,
     rho: float = 7.0,
@@ -76,15 +79,47 @@ def sample_latents(
 ) -> Tensor:
     """Diffusion-space latents (B, C, H/f, W/f) for ``prompts`` (or their precomputed ``embeddings``);
     see ``sample_images``."""
-    _check_arguments(prompts, negative_prompts, uncond, mode, method)
+    spec = call_spec(spec, mode, sigma_n, num_steps, guidance_scale, method)
+    _check_arguments(prompts, negative_prompts, uncond)
     text = _Text.of(prompts, embeddings, negative_prompts, negative_embeddings, uncond)
     height, width = _image_size(components, height, width)
     seeds = _seeds(seed, text.count)
-    settings = _Settings(mode, sigma_n, num_steps, guidance_scale, method, uncond, rho, height, width)
+    settings = _Settings(spec, uncond, rho, height, width)
     parts = []
     for chunk in _chunks(text.count, micro_batch):
         parts.append(_sample_chunk(components, text.chunk(chunk), seeds[chunk], settings))
     return torch.cat(parts)
+
+
+def call_spec(
+    spec: SamplingSpec | None,
+    mode: SamplingMode | None = None,
+    sigma_n: float | None = None,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    method: Method | None = None,
+) -> SamplingSpec:
+    """A sampling call's spec: ``spec`` itself, or the one the keywords name (defaults: full sampling,
+    32 steps, guidance 5, heun). Both at once would leave one of them silently unused: refused."""
+    keywords = {
+        "mode": mode,
+        "sigma_n": sigma_n,
+        "num_steps": num_steps,
+        "guidance_scale": guidance_scale,
+        "method": method,
+    }
+    if spec is not None:
+        given = [name for name, value in keywords.items() if value is not None]
+        if given:
+            raise ValueError(f"give spec or {', '.join(given)}, not both")
+        return spec
+    return explicit_spec(
+        "full" if mode is None else mode,
+        0.0 if sigma_n is None else sigma_n,
+        steps=32 if num_steps is None else num_steps,
+        guidance=5.0 if guidance_scale is None else guidance_scale,
+        method="heun" if method is None else method,
+    )
 
 
 @dataclass(frozen=True)
@@ -137,11 +172,7 @@ def _part(values: list[str] | TextEmbeddings | None, part: slice) -> list[str] |
 class _Settings:
     """What every micro-batch of one sampling call shares."""
 
-    mode: Mode
-    sigma_n: float
-    num_steps: int
-    guidance_scale: float
-    method: Method
+    spec: SamplingSpec
     uncond: str
     rho: float
     height: int
@@ -164,25 +195,22 @@ def _sample_chunk(components: SDXLComponents, text: _Text, seeds: list[int], s: 
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
     cond, neg = _conditioning(components, text, s.uncond, (s.height, s.width), device)
     base = SDXLDenoiser(unet, components.alphas_cumprod, components.scheduler.config.prediction_type)
-    denoiser = guided(base, cond, neg, s.guidance_scale)
-    early = s.mode == "early_stop" and s.sigma_n > 0
-    sigmas = _schedule(base, s.sigma_n if early else None, s.num_steps, s.rho)
+    denoiser = guided(base, cond, neg, s.spec.guidance)
+    sigmas = _schedule(base, s.spec, s.rho)
 
     f = components.vae_scale_factor
     shape = (unet.config.in_channels, s.height // f, s.width // f)
     x = _per_sample_noise(gens, shape, device) * base.sigma_max
-    if s.method == "posterior":
+    if s.spec.method == "posterior":
         x = _posterior_sample(denoiser, x, sigmas, gens)
     else:
-        x = sample(denoiser, x, sigmas, method=s.method)
-    if early:  # one Tweedie step from sigma_n: the model is not trusted below the data's noise
-        x = denoiser(x, torch.full((text.count,), float(s.sigma_n), device=device))
+        x = sample(denoiser, x, sigmas, method=s.spec.method)
+    if s.spec.early_stop:  # one Tweedie step from sigma_n: the model is not trusted below the data's noise
+        x = denoiser(x, torch.full((text.count,), s.spec.sigma_stop, device=device))
     return x
 
 
-def _check_arguments(
-    prompts: list[str] | None, negative_prompts: list[str] | None, uncond: str, mode: str, method: str
-) -> None:
+def _check_arguments(prompts: list[str] | None, negative_prompts: list[str] | None, uncond: str) -> None:
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings")
     if negative_prompts is not None:
@@ -192,10 +220,6 @@ def _check_arguments(
             raise ValueError(f"negative_prompts must be a list of {len(prompts)} strings, one per prompt")
         if uncond != "empty":
             raise ValueError("negative_prompts are the embedded unconditional branch: use uncond='empty'")
-    if mode not in ("full", "early_stop"):
-        raise ValueError(f"mode must be 'full' or 'early_stop', got {mode!r}")
-    if method not in ("euler", "heun", "posterior"):
-        raise ValueError(f"method must be euler, heun or posterior, got {method!r}")
 
 
 def _image_size(components: SDXLComponents, height: int | None, width: int | None) -> tuple[int, int]:
@@ -241,39 +265,41 @@ def _conditioning(
     return cond, neg
 
 
-def _schedule(base: SDXLDenoiser, early_stop_at: float | None, num_steps: int, rho: float) -> Tensor:
-    """The noise levels to step through: down to ``early_stop_at`` (sigma_n), else to the model's
+def _schedule(base: SDXLDenoiser, spec: SamplingSpec, rho: float) -> Tensor:
+    """The noise levels to step through: down to the spec's stop level (sigma_n), else to the model's
     smallest level. The schedule spans the UNet's trained range (SDXL: 0.029 .. 14.6), not EDM's."""
     sigma_min, sigma_max = base.sigma_min, base.sigma_max
-    if early_stop_at is None:
-        return full_schedule(num_steps, sigma_min, sigma_max, rho)
-    if early_stop_at >= sigma_max:
+    if not spec.early_stop:
+        return full_schedule(spec.steps, sigma_min, sigma_max, rho)
+    if spec.sigma_stop >= sigma_max:
         raise ValueError(
-            f"sigma_n must be below the model's largest sigma {sigma_max:.4g}, got {early_stop_at}"
+            f"sigma_n must be below the model's largest sigma {sigma_max:.4g}, got {spec.sigma_stop}"
         )
-    return early_stop_schedule(num_steps, early_stop_at, sigma_max, rho)
+    return early_stop_schedule(spec.steps, spec.sigma_stop, sigma_max, rho)
 
 
 def sample_images(
     components: SDXLComponents,
     prompts: list[str],
     *,
-    mode: Mode = "full",
-    sigma_n: float = 0.0,
-    num_steps: int = 32,
-    guidance_scale: float = 5.0,
+    spec: SamplingSpec | None = None,
+    mode: SamplingMode | None = None,
+    sigma_n: float | None = None,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
     seed: int | list[int] = 0,
     height: int | None = None,
     width: int | None = None,
-    method: Method = "heun",
+    method: Method | None = None,
     uncond: Literal["empty", "zeros"] = "empty",
     negative_prompts: list[str] | None = None,
     micro_batch: int | None = None,
     embeddings: TextEmbeddings | None = None,
     negative_embeddings: TextEmbeddings | None = None,
 ) -> list[Image.Image]:
-    """Images for ``prompts``. mode "full" samples to sigma = 0 (a model trained with consistency);
-    "early_stop" samples down to ``sigma_n`` and finishes with one Tweedie step. ``seed`` is one int
+    """Images for ``prompts``, sampled as ``spec`` says (or as the keywords say: mode "full" samples
+    to sigma = 0, a model trained with consistency; "early_stop" samples down to ``sigma_n`` and
+    finishes with one Tweedie step; ``method`` is the integrator). ``seed`` is one int
     (prompt i gets seed + i) or one seed per prompt. height and width default to the UNet's
     sample size times the VAE factor. ``uncond`` is the unconditional branch of
     classifier-free guidance: the embedding of "" (matching caption dropout in training) or zeros
@@ -286,14 +312,10 @@ def sample_images(
     latents = sample_latents(
         components,
         prompts,
-        mode=mode,
-        sigma_n=sigma_n,
-        num_steps=num_steps,
-        guidance_scale=guidance_scale,
+        spec=call_spec(spec, mode, sigma_n, num_steps, guidance_scale, method),
         seed=seed,
         height=height,
         width=width,
-        method=method,
         uncond=uncond,
         negative_prompts=negative_prompts,
         micro_batch=micro_batch,

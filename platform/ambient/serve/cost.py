@@ -11,14 +11,15 @@ from __future__ import annotations
 from .sampler import SamplingKey
 
 
-def passes(method: str, guidance_scale: float) -> int:
+def passes(method: str, guidance: float) -> int:
     """UNet evaluations per image and step."""
-    return (2 if method == "heun" else 1) * (1 if guidance_scale == 1.0 else 2)
+    return (2 if method == "heun" else 1) * (1 if guidance == 1.0 else 2)
 
 
 def image_cost(key: SamplingKey) -> float:
     """Megapixel-steps of one image sampled with ``key``."""
-    return key.height * key.width * key.steps * passes(key.method, key.guidance_scale) / 1e6
+    spec = key.spec
+    return key.height * key.width * spec.steps * passes(spec.method, spec.guidance) / 1e6
 
 
 def request_cost(key: SamplingKey, images: int) -> float:
@@ -30,10 +31,12 @@ def cost_problem(key: SamplingKey, images: int, limit: float) -> str | None:
     cost = request_cost(key, images)
     if cost <= limit:
         return None
-    p = passes(key.method, key.guidance_scale)
+    spec = key.spec
+    p = passes(spec.method, spec.guidance)
+    # Worded in the request's own field names (steps, num_images, guidance_scale): the client fixes it.
     return (
         f"request cost {cost:.4g} megapixel-steps exceeds limits.max_request_cost {limit:.4g} "
-        f"({key.height} x {key.width} px x {images} images x {key.steps} steps x {p} passes "
-        f"({key.method}, guidance_scale {key.guidance_scale:g}) / 1e6); lower steps, num_images or "
+        f"({key.height} x {key.width} px x {images} images x {spec.steps} steps x {p} passes "
+        f"({spec.method}, guidance_scale {spec.guidance:g}) / 1e6); lower steps, num_images or "
         "the size, or use guidance_scale 1"
     )

@@ -30,7 +30,7 @@ from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ambient.core import resolve_sampling_mode
+from ambient.core.sampling_spec import sampling_spec
 
 from .auth import BearerAuth
 from .config import ServeConfig
@@ -281,13 +281,14 @@ def _add_generate_route(app: FastAPI, service: Service, bearer: HTTPBearer) -> N
             return error_response(504, "timeout", message, request_id)
         if result.failed:  # logged with its traceback where it ran (run_jobs)
             return error_response(500, "internal_error", "internal error; quote the request id", request_id)
-        service.metrics.generated(len(result.pngs), job.key.steps, result.queue_seconds)
+        service.metrics.generated(len(result.pngs), job.key.spec.steps, result.queue_seconds)
         if body.output == "png":
             return Response(result.pngs[0], media_type="image/png", headers={"X-Seed": str(job.seeds[0])})
         return _generate_response(job, result, request_id)
 
 
 def _generate_response(job: Job, result: JobResult, request_id: str) -> GenerateResponse:
+    spec = job.key.spec
     return GenerateResponse(
         request_id=request_id,
         images=[
@@ -296,10 +297,10 @@ def _generate_response(job: Job, result: JobResult, request_id: str) -> Generate
         ],
         width=job.key.width,
         height=job.key.height,
-        steps=job.key.steps,
-        guidance_scale=job.key.guidance_scale,
-        sampling_mode=job.key.mode,
-        sigma_stop=job.key.sigma_stop,
+        steps=spec.steps,
+        guidance_scale=spec.guidance,
+        sampling_mode=spec.mode,
+        sigma_stop=spec.sigma_stop,
         model_seconds=round(result.model_seconds, 4),
         batch_images=result.batch_images,
     )
@@ -329,19 +330,17 @@ def _job(cfg: ServeConfig, m: LoadedModel, body: GenerateRequestBase) -> Job:
         raise field_error(
             "height", f"height x width = {height * width} pixels exceeds {cfg.limits.max_pixels}"
         )
-    mode = resolve_sampling_mode(body.sampling_mode, m.sigma_n, m.default_mode)
-    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED - body.num_images)
-    key = SamplingKey(
+    # The API's field names (steps, guidance_scale, sampling_mode) are public; the spec's are internal.
+    spec = sampling_spec(
+        body.sampling_mode,
+        m.sigma_n,
+        m.default_mode,
         steps=body.steps or cfg.defaults.steps,
-        guidance_scale=float(
-            body.guidance_scale if body.guidance_scale is not None else cfg.defaults.guidance_scale
-        ),
-        height=height,
-        width=width,
-        mode=mode,
-        sigma_n=m.sigma_n if mode == "early_stop" else 0.0,
+        guidance=body.guidance_scale if body.guidance_scale is not None else cfg.defaults.guidance_scale,
         method=cfg.defaults.method,
     )
+    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED - body.num_images)
+    key = SamplingKey(spec, height, width)
     n = body.num_images
     # A request is one unit of batching: with batching off it fills a whole model call.
     weight = n if cfg.batching.enabled else cfg.batching.max_batch_images

@@ -7,30 +7,23 @@ service's own is the key that decides which images may share a call, and the fix
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from PIL import Image
 
+from ambient.core.sampling_spec import SamplingSpec
 from ambient.models.loading import SDXLComponents
 from ambient.models.sampling import sample_images
 
 
 @dataclass(frozen=True)
 class SamplingKey:
-    """Settings that must be equal for images to share one model call."""
+    """Settings that must be equal for images to share one model call: how they are sampled, and
+    their size (the latents of one call share a shape)."""
 
-    steps: int
-    guidance_scale: float
+    spec: SamplingSpec
     height: int
     width: int
-    mode: Literal["full", "early_stop"]
-    sigma_n: float
-    method: Literal["euler", "heun", "posterior"]
-
-    @property
-    def sigma_stop(self) -> float:
-        return self.sigma_n if self.mode == "early_stop" and self.sigma_n > 0 else 0.0
 
 
 @torch.no_grad()
@@ -87,11 +80,7 @@ def _call(
         prompts,
         negative_prompts=negative_prompts,
         seed=seeds,
-        mode=key.mode,
-        sigma_n=key.sigma_n,
-        num_steps=key.steps,
-        guidance_scale=key.guidance_scale,
+        spec=key.spec,
         height=key.height,
         width=key.width,
-        method=key.method,
     )

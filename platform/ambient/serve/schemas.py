@@ -10,9 +10,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ambient.core.sampling_spec import RequestedMode, SamplingMode
+
 from .config import LimitsSection
 
-SamplingMode = Literal["auto", "full", "early_stop"]
 OutputFormat = Literal["json", "png"]
 MAX_SEED = 2**32 - 1
 MAX_SIDE = 4096
@@ -36,7 +37,7 @@ class GenerateRequestBase(BaseModel):
     )
     height: int | None = Field(None, ge=8, le=MAX_SIDE, description="pixels; default: the model's resolution")
     width: int | None = Field(None, ge=8, le=MAX_SIDE, description="pixels; default: the model's resolution")
-    sampling_mode: SamplingMode = Field(
+    sampling_mode: RequestedMode = Field(
         "auto",
         description="auto: the model's trained default (early_stop at sigma_n + one Tweedie step for a model "
         "trained without consistency, full for a consistent one); full or early_stop override it",
@@ -86,7 +87,7 @@ class GenerateResponse(BaseModel):
     height: int
     steps: int
     guidance_scale: float
-    sampling_mode: Literal["full", "early_stop"]
+    sampling_mode: SamplingMode
     sigma_stop: float = Field(description="sigma the sampler stopped at (0 for full sampling)")
     model_seconds: float = Field(description="wall time of the model call this request ran in")
     batch_images: int = Field(description="images in that model call (this request's and others')")
@@ -110,7 +111,7 @@ class ModelInfo(BaseModel):
     )
     sigma_n: float
     trained_with_consistency: bool
-    default_sampling_mode: Literal["full", "early_stop"]
+    default_sampling_mode: SamplingMode
     resolution: int
     vae_scale_factor: int
     dtype: str
