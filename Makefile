@@ -63,7 +63,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check platform jobs tests benchmarks dashboards
 
 bench-exactness: setup
-	$(PY) benchmarks/exactness.py --dim 2 --components 8 --sigma-n 0.2 0.5 1.0 --json docs/results/exactness_d2.json --plot docs/results/exactness_d2.png
+	$(PY) -m benchmarks.exactness --dim 2 --components 8 --sigma-n 0.2 0.5 1.0 --json docs/results/exactness_d2.json --plot docs/results/exactness_d2.png
 
 # The whole path (prepare, LoRA fine-tune with consistency, export, serve, audit) at SDXL's real size with
 # random weights, on this machine's CPU at 256 px: about 15 minutes of phases and up to 20.5 GiB of RAM
