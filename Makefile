@@ -53,9 +53,9 @@ base-model: setup
 test: setup system-deps
 	$(PY) -m pytest tests --durations=25
 
-# The unit tests, without those marked integration (the local stack's, which starts Ray, SeaweedFS and
-# Prometheus; a few others need the SeaweedFS and Prometheus binaries: system-deps brings Prometheus).
-test-fast: setup system-deps
+# The unit tier: no Ray, server, subprocess or system package (no root needed); everything that starts
+# one is in tests/integration. Each tier's time against its budget (tests/conftest.py) ends the report.
+test-fast: setup
 	$(PY) -m pytest tests/unit -q -m "not integration"
 
 lint: setup

@@ -81,3 +81,22 @@ def shard_truncated() -> tuple[bytes, list[str]]:
     with tarfile.open(fileobj=io.BytesIO(whole)) as tar:
         third = tar.getmember("000022.jpg")
     return whole[: third.offset_data + 300], ["000020", "000021"]  # its header and 300 bytes of its data
+
+
+def prepare_webdataset(source: str, dest: str, storage=None):
+    """prepare_shards from the tars under ``source`` into ``dest``, in pixel space at 32 px."""
+    from ambient.config import load_config
+    from ambient.data import PrepareShardsConfig, prepare_shards
+
+    cfg = load_config(
+        PrepareShardsConfig,
+        overrides=[
+            "source.kind=webdataset",
+            f"source.path={source}",
+            f"destination.uri={dest}",
+            "encode.space=image",  # pixel space: no VAE needed for what these tests check
+            "resolution=32",
+            "rows_per_shard=4",
+        ],
+    )
+    return prepare_shards(cfg.model_copy(update={"storage": storage or cfg.storage}))

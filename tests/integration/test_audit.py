@@ -124,14 +124,6 @@ def test_items_from_training_shards(demo_shards, untrained_model):
     assert -1 <= score <= 1
 
 
-def test_unreadable_dataset_is_a_clear_error(tmp_path):
-    from ambient.data.errors import DataError
-
-    (tmp_path / "shards").mkdir()
-    with pytest.raises(DataError, match=str(tmp_path / "shards")):
-        from_dataset(str(tmp_path / "shards"), 4, None)
-
-
 def test_masked_attack_still_separates_the_models(untrained_model, overfit):
     from ambient.eval.attack import reconstruction_attack, to_uint8
     from ambient.eval.features import BuiltinFeatures, FeatureSpace

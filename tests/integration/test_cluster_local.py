@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import free_port_block, require
+from tests.helpers.services import free_port_block, require
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = ROOT / "cluster" / "local"

@@ -7,10 +7,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ambient.config import load_config
-from ambient.data import PrepareShardsConfig, prepare_shards
 from ambient.storage import resolve_filesystem
-from tests.webdataset_tars import shard_good, shard_truncated, shard_with_bad_keys, tar_bytes
+from tests.helpers.webdataset_tars import (
+    prepare_webdataset,
+    shard_good,
+    shard_truncated,
+    shard_with_bad_keys,
+    tar_bytes,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -40,21 +44,6 @@ def write_tars(uri: str, storage) -> None:
             f.write(data)
 
 
-def prepare(source: str, dest: str, storage=None):
-    cfg = load_config(
-        PrepareShardsConfig,
-        overrides=[
-            "source.kind=webdataset",
-            f"source.path={source}",
-            f"destination.uri={dest}",
-            "encode.space=image",  # pixel space: no VAE needed for what these tests check
-            "resolution=32",
-            "rows_per_shard=4",
-        ],
-    )
-    return prepare_shards(cfg.model_copy(update={"storage": storage or cfg.storage}))
-
-
 def rows_written(dest: str, res, storage=None) -> dict[str, dict]:
     fs, root = resolve_filesystem(dest, storage)
     tables = []
@@ -75,7 +64,7 @@ def prepared(request, ray_session, tmp_path_factory):
         source = f"s3://{server.bucket}/webdataset/tars"
         dest = f"s3://{server.bucket}/webdataset/out"
     write_tars(source, storage)
-    res = prepare(source, dest, storage)
+    res = prepare_webdataset(source, dest, storage)
     return res, rows_written(dest, res, storage)
 
 
@@ -100,10 +89,3 @@ def test_bad_samples_are_rejected_with_their_reasons(prepared):
         "unreadable image": 1,
         "damaged tar": 1,
     }
-
-
-def test_an_empty_prefix_fails_before_any_work(tmp_path):
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"source\.path .*empty holds no \.tar files"):
-        prepare(str(tmp_path / "empty"), str(tmp_path / "out"))
-    assert not (tmp_path / "out" / "manifest.json").exists()

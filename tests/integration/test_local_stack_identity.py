@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import free_port, wait_until
+from tests.helpers.services import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 OWNER = ROOT / "cluster" / "local" / "owner.py"

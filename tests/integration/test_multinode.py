@@ -35,8 +35,8 @@ from ambient.storage import exists, file_infos, join, read_text, upload_director
 from ambient.train import FinetuneConfig
 from ambient.train.layout import RunLayout
 from ambient.tune.sweep import trial_layout
-from tests.conftest import free_port, free_port_block
-from tests.integration.test_exact_resume import coverage, recorded_rows
+from tests.helpers.finetune import coverage, recorded_rows
+from tests.helpers.services import free_port, free_port_block
 
 ROOT = Path(__file__).resolve().parents[2]
 RAY = Path(sys.executable).with_name("ray")

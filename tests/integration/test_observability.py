@@ -36,12 +36,12 @@ import pytest
 import requests
 import yaml
 
-from tests.conftest import free_port, ray_metrics_port, require, wait_until
+from tests.helpers.dashboards import dashboard_queries, is_gpu_query
+from tests.helpers.services import free_port, ray_metrics_port, require, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "dashboards"
 sys.path.insert(0, str(DASHBOARDS))
-from build_dashboards import GPU_METRICS  # noqa: E402  (dashboards/ is a folder of files, not a package)
 from prometheus_config import render  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -51,16 +51,9 @@ RUN_NAME = "observability"
 APP_NAME = "ambient-observability"
 SCRAPE_INTERVAL = "10s"  # also the scrape timeout, as shipped (see the module docstring)
 RATE_INTERVAL = "40s"  # Grafana's $__rate_interval at a 10 s scrape interval: 4 x the interval
-METRIC_NAME = re.compile(r"\b(ray_[a-zA-Z0-9_]+)\b")
 
 
 # ---- the dashboards' queries ------------------------------------------------------------------------
-
-
-def dashboard_queries(name: str) -> list[tuple[str, str]]:
-    """(panel title, PromQL) for every target of one dashboard, unsubstituted."""
-    board = json.loads((DASHBOARDS / name).read_text())
-    return [(p["title"], t["expr"]) for p in board["panels"] for t in p.get("targets", [])]
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:
@@ -74,11 +67,6 @@ def substitute(expr: str, values: dict[str, str]) -> str:
         return values[name]
 
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", one, expr)
-
-
-def is_gpu_query(expr: str) -> bool:
-    names = set(METRIC_NAME.findall(expr))
-    return bool(names) and names <= set(GPU_METRICS)
 
 
 # ---- Prometheus -------------------------------------------------------------------------------------
@@ -266,18 +254,6 @@ def finetune_config(tiny_model: str, shards: str, storage: Path):
 
 
 # ---- the tests --------------------------------------------------------------------------------------
-
-
-def test_gpu_panels_query_ray_gpu_gauges():
-    """On a CPU-only test machine these cannot return data; their names must be Ray's own GPU gauges."""
-    from ray.dashboard.modules.reporter.reporter_agent import METRICS_GAUGES
-
-    gpu = [
-        e for name in ("training.json", "serving.json") for _, e in dashboard_queries(name) if is_gpu_query(e)
-    ]
-    assert gpu, "the training dashboard shows GPU utilization and memory"
-    for name in GPU_METRICS:
-        assert name.removeprefix("ray_") in METRICS_GAUGES, f"{name} is not a gauge of Ray's node reporter"
 
 
 def test_every_dashboard_query_returns_data(

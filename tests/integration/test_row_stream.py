@@ -8,7 +8,7 @@ import pytest
 from ambient.data import inspect_dataset, stream_epochs
 from ambient.data.row_stream import RankSlice, StreamPlan, stream_ids
 from ambient.data.streaming import epoch_order
-from tests.integration.test_data_errors import ROWS, write_dataset
+from tests.helpers.datasets import ROWS, write_dataset
 
 pytestmark = pytest.mark.integration
 SHARDS = 4  # 24 rows per epoch; ROWS (6) per shard is a multiple of BATCH

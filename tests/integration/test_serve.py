@@ -26,7 +26,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import free_port, ray_metrics_port, wait_until
+from tests.helpers.services import free_port, ray_metrics_port, wait_until
 
 pytestmark = pytest.mark.integration
 

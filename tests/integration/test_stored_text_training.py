@@ -13,7 +13,7 @@ import pytest
 from ambient.data.errors import ManifestError
 from ambient.models.folders import resolve_export
 from ambient.train import run_finetune
-from tests.integration.test_finetune import make_config, read_summary
+from tests.helpers.finetune import make_config, read_summary
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import queue
 
 import pytest
 
-from tests.conftest import free_port
+from tests.helpers.services import free_port
 
 pytestmark = pytest.mark.integration
 

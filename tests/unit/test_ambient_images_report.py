@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import load_script
+from tests.helpers.services import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "ambient_images.py"
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -95,13 +93,3 @@ def test_storage_env_fallback_and_secrets_stay_secret(monkeypatch):
     assert StorageConfig().resolved().endpoint_url == "http://s3-specific:1"
     cfg = load_config(PrepareShardsConfig, DEMO, ["storage.secret_access_key=top-secret"])
     assert "top-secret" not in json.dumps(redacted(cfg)) and "top-secret" not in repr(cfg)
-
-
-def test_job_dry_run_validates_without_starting_anything():
-    job = [sys.executable, str(ROOT / "jobs" / "prepare_shards.py")]
-    ok = subprocess.run(
-        [*job, "--dry-run", "--set", "storage.secret_access_key=hush"], capture_output=True, text=True
-    )
-    assert ok.returncode == 0 and "config is valid" in ok.stdout and "hush" not in ok.stdout
-    bad = subprocess.run([*job, "--set", "noise.t_n=100"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "give exactly one of noise.sigma_n" in bad.stderr

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import io
 
+import pytest
+
 from ambient.data.webdataset import read_tar_samples, split_member
-from tests.webdataset_tars import shard_good, shard_truncated, shard_with_bad_keys, tar_bytes
+from tests.helpers.webdataset_tars import (
+    prepare_webdataset,
+    shard_good,
+    shard_truncated,
+    shard_with_bad_keys,
+    tar_bytes,
+)
 
 
 def rows_of(data: bytes, name: str = "00000.tar") -> dict[str, dict]:
@@ -49,3 +57,10 @@ def test_a_file_that_is_no_tar_is_one_rejected_row_naming_it():
 def test_a_bad_json_caption_is_rejected_with_its_reason():
     rows = rows_of(tar_bytes([("k.jpg", b"\xff\xd8x"), ("k.json", b"{not json")]))
     assert rows["00000.tar/k"]["reject"].startswith("bad .json caption")
+
+
+def test_an_empty_prefix_fails_before_any_work(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"source\.path .*empty holds no \.tar files"):
+        prepare_webdataset(str(tmp_path / "empty"), str(tmp_path / "out"))
+    assert not (tmp_path / "out" / "manifest.json").exists()
