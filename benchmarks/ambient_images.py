@@ -37,10 +37,15 @@ import socket
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict, TypeAdapter, ValidationInfo, field_validator
+from pydantic import dataclasses as pydantic_dataclasses
+from pydantic_core import PydanticCustomError
+
+from ambient.config import ConfigError, load_config
 from ambient.eval.results import NEAR_DUPLICATE, AuditLayout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +71,9 @@ VALIDATION_PROMPTS = (
 # ---- settings and cells ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+# A pydantic dataclass: ambient.config.load_config validates it (unknown fields and bad values named by
+# field, as in every job's config), and it stays a frozen dataclass (asdict, replace) for the cell keys.
+@pydantic_dataclasses.dataclass(frozen=True, config=ConfigDict(extra="forbid", coerce_numbers_to_str=True))
 class Settings:
     """Everything that defines the study; a cell is recomputed when the part it depends on changes."""
 
@@ -93,6 +100,25 @@ class Settings:
     workers: int = 1
     threads: int = 0  # torch threads of the train worker and the evaluation; 0 = ambient.eval's default
     seed: int = 0
+
+    @field_validator("quality_variants", "memo_variants")
+    @classmethod
+    def _known_variants(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        # the memorization study always has its clean cell; its noisy variants are the others
+        known = VARIANTS if info.field_name == "quality_variants" else VARIANTS[1:]
+        unknown = [v for v in value if v not in known]
+        if unknown:
+            raise PydanticCustomError(
+                "variant",
+                "not a variant: {unknown} (one of {known})",
+                {"unknown": ", ".join(unknown), "known": ", ".join(known)},
+            )
+        return value
+
+    @classmethod
+    def model_validate(cls, data: dict) -> Settings:
+        """Settings from a mapping (what load_config calls; lists become tuples)."""
+        return TypeAdapter(cls).validate_python(data)
 
 
 # Settings a cell's result does not depend on (the cell names its own sigma_n and variant; threads
@@ -221,26 +247,25 @@ def stop_new_children(before: set[int], timeout: float = 15) -> None:
         proc.kill()
 
 
+# Logical CPUs the study asks of a local cluster: init_ray makes that at least 8, so that the train
+# worker, Ray Data's tasks and the encoder actor fit together.
+STUDY_CPUS = 2
+
+
 def start_ray(metrics_port: int | None, attempts: int = 5) -> None:
-    """A local Ray cluster for the whole study (prepare_shards and run_finetune join it), unless one is
-    already running in this process (the integration test's). Ray's raylet gives its Python agents 15 s
-    to report their ports, which a low-priority process on a loaded 2-core machine can miss: retried."""
+    """The study's Ray cluster, by the library's rule (ambient.ray_init.init_ray: RAY_ADDRESS, or a new
+    local cluster; prepare_shards and run_finetune join it), unless one is already running in this
+    process (the integration test's). Ray's raylet gives its Python agents 15 s to report their ports,
+    which a low-priority process on a loaded 2-core machine can miss: retried."""
     import ray
 
+    from ambient.ray_init import init_ray
+
     for attempt in range(1, attempts + 1):
-        if ray.is_initialized():
-            return
         before = child_pids()
         try:
-            ray.init(
-                address="local",  # never join a cluster some `ray start` left on the machine
-                num_cpus=8,  # logical: the train worker, Ray Data tasks and the encoder actor fit together
-                object_store_memory=1 << 30,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-                _metrics_export_port=metrics_port or free_port(),
-            )
+            init_ray(None, STUDY_CPUS, log_to_driver=False, metrics_port=metrics_port or free_port())
+            return
         except Exception as err:  # Ray raises a bare Exception when its node misses the start-up window
             ray.shutdown()
             stop_new_children(before)
@@ -328,12 +353,12 @@ def finetune_overrides(cell: Cell, settings: Settings, shards: str, run_name: st
 
 def finetune(cell: Cell, settings: Settings, shards: str, base_model: str, run_name: str, work: Path) -> dict:
     """Run (or resume, or reuse) the cell's fine-tune; returns its summary.json."""
-    from ambient.config import load_config
     from ambient.train import FinetuneConfig, run_finetune
+    from ambient.train.layout import RunLayout
 
     values = {"model.path": base_model, **finetune_overrides(cell, settings, shards, run_name, work)}
     cfg = load_config(FinetuneConfig, None, [f"{k}={json.dumps(v)}" for k, v in values.items()])
-    summary_path = work / "ray" / run_name / "outputs" / "summary.json"
+    summary_path = Path(RunLayout.of(cfg.run.storage_path, cfg.run.name).summary)
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         if summary.get("steps") == cfg.train.max_steps:
@@ -538,7 +563,7 @@ def run_study(
 
 
 def settings_from(data: dict) -> Settings:
-    return Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    return Settings.model_validate(data)
 
 
 def collect(results: Path, settings: Settings, base_model: str) -> list[dict]:
@@ -889,26 +914,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def apply_settings(base: Settings, assignments: Sequence[str]) -> Settings:
-    types = {f.name: f.type for f in fields(Settings)}
-    values: dict[str, Any] = {}
-    for assignment in assignments:
-        name, sep, raw = assignment.partition("=")
-        if not sep or name not in types:
-            raise SystemExit(
-                f"--set {assignment!r}: expected FIELD=VALUE with FIELD one of {', '.join(types)}"
-            )
-        default = getattr(base, name)
-        if isinstance(default, tuple):
-            kind = type(default[0]) if default else str
-            values[name] = tuple(kind(v) for v in raw.split(",") if v)
-        else:
-            values[name] = type(default)(raw)
-    # the memorization study always has its clean cell; its noisy variants are the others
-    for name, known in (("quality_variants", VARIANTS), ("memo_variants", VARIANTS[1:])):
-        unknown = [v for v in values.get(name, ()) if v not in known]
-        if unknown:
-            raise SystemExit(f"--set {name}: not a variant: {', '.join(unknown)} (one of {', '.join(known)})")
-    return replace(base, **values)
+    """``base`` with the --set overrides, validated by ambient.config.load_config; a bad field or value
+    exits naming it."""
+    try:
+        return load_config(Settings, None, [_yaml_assignment(a) for a in assignments], base=asdict(base))
+    except ConfigError as err:
+        raise SystemExit(f"--set: {err}") from None
+
+
+def _yaml_assignment(assignment: str) -> str:
+    """A tuple setting's comma-separated value (``sigma_ns=0.5,1``, ``memo_variants=``) as the YAML list
+    load_config's overrides read; every other assignment as given."""
+    name, sep, raw = assignment.partition("=")
+    default = getattr(FULL, name.strip(), None)
+    if sep and isinstance(default, tuple) and not raw.lstrip().startswith("["):
+        return f"{name}=[{raw}]"
+    return assignment
 
 
 def resolve_base_model(path: str | None) -> str:

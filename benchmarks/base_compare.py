@@ -17,13 +17,14 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from ambient.core.sampling_spec import explicit_spec
 from ambient.eval.adherence import adherence_prompts, parse_prompt, prompt_adherence, read_image
-from ambient.eval.showcase import SamplingSpec, comparison_picture, sample
+from ambient.eval.showcase import ShowcaseSampling, comparison_picture, sample
 from ambient.models.loading import load_components
 from ambient.models.vae import tensor_to_pil
 from ambient.synthetic import HELD_OUT_PAIRS, SHAPES, caption_for
 
-SPEC = SamplingSpec(mode="full", sigma_n=0.0, steps=20, guidance=3.0)
+SAMPLING = ShowcaseSampling(explicit_spec("full", 0.0, steps=20, guidance=3.0))
 PROMPTS = 64  # as BASE.json; more prompts narrow the standard error (about 0.05 at 64)
 
 
@@ -37,7 +38,7 @@ def evaluate(path: str, num_prompts: int) -> tuple[dict, list]:
     numbers: dict = {}
     for world in ("base", "heldout"):
         prompts = adherence_prompts(world, num_prompts)
-        images = sample(comps, prompts, SPEC, 64)
+        images = sample(comps, prompts, SAMPLING, 64)
         numbers[world] = prompt_adherence(images, prompts).summary()
         if world == "heldout":
             wrong = Counter()
@@ -46,7 +47,7 @@ def evaluate(path: str, num_prompts: int) -> tuple[dict, list]:
                 if drawn.bg != asked.bg:
                     wrong[f"{asked.fg} on {asked.bg} -> {drawn.fg} on {drawn.bg}"] += 1
             numbers["heldout_wrong_backgrounds"] = dict(sorted(wrong.items()))
-    tiles = tensor_to_pil(sample(comps, picture_prompts(), SPEC, 64))
+    tiles = tensor_to_pil(sample(comps, picture_prompts(), SAMPLING, 64))
     return numbers, tiles
 
 

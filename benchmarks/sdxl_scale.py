@@ -43,6 +43,8 @@ from pathlib import Path
 
 import psutil
 
+from ambient.train.layout import RunLayout
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red circle on a blue background", "a green square on a white background"]
 
@@ -204,6 +206,10 @@ class Bench:
     def model(self) -> Path:
         return self.work / "sdxl-real-size-random"
 
+    def layout(self, name: str) -> RunLayout:
+        """Where fine-tune ``name`` leaves its files (its run folder under work/ray)."""
+        return RunLayout.of(str(self.work / "ray"), name)
+
     def build(self) -> None:
         code = (
             "import sys; from ambient.models.real_size import write_real_size_folder; "
@@ -247,6 +253,7 @@ class Bench:
 
     def finetune(self, name: str, lora: bool, steps: int, text: bool = False) -> None:
         p, suffix = self.p, "_text" if text else ""
+        layout = self.layout(name)
         sets = [
             f"model.path={self.model}",
             f"model.lora_rank={4 if lora else 0}",
@@ -274,13 +281,13 @@ class Bench:
             "scaling.num_workers=1",
             f"scaling.use_gpu={str(p.use_gpu).lower()}",
             f"scaling.cpus_per_worker={p.threads}",
-            f"run.storage_path={self.work / 'ray'}",
-            f"run.name={name}",
+            f"run.storage_path={layout.storage_path}",
+            f"run.name={layout.name}",
             *p.finetune_sets,
         ]
-        shutil.rmtree(self.work / "ray" / name, ignore_errors=True)  # a fresh run, not a resume
+        shutil.rmtree(layout.run_dir, ignore_errors=True)  # a fresh run, not a resume
         self.run(name, self.job("finetune.py", *sets))
-        summary = json.loads((self.work / "ray" / name / "outputs" / "summary.json").read_text())
+        summary = json.loads(Path(layout.summary).read_text())
         history = summary.get("history") or []
         export = Path(summary["exported_model"])
         checkpoints = [Path(c) for c in summary.get("checkpoints") or []]
@@ -462,7 +469,7 @@ def main() -> None:
     text = args.text_embeddings
     if "prepare" in phases:
         bench.prepare(text)
-    lora_export = str(bench.work / "ray" / "sdxl-lora" / "outputs" / "model")
+    lora_export = bench.layout("sdxl-lora").model
     if "finetune" in phases:
         bench.finetune(
             "sdxl-lora" + ("-text" if text else ""), lora=True, steps=profile.lora_steps, text=text

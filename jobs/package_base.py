@@ -14,18 +14,24 @@ import json
 
 from ambient.eval.base_release import release_base
 from ambient.models.base_model import read_manifest
+from ambient.train.layout import RunLayout
 
-RUNS = "runs/base/ray"
+RUNS = "runs/base/ray"  # `make base-model`: run.storage_path of its stages
 STAGES = ("base-pretrain", "base-refine")  # `make base-model`: pre-training (two stages of one run), refining
+
+
+def stage_layout(stage: str) -> RunLayout:
+    """Where `make base-model` leaves a stage's run (RUNS taken from the working directory, as it runs)."""
+    return RunLayout.of(RUNS, stage)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("export_dir", nargs="?", default=f"{RUNS}/{STAGES[-1]}/outputs/model")
+    parser.add_argument("export_dir", nargs="?", default=stage_layout(STAGES[-1]).model)
     parser.add_argument(
         "--summary",
         nargs="+",
-        default=[f"{RUNS}/{stage}/outputs/summary.json" for stage in STAGES],
+        default=[stage_layout(stage).summary for stage in STAGES],
         help="the summary.json of each training stage, in order",
     )
     args = parser.parse_args()

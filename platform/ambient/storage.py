@@ -8,8 +8,12 @@ the standard AWS variables. Secrets stay SecretStr and never reach a log or a su
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -178,6 +182,30 @@ def write_bytes_atomic(uri: str, data: bytes, storage: StorageConfig | None = No
             tmp.unlink(missing_ok=True)
     except OSError as exc:
         raise storage_error(uri, "write", exc, storage) from None
+
+
+@contextmanager
+def local_folder_atomic(final: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside ``final`` to fill; renamed to ``final`` when the block ends without
+    error (an existing ``final`` is moved aside first and removed after), removed otherwise. Readers
+    never see ``final`` half-written; while an existing one is swapped out it is briefly absent. The
+    folder counterpart of ``write_bytes_atomic``, for local folders (caches, packaged models)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # A dot-name beside the target: the same filesystem, so the rename is atomic, and hidden from globs.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            stale = final.with_name(f".{final.name}.stale-{time.time_ns()}")
+            final.rename(stale)
+            tmp.rename(final)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def ensure_dir(uri: str, storage: StorageConfig | None = None) -> None:

@@ -15,44 +15,27 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from tensorboard.backend.event_processing import event_accumulator as ea
 
-from ambient.config import load_config
 from ambient.eval.showcase import TILE
 from ambient.models.folders import resolve_export
-from ambient.train import FinetuneConfig, run_finetune
+from ambient.train import run_finetune
 from ambient.train.layout import RunLayout
+from ambient.train.resume import ResumeMismatchError
+from tests.helpers.finetune import make_config, read_summary, unet_weights
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_CONFIG = ROOT / "jobs" / "configs" / "finetune_demo.yaml"
 pytestmark = pytest.mark.integration
 
 
-def make_config(storage: Path, model: str, shards: str, name: str, **values) -> FinetuneConfig:
-    overrides = {
-        "model.path": model,
-        "data.uri": shards,
-        "data.prepare_if_missing": False,
-        "run.name": name,
-        "run.storage_path": str(storage),
-        "train.batch_size": 4,
-        "train.max_steps": 24,
-        "train.checkpoint_every": 12,
-        "train.log_every": 2,
-        "validation.every_steps": 24,
-        "validation.num_steps": 4,
-        "validation.prompts": "[a red circle on a blue background, a green square on a white background]",
-        "showcase.enabled": False,
-        **values,
-    }
-    return load_config(FinetuneConfig, DEMO_CONFIG, [f"{k}={v}" for k, v in overrides.items()])
+def tensorboard_events(outputs: str) -> ea.EventAccumulator:
+    """The run's TensorBoard files, read back with TensorBoard's own reader (every event kept)."""
+    keep_all = {ea.SCALARS: 0, ea.IMAGES: 0, ea.TENSORS: 0}  # the reader samples 4 images a tag by default
+    return ea.EventAccumulator(str(Path(outputs, "tensorboard")), size_guidance=keep_all).Reload()
 
 
-def read_summary(uri: str) -> dict:
-    return json.loads(Path(uri).read_text())
-
-
-def unet_weights(model_dir: str) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(model_dir) / "unet" / "diffusion_pytorch_model.safetensors"))
+def text_of(events: ea.EventAccumulator, tag: str) -> str:
+    return events.Tensors(f"{tag}/text_summary")[0].tensor_proto.string_val[0].decode()
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +95,19 @@ def test_two_worker_zero2_run_trains_checkpoints_and_exports(trained):
     image = pipe("a red circle", num_inference_steps=2, height=64, width=64, output_type="pil").images[0]
     assert image.size == (64, 64)
 
+    # TensorBoard (tracking.tensorboard, on by default): the logged steps, the grid, the showcase, the
+    # config and the export, as TensorBoard reads them.
+    tb = tensorboard_events(s["outputs"])
+    steps = [h["step"] for h in s["history"]]
+    assert [e.step for e in tb.Scalars("train/loss")] == steps == list(range(2, 25, 2))
+    assert [e.value for e in tb.Scalars("train/loss")] == pytest.approx(losses, rel=1e-5)
+    assert {"train/lr", "train/images_per_second", "train/data_wait_seconds"} <= set(tb.Tags()["scalars"])
+    assert [e.step for e in tb.Images("samples/grid")] == [24]
+    assert [e.step for e in tb.Scalars("summary/final_loss")] == [24]
+    assert [e.step for e in tb.Images("showcase/comparison")] == [24]
+    assert '"name": "main"' in text_of(tb, "config/resolved")
+    assert s["exported_model"] in text_of(tb, "run/export")
+
 
 def test_rerun_with_the_same_name_resumes_from_the_latest_checkpoint(trained):
     first = trained["summary"]
@@ -131,7 +127,7 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
 ):
     """Also the exact resume after a failure (every row of the two epochs exactly twice in what the final
     model trained on) and EMA across it (the EMA state is checkpointed, restored and exported)."""
-    from tests.integration.test_exact_resume import EPOCH_ROWS, coverage, recorded_rows
+    from tests.helpers.finetune import EPOCH_ROWS, coverage, recorded_rows
 
     cfg = make_config(
         storage,
@@ -180,6 +176,31 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
         ]
         == 0.5
     )
+    # TensorBoard shows each step once, though the failed attempt logged steps after its checkpoint.
+    tb = tensorboard_events(s["outputs"])
+    assert [e.step for e in tb.Scalars("train/loss")] == [h["step"] for h in s["history"]]
+    assert [e.value for e in tb.Scalars("train/loss")] == pytest.approx([h["loss"] for h in s["history"]])
+
+    # Bit-identical: the same run trained without interruption ends with exactly these weights (the same
+    # rows, and each rank's noise, timesteps and caption dropouts continued from the checkpoint).
+    whole = read_summary(
+        run_finetune(cfg.model_copy(update={"run": cfg.run.model_copy(update={"name": "whole"})}))
+    )
+    assert whole["restarts"] == 0
+    uninterrupted = unet_weights(resolve_export(whole["exported_model"]))
+    differ = [k for k in exported if not torch.equal(exported[k], uninterrupted[k])]
+    assert not differ, (
+        f"{len(differ)} of {len(exported)} tensors differ from the uninterrupted run, e.g. {differ[:3]}"
+    )
+
+    # Its checkpoints record its data: resuming it over another row order is refused before any training.
+    more = make_config(
+        storage, tiny_model, demo_shards, "fault", **{"train.max_steps": 20, "data.shuffle_seed": 7}
+    )
+    with pytest.raises(
+        ResumeMismatchError, match=r"row plan: row_plan_sha256 \w{64} in the checkpoint, \w{64} now"
+    ):
+        run_finetune(more)
 
 
 def _run_job(*args: str) -> subprocess.CompletedProcess:

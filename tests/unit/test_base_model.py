@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from ambient.eval.showcase import SamplingSpec, model_adherence
+from ambient.core.sampling_spec import explicit_spec
+from ambient.eval.showcase import ShowcaseSampling, model_adherence
 from ambient.models import build_tiny_pipeline, load_components
 from ambient.models.base_model import (
     BaseModelError,
@@ -17,7 +18,7 @@ from ambient.models.base_model import (
     verify_base,
 )
 
-SPEC = SamplingSpec(mode="full", sigma_n=0.0, steps=20, guidance=3.0)
+SAMPLING = ShowcaseSampling(explicit_spec("full", 0.0, steps=20, guidance=3.0))
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +79,12 @@ def test_default_model_is_the_base_in_float32_and_draws_held_out_colour_pairs(tm
     # On colour pairs its captions never had. The committed base scores 0.82 on 64 such prompts and
     # 0.81 on 192 (target 0.8) (held-out backgrounds are its weak part: docs/benchmarks.md). On these
     # 32 the bounds check that it draws what it is asked, far above the same model with an untrained UNet.
-    held_out = model_adherence(comps, "heldout", 32, SPEC)
+    held_out = model_adherence(comps, "heldout", 32, SAMPLING)
     from ambient.models.tiny import build_unet
 
     torch.manual_seed(0)
     comps.unet = build_unet()
-    untrained = model_adherence(comps, "heldout", 16, SPEC)  # about 0.14 (chance: 16 prompts tell it)
+    untrained = model_adherence(comps, "heldout", 16, SAMPLING)  # about 0.14 (chance: 16 prompts tell it)
     assert untrained["adherence"] < 0.3, untrained
     assert held_out["adherence"] >= 0.6 and held_out["adherence"] >= untrained["adherence"] + 0.3, (
         held_out,

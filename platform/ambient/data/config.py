@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 
 from ambient.config import OptionalPathOrUri, PathOrUri, Section
+from ambient.demo_paths import DATA_URI as DEMO_DATA_URI
 from ambient.schedule import check_trainable_sigma, sdxl_sigma
 from ambient.storage import StorageConfig
 
@@ -76,7 +77,7 @@ class SourceConfig(Section):
 
 
 class DestinationConfig(Section):
-    uri: PathOrUri = Field(default="runs/demo/shards", description="local folder or s3://bucket/prefix")
+    uri: PathOrUri = Field(default=DEMO_DATA_URI, description="local folder or s3://bucket/prefix")
     remove_stale_shards: bool = Field(
         default=True,
         description="after the new manifest is committed, delete the folder's shard files it does not "

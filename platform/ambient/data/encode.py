@@ -32,8 +32,10 @@ TEXT_SUBFOLDERS = ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2")
 
 def vae_config(model: str, storage: StorageConfig | None = None) -> dict:
     """The VAE's config.json, read without loading weights (driver-side validation)."""
+    from ambient.models.source import files_root  # a published export: its current version
+
     try:
-        return json.loads(read_text(join(model, "vae", "config.json"), storage))
+        return json.loads(read_text(join(files_root(model, storage), "vae", "config.json"), storage))
     except FileNotFoundError:
         raise FileNotFoundError(
             f"encode.model {model} has no vae/config.json: expected a diffusers SDXL model folder"
@@ -89,6 +91,9 @@ def vae_differences(recorded: VaeIdentity | None, loaded: VaeIdentity) -> list[s
 def load_vae(model: str, storage: StorageConfig | None = None, device: str = "cpu"):
     from diffusers import AutoencoderKL
 
+    from ambient.models.source import files_root  # a published export: its current version
+
+    model = files_root(model, storage)
     if is_s3(model):  # the weights are read into memory; the downloaded copy goes
         with tempfile.TemporaryDirectory(prefix="ambient-vae-") as staging:
             download_prefix(join(model, "vae"), Path(staging) / "vae", storage)
@@ -102,7 +107,9 @@ def load_text_model(model: str, storage: StorageConfig | None = None, device: st
     """``ambient.models.loading.TextEncoders`` of a model folder (an s3:// one is staged, only its
     tokenizers and text encoders), in float32 on ``device``: the embeddings are stored as float16."""
     from ambient.models.loading import load_text_encoders  # diffusers only when captions are encoded
+    from ambient.models.source import files_root
 
+    model = files_root(model, storage)
     if is_s3(model):
         with tempfile.TemporaryDirectory(prefix="ambient-text-") as staging:
             for name in TEXT_SUBFOLDERS:

@@ -75,9 +75,9 @@ def encode_model(cfg: PrepareShardsConfig) -> str:
     it, naming encode.model): a VAE-only folder is a valid encoder, so no whole-SDXL check here."""
     if cfg.encode.model:
         return cfg.encode.model
-    from ambient.models.source import resolve_model  # diffusers only when latents are encoded
+    from ambient.models.ref import ModelRef  # diffusers only when latents are encoded
 
-    return str(resolve_model(None))
+    return ModelRef().check().uri
 
 
 def plan_tensor(

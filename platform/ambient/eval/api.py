@@ -18,7 +18,7 @@ from torch import Tensor
 from ambient.core.sampling_spec import SamplingSpec, sampling_spec
 from ambient.models.export import read_metadata, sampling_defaults
 from ambient.models.loading import SDXLComponents, load_components
-from ambient.models.source import resolve_model
+from ambient.models.ref import ModelRef
 from ambient.models.vae import decode_latents, encode_images
 from ambient.storage import StorageConfig
 from ambient.threads import default_threads
@@ -45,12 +45,6 @@ class ModelAudit:
     prompt_adherence: AdherenceScore | None = None  # generations of synthetic-world captions only
     score: float = float("nan")
     score_name: str = ""
-
-
-def resolve_model_path(path: str | None, storage: StorageConfig | None = None) -> str:
-    """A local model folder: ``path`` itself, the cached download of an s3:// export, or (None) the
-    default tiny model."""
-    return str(resolve_model(None if path is None else str(path), storage))
 
 
 def generation_spec(gen: GenerationSection, path: str) -> SamplingSpec:
@@ -113,62 +107,82 @@ def audit_model(
 ) -> ModelAudit:
     comps.unet.eval()
     truth = to_uint8(originals)
-    round_trip = decode_latents(
-        comps.vae, encode_images(comps.vae, originals, cfg.batch_size), cfg.batch_size
+    audit = ModelAudit(
+        label=label,
+        path=path,
+        attacks=[_attack(comps, items, originals, space, cfg, t) for t in cfg.attack.timesteps],
+        vae_ceiling=_vae_ceiling(comps, originals, truth, space, cfg.batch_size),
     )
-    ceiling = VaeCeiling(
+    if cfg.generation.n > 0:
+        _audit_generations(audit, comps, items, truth, space, cfg)
+    audit.score, audit.score_name = score_of(audit, cfg.score), cfg.score
+    return audit
+
+
+def _vae_ceiling(comps: SDXLComponents, originals: Tensor, truth: Tensor, space: FeatureSpace, batch: int):
+    """How close the VAE's own round trip comes to the originals: no model can score above it."""
+    round_trip = decode_latents(comps.vae, encode_images(comps.vae, originals, batch), batch)
+    return VaeCeiling(
         similarity_mean=float(space.paired(round_trip, truth).mean()),
         psnr_mean=float(psnr(round_trip, truth).mean()),
     )
-    attacks = [
-        reconstruction_attack(
-            comps,
-            items.ids,
-            items.captions,
-            originals,
-            space,
-            timestep=t,
-            mask=cfg.attack.mask,
-            mask_fraction=cfg.attack.mask_fraction,
-            run_sampler=cfg.attack.sample,
-            steps=cfg.attack.steps,
-            guidance=cfg.attack.guidance,
-            seed=cfg.seed,
-            batch_size=cfg.batch_size,
-        )
-        for t in cfg.attack.timesteps
-    ]
-    audit = ModelAudit(label=label, path=path, attacks=attacks, vae_ceiling=ceiling)
+
+
+def _attack(comps, items: AuditItems, originals: Tensor, space: FeatureSpace, cfg: AuditConfig, t: int):
+    return reconstruction_attack(
+        comps,
+        items.ids,
+        items.captions,
+        originals,
+        space,
+        timestep=t,
+        mask=cfg.attack.mask,
+        mask_fraction=cfg.attack.mask_fraction,
+        run_sampler=cfg.attack.sample,
+        steps=cfg.attack.steps,
+        guidance=cfg.attack.guidance,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+    )
+
+
+def _audit_generations(
+    audit: ModelAudit,
+    comps: SDXLComponents,
+    items: AuditItems,
+    truth: Tensor,
+    space: FeatureSpace,
+    cfg: AuditConfig,
+) -> None:
+    """Generations from the training captions: their similarity to the training images, and (when
+    asked) their quality and prompt adherence."""
     gen = cfg.generation
-    if gen.n > 0:
-        spec = generation_spec(gen, path)
-        # The report's sigma_n is the level the generations stopped at (0 for full sampling).
-        audit.generation_sampling = GenerationSampling(mode=spec.mode, sigma_n=spec.sigma_stop)
-        height, width = originals.shape[-2:]
-        audit.generation = generation_similarity(
-            comps,
-            items.captions,
-            space,
-            n=gen.n,
-            spec=spec,
-            seed=cfg.seed,
-            height=height,
-            width=width,
-            thresholds=gen.thresholds,
+    spec = generation_spec(gen, audit.path)
+    # The report's sigma_n is the level the generations stopped at (0 for full sampling).
+    audit.generation_sampling = GenerationSampling(mode=spec.mode, sigma_n=spec.sigma_stop)
+    height, width = truth.shape[-2:]
+    audit.generation = generation_similarity(
+        comps,
+        items.captions,
+        space,
+        n=gen.n,
+        spec=spec,
+        seed=cfg.seed,
+        height=height,
+        width=width,
+        thresholds=gen.thresholds,
+        batch_size=cfg.batch_size,
+    )
+    if cfg.quality.enabled:
+        audit.quality = quality_metrics(
+            audit.generation.images,
+            truth,
+            inception=cfg.quality.inception,
+            reference_stats=cfg.quality.reference_stats,
             batch_size=cfg.batch_size,
         )
-        if cfg.quality.enabled:
-            audit.quality = quality_metrics(
-                audit.generation.images,
-                truth,
-                inception=cfg.quality.inception,
-                reference_stats=cfg.quality.reference_stats,
-                batch_size=cfg.batch_size,
-            )
-        if all(parse_prompt(c) for c in audit.generation.captions):  # the synthetic shape world
-            audit.prompt_adherence = prompt_adherence(audit.generation.images, audit.generation.captions)
-    audit.score, audit.score_name = score_of(audit, cfg.score), cfg.score
-    return audit
+    if all(parse_prompt(c) for c in audit.generation.captions):  # the synthetic shape world
+        audit.prompt_adherence = prompt_adherence(audit.generation.images, audit.generation.captions)
 
 
 def _labels(cfg: AuditConfig, paths: list[str]) -> list[str]:
@@ -186,7 +200,8 @@ def run_audit(cfg: AuditConfig) -> Path:
 
     check_paths(cfg)
     with _threads(cfg.threads):
-        local = [resolve_model_path(m.path, cfg.storage.resolved()) for m in cfg.models]
+        storage = cfg.storage.resolved()
+        local = [str(ModelRef(m.path, f"models[{i}].path").local(storage)) for i, m in enumerate(cfg.models)]
         paths = [
             m.path or folder for m, folder in zip(cfg.models, local, strict=True)
         ]  # as the user named them
@@ -228,7 +243,7 @@ def memorization_score(
     if cfg.score != "generation":
         cfg.generation.n = 0
     cfg.quality.enabled = False
-    path = resolve_model_path(model_dir, storage)
+    path = str(ModelRef(None if model_dir is None else str(model_dir)).local(storage))
     with _threads(cfg.threads):
         comps = load_components(path)
         if isinstance(items, str):

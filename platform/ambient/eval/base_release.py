@@ -6,11 +6,12 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from ambient.core.sampling_spec import explicit_spec
 from ambient.models.base_model import BASE_DIR, package_base
 from ambient.models.folders import resolve_export
 from ambient.models.loading import load_components
 
-from .showcase import SamplingSpec, model_adherence
+from .showcase import ShowcaseSampling, model_adherence
 
 REPRODUCE = "make base-model"
 ADHERENCE_PROMPTS = 64
@@ -35,9 +36,9 @@ def release_base(
     training record per stage (the runs' summary.json, in training order) in BASE.json."""
     export_dir = resolve_export(export_dir)  # a published export's current version: a diffusers folder
     comps = load_components(export_dir)
-    spec = SamplingSpec(mode="full", sigma_n=0.0, steps=20, guidance=3.0)
+    sampling = ShowcaseSampling(explicit_spec("full", 0.0, steps=20, guidance=3.0))
     adherence = {
-        world: model_adherence(comps, world, ADHERENCE_PROMPTS, spec) for world in ("base", "heldout")
+        world: model_adherence(comps, world, ADHERENCE_PROMPTS, sampling) for world in ("base", "heldout")
     }
     provenance = {
         "reproduce": REPRODUCE,

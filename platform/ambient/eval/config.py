@@ -180,14 +180,14 @@ def check_dir(field: str, value: str) -> Path:
 
 def check_paths(cfg: AuditConfig) -> None:
     """Every path the config names exists and is readable; errors name the field and the path."""
-    from ambient.models.source import check_model
+    from ambient.models.ref import ModelRef
 
     for i, model in enumerate(cfg.models):
         if model.path is None:
             continue
         if not is_s3(model.path):
             check_dir(f"models[{i}].path", model.path)
-        check_model(model.path, cfg.storage.resolved(), field=f"models[{i}].path")
+        ModelRef(model.path, f"models[{i}].path").check(cfg.storage.resolved())
     if cfg.items.kind in ("dataset", "folder"):
         check_dir("items.path", str(cfg.items.path))
     if cfg.features.kind == "dinov2":

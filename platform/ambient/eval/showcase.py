@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from ambient.core.sampling_spec import SamplingSpec
 from ambient.models.loading import SDXLComponents
 from ambient.models.vae import decode_latents, tensor_to_pil
 
@@ -28,31 +29,26 @@ HEADER = 22
 
 
 @dataclass(frozen=True)
-class SamplingSpec:
-    """How one model is sampled (its own default mode and level)."""
+class ShowcaseSampling:
+    """How the showcase samples one model: its ``SamplingSpec`` (its own default mode and level), the
+    seed of the first image, and how many prompts share a sampling call."""
 
-    mode: str
-    sigma_n: float
-    steps: int
-    guidance: float
+    spec: SamplingSpec
     seed: int = 0
     micro_batch: int = 4  # prompts per sampling call and images per VAE decode
 
 
-def sample(comps: SDXLComponents, prompts: list[str], spec: SamplingSpec, height: int) -> Tensor:
-    """uint8 (N, 3, H, W) images, image i seeded with spec.seed + i."""
+def sample(comps: SDXLComponents, prompts: list[str], sampling: ShowcaseSampling, height: int) -> Tensor:
+    """uint8 (N, 3, H, W) images, image i seeded with sampling.seed + i."""
     _, _, images = generate_from_captions(
         comps,
         prompts,
         len(prompts),
-        steps=spec.steps,
-        guidance=spec.guidance,
-        mode=spec.mode,
-        sigma_n=spec.sigma_n,
-        seed=spec.seed,
+        spec=sampling.spec,
+        seed=sampling.seed,
         height=height,
         width=height,
-        batch_size=spec.micro_batch,
+        batch_size=sampling.micro_batch,
     )
     return images
 
@@ -100,8 +96,8 @@ def showcase(
     finetuned: SDXLComponents,
     rows: dict,
     *,
-    base_spec: SamplingSpec,
-    finetuned_spec: SamplingSpec,
+    base_sampling: ShowcaseSampling,
+    finetuned_sampling: ShowcaseSampling,
     examples: int,
     adherence_count: int,
     retain_world: str | None,
@@ -113,11 +109,11 @@ def showcase(
     latents = rows["latent"].float()
     height = latents.shape[-1] * (2 ** (len(finetuned.vae.config.block_out_channels) - 1))
     shown = captions[:examples]
-    noisy = tensor_to_pil(decode_latents(finetuned.vae, latents[:examples], finetuned_spec.micro_batch))
+    noisy = tensor_to_pil(decode_latents(finetuned.vae, latents[:examples], finetuned_sampling.micro_batch))
     columns = {
         "noisy training example": noisy,
-        "base model": tensor_to_pil(sample(base, shown, base_spec, height)),
-        "fine-tuned": tensor_to_pil(sample(finetuned, shown, finetuned_spec, height)),
+        "base model": tensor_to_pil(sample(base, shown, base_sampling, height)),
+        "fine-tuned": tensor_to_pil(sample(finetuned, shown, finetuned_sampling, height)),
     }
     picture = comparison_picture(columns, shown, loss_curve)
     numbers: dict = {"examples": len(shown)}
@@ -130,9 +126,9 @@ def showcase(
             name: {
                 "prompts": len(prompts),
                 "world": retain_world if name == "retained" else "training captions",
-                "base": prompt_adherence(sample(base, prompts, base_spec, height), prompts).summary(),
+                "base": prompt_adherence(sample(base, prompts, base_sampling, height), prompts).summary(),
                 "finetuned": prompt_adherence(
-                    sample(finetuned, prompts, finetuned_spec, height), prompts
+                    sample(finetuned, prompts, finetuned_sampling, height), prompts
                 ).summary(),
             }
             for name, prompts in prompt_sets.items()
@@ -155,8 +151,8 @@ def adherence_line(numbers: dict) -> list[str]:
 
 
 def model_adherence(
-    comps: SDXLComponents, world: str, count: int, spec: SamplingSpec, height: int = 64
+    comps: SDXLComponents, world: str, count: int, sampling: ShowcaseSampling, height: int = 64
 ) -> dict:
     """Prompt adherence of a model on ``count`` prompts of a synthetic world."""
     prompts = adherence_prompts(world, count)
-    return prompt_adherence(sample(comps, prompts, spec, height), prompts).summary()
+    return prompt_adherence(sample(comps, prompts, sampling, height), prompts).summary()

@@ -163,6 +163,7 @@ def load_model_components(
     ref: str | None, storage: StorageConfig | None = None, *, text_encoders: bool = True
 ) -> tuple[SDXLComponents, Path]:
     """The components of the model at ``ref`` (local, ``s3://``, or the default when None), without text
-    encoders and tokenizers when ``text_encoders`` is False; and the local folder they came from."""
+    encoders and tokenizers when ``text_encoders`` is False; and the local folder they came from.
+    ``ModelRef.components`` is the same for a reference held as a ``ModelRef``."""
     folder = resolve_model(ref, storage)
     return load_components(folder, text_encoders=text_encoders), folder

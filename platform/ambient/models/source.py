@@ -1,4 +1,7 @@
-"""Which model folder a config means: the one resolution rule for every job.
+"""Which model folder a config means: the one resolution rule, and the cache of s3:// models.
+
+Jobs hold a model as an ``ambient.models.ref.ModelRef`` (checked on the driver, made local on a worker);
+``check_model`` and ``resolve_model`` here are what it applies.
 
 ``None`` is the default base model (``ensure_default_model``); an ``s3://`` prefix is downloaded once
 into a local cache; anything else is a local diffusers folder, checked before use.
@@ -20,6 +23,7 @@ missing or malformed model is then reported as that field's error.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -30,12 +34,15 @@ from ambient.storage import StorageConfig, download_prefix, file_infos, is_s3, j
 
 from .base_model import ensure_default_model
 from .folders import (
+    ADAPTER_EXPORT,
     MANIFEST_FILE,
     METADATA_FILE,
     POINTER_FILE,
     VERSIONS_DIR,
+    adapter_base,
     check_model_dir,
     read_listing,
+    resolve_export,
     unpublished_error,
     written_by_exporter,
 )
@@ -81,6 +88,28 @@ def resolve_model(ref: str | None, storage: StorageConfig | None = None, field: 
             return check_model_dir(ref)
         prefix, files = _remote_model(ref, storage)
         return check_model_dir(_download(ref, storage, files, prefix))
+
+
+def files_root(ref: str, storage: StorageConfig | None = None) -> str:
+    """Where a model's component folders (``vae/``, ``unet/``, ``scheduler/`` ...) are, without
+    downloading: a published export's current version, an adapter export's base, else ``ref`` itself.
+    For reading a config file of a model given as written (local or ``s3://``)."""
+    if not is_s3(ref):
+        root = resolve_export(ref) if Path(ref).is_dir() else Path(ref)
+        base = adapter_base(root) if root.is_dir() else None
+        return files_root(base, storage) if base else str(root)
+    try:
+        pointer = read_text(join(ref, POINTER_FILE), storage)
+    except FileNotFoundError:
+        root = ref
+    else:
+        root = join(ref, VERSIONS_DIR, read_listing(join(ref, POINTER_FILE), pointer)["version"])
+    try:
+        meta = json.loads(read_text(join(root, METADATA_FILE), storage))
+    except FileNotFoundError:
+        return root
+    base = meta.get("base_model") if meta.get("export_kind") == ADAPTER_EXPORT else None
+    return files_root(str(base), storage) if base else root
 
 
 def cached_model_dir(source: str, storage: StorageConfig | None = None) -> Path:

@@ -14,8 +14,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +22,7 @@ import torch
 from diffusers import AutoencoderKL
 from torch import Tensor
 
+from ..storage import local_folder_atomic
 from ..synthetic import synthetic_items
 from ..threads import torch_threads
 from .tiny import build_tiny_pipeline
@@ -83,22 +82,12 @@ def ensure_untrained_model(
     with file_lock(root / f"{final.name}.lock"):
         if _is_current(final):  # another process built it while we waited
             return final
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
-        try:
+        # A folder built by an older recipe is swapped out for the new one.
+        with local_folder_atomic(final) as tmp:
             pipe = build_tiny_pipeline(seed=seed, resolution=RESOLUTION)
             report = pretrain_vae(pipe.vae, steps=steps, seed=seed)
             pipe.save_pretrained(tmp, safe_serialization=True)
             (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-            if final.exists():  # built by an older recipe: move it aside, then swap the new one in
-                stale = root / f".{final.name}.stale-{time.time_ns()}"
-                final.rename(stale)
-                tmp.rename(final)
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     logger.info("untrained model cached at %s (reconstruction PSNR %.2f dB)", final, report["psnr_db"])
     return final
 
@@ -144,6 +133,13 @@ def _random_crops(images: Tensor, size: int, gen: torch.Generator) -> Tensor:
     )
 
 
+def _log_step(step: int, steps: int, loss: float, elapsed: float) -> None:
+    eta = elapsed / step * (steps - step)
+    logger.info(
+        "vae pretrain step %d/%d  loss %.4f  elapsed %.0fs  eta %.0fs", step, steps, loss, elapsed, eta
+    )
+
+
 def pretrain_vae(
     vae: AutoencoderKL,
     *,
@@ -183,16 +179,7 @@ def pretrain_vae(
             opt.step()
             sched.step()
             if step % log_every == 0 or step == steps:
-                elapsed = time.monotonic() - start
-                eta = elapsed / step * (steps - step)
-                logger.info(
-                    "vae pretrain step %d/%d  loss %.4f  elapsed %.0fs  eta %.0fs",
-                    step,
-                    steps,
-                    loss.item(),
-                    elapsed,
-                    eta,
-                )
+                _log_step(step, steps, loss.item(), time.monotonic() - start)
         seconds = time.monotonic() - start
         vae.eval()
         # Unit-variance diffusion latents, as SD's 0.18215 / SDXL's 0.13025 were chosen.

@@ -6,21 +6,20 @@ import io
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
+from ambient.config import absolute_path
+from ambient.demo_paths import demo_export
 from ambient.models.export import read_metadata, sampling_defaults
 from ambient.models.folders import METADATA_FILE, POINTER_FILE, check_model_dir
 from ambient.models.loading import SDXLComponents, load_components
-from ambient.models.source import check_model, resolve_model
-from ambient.storage import StorageConfig, is_s3
+from ambient.models.ref import ModelRef
+from ambient.storage import StorageConfig
 
 from .sampler import SamplingKey, generate
 
 logger = logging.getLogger(__name__)
-
-DEMO_EXPORT = Path("runs/ray/demo/outputs/model")  # where `make demo` exports, relative to the repo root
 
 
 @dataclass(frozen=True)
@@ -37,12 +36,14 @@ def choose_model(model: str | None, storage: StorageConfig | None = None) -> Mod
     the version that is current when it starts.
     """
     if model is not None:
-        check_model(model, storage)
-        uri = model if is_s3(model) else str(Path(model).resolve())
-        return ModelChoice(model, uri)
-    if any((DEMO_EXPORT / name).is_file() for name in (POINTER_FILE, "model_index.json", METADATA_FILE)):
-        return ModelChoice("demo export", str(check_model_dir(DEMO_EXPORT).resolve()))
-    return ModelChoice("tiny default", str(resolve_model(None)))
+        ModelRef(model).check(storage)
+        # Absolute for the replicas, which run in other directories; a config's path already is, but a
+        # caller may pass its own (benchmarks/serve_load.py passes its command line's).
+        return ModelChoice(model, absolute_path(model))
+    export = demo_export()
+    if any((export / name).is_file() for name in (POINTER_FILE, "model_index.json", METADATA_FILE)):
+        return ModelChoice("demo export", str(check_model_dir(export)))
+    return ModelChoice("tiny default", ModelRef().check().uri)
 
 
 @dataclass
@@ -67,7 +68,7 @@ def load_model(
     choice: ModelChoice, storage: StorageConfig | None, dtype: torch.dtype, device: torch.device
 ) -> LoadedModel:
     # safetensors only (check_model_dir refuses pickled weights); s3 is downloaded to a cache first
-    folder = resolve_model(choice.uri, storage)
+    folder = ModelRef(choice.uri).local(storage)
     logger.info("model %s: loading %s", choice.label, folder)  # a published export's current version
     components = load_components(folder, dtype=dtype).to(device=device)
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):

@@ -163,9 +163,3 @@ class StepDelay(Callback):
 
     def on_step_end(self, worker: TrainingWorker, ids: list[str]) -> None:
         time.sleep(self.seconds)
-
-
-def standard_callbacks(cfg: FinetuneConfig) -> list[Callback]:
-    """The callbacks of every run, a sweep trial's too: those its config asks for."""
-    rows = [RowRecording()] if cfg.data.record_rows else []
-    return [WorkerRegistration(), *rows, SampleGrids(), *StepDelay.from_env()]

@@ -9,6 +9,9 @@ from pydantic import Field, ValidationInfo, create_model, field_validator, model
 
 from ambient.config import OptionalPathOrUri, PathOrUri, Section
 from ambient.core import ConsistencySettings, setting_problem
+from ambient.demo_paths import DATA_URI as DEMO_DATA_URI
+from ambient.demo_paths import RUN_NAME as DEMO_RUN_NAME
+from ambient.demo_paths import RUN_STORAGE_PATH as DEMO_RUN_STORAGE_PATH
 from ambient.schedule import check_trainable_sigma
 from ambient.storage import StorageConfig
 
@@ -28,9 +31,6 @@ class ModelSection(Section):
         "diffusers folder with the adapter folded into the UNet",
     )
     gradient_checkpointing: bool = False
-
-
-DEMO_DATA_URI = "runs/demo/shards"  # the demo's own dataset (relative to the caller's directory)
 
 
 class DataSection(Section):
@@ -211,6 +211,14 @@ class ShowcaseSection(Section):
     )
 
 
+class TrackingSection(Section):
+    """Experiment tracking: the trackers a run logs to (rank 0 logs; the run's own files stay the record)."""
+
+    tensorboard: bool = Field(
+        True, description="TensorBoard event files under the run's outputs (outputs/tensorboard)"
+    )
+
+
 class ScalingSection(Section):
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
@@ -226,9 +234,9 @@ class ScalingSection(Section):
 
 
 class RunSection(Section):
-    name: str = Field("demo", pattern=r"^[A-Za-z0-9._-]+$")
+    name: str = Field(DEMO_RUN_NAME, pattern=r"^[A-Za-z0-9._-]+$")
     storage_path: PathOrUri = Field(
-        "runs/ray", description="Ray Train storage (local folder or s3:// prefix)"
+        DEMO_RUN_STORAGE_PATH, description="Ray Train storage (local folder or s3:// prefix)"
     )
     max_failures: int = Field(1, ge=0)
     ray_address: str | None = Field(None, description="None: RAY_ADDRESS if set, else a local cluster")
@@ -244,6 +252,7 @@ class FinetuneConfig(Section):
     train: TrainSection = TrainSection()
     validation: ValidationSection = ValidationSection()
     showcase: ShowcaseSection = ShowcaseSection()
+    tracking: TrackingSection = TrackingSection()
     scaling: ScalingSection = ScalingSection()
     run: RunSection = RunSection()
     storage: StorageConfig = StorageConfig()

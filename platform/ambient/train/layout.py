@@ -15,6 +15,7 @@ ROWS = "rows"
 WORKERS = "workers"
 LOSS_CURVE = "loss_curve.png"
 COMPARISON = "comparison.png"
+TENSORBOARD = "tensorboard"
 WORKER_SUMMARY = "worker_summary.json"  # rank 0 -> the driver, beside summary.json
 CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
 
@@ -84,6 +85,11 @@ class RunLayout:
     def comparison(self) -> str:
         """showcase.enabled: the before/after picture."""
         return join(self.outputs, COMPARISON)
+
+    @property
+    def tensorboard(self) -> str:
+        """tracking.tensorboard: the run's event files (one TensorBoard run; a sweep's trials, one each)."""
+        return join(self.outputs, TENSORBOARD)
 
     @property
     def summary(self) -> str:

@@ -22,8 +22,8 @@ from ambient.data.row_stream import RankSlice, StreamPlan, rank_stream
 from ambient.data.streaming import iter_training_batches
 from ambient.models.denoiser import SDXLDenoiser
 from ambient.models.export import export_adapter, export_pipeline, publish_export
-from ambient.models.loading import load_model_components
 from ambient.models.lora import add_lora
+from ambient.models.ref import ModelRef
 from ambient.models.sampling import sample_images
 from ambient.models.vae import vae_dtype
 from ambient.storage import upload_directory, write_bytes_atomic
@@ -127,8 +127,9 @@ class TrainingWorker:
         self.storage = cfg.storage.resolved()
 
         self._emit("on_worker_start", self)
-        self.comps, self.model_dir = load_model_components(
-            plan.model_source, self.storage, text_encoders=text is None
+        # The driver checked the reference; here it is made local (an s3:// model: the node's cache).
+        self.comps, self.model_dir = ModelRef(plan.model_source).components(
+            self.storage, text_encoders=text is None
         )
         self.engine, self.lr_scheduler = self._build_engine()
         self.denoiser = SDXLDenoiser(self.engine, self.comps.alphas_cumprod, plan.prediction_type)

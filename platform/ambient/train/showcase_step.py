@@ -6,8 +6,9 @@ import io
 
 from PIL import Image
 
+from ambient.core.sampling_spec import explicit_spec
 from ambient.data.holdout import read_rows, row_ids
-from ambient.eval.showcase import SamplingSpec, adherence_line, png_bytes, showcase
+from ambient.eval.showcase import ShowcaseSampling, adherence_line, png_bytes, showcase
 from ambient.models.loading import load_model_components
 from ambient.storage import exists, read_bytes, write_bytes_atomic
 from ambient.synthetic import world_of_id
@@ -36,19 +37,16 @@ def write_showcase(cfg: FinetuneConfig, plan: RunPlan) -> tuple[dict, list[str]]
     )
     curve_uri = plan.layout.loss_curve
     curve = Image.open(io.BytesIO(read_bytes(curve_uri, storage))) if exists(curve_uri, storage) else None
-    common = {
-        "steps": section.num_steps,
-        "guidance": section.guidance_scale,
-        "seed": section.seed,
-        "micro_batch": section.micro_batch,
-    }
+    steps = {"steps": section.num_steps, "guidance": section.guidance_scale}
+    # The base was trained on clean data: sampled to the end. The fine-tune in its own default mode.
+    base_spec = explicit_spec("full", 0.0, **steps)
+    finetuned_spec = explicit_spec(plan.sampling_mode, plan.sigma_n, **steps)
     picture, numbers = showcase(
         base,
         finetuned,
         rows,
-        # The base was trained on clean data: sampled to the end. The fine-tune in its own default mode.
-        base_spec=SamplingSpec(mode="full", sigma_n=0.0, **common),
-        finetuned_spec=SamplingSpec(mode=plan.sampling_mode, sigma_n=plan.sigma_n, **common),
+        base_sampling=ShowcaseSampling(base_spec, section.seed, section.micro_batch),
+        finetuned_sampling=ShowcaseSampling(finetuned_spec, section.seed, section.micro_batch),
         examples=section.examples,
         adherence_count=section.adherence_prompts,
         retain_world=section.retain_world,

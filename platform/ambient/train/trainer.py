@@ -7,7 +7,6 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import ray
 import ray.data
@@ -16,7 +15,7 @@ import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from ambient.config import absolute_path, redacted
+from ambient.config import redacted
 from ambient.core import default_sampling_mode, resolve_sampling_mode
 from ambient.data.config import DestinationConfig, EncodeConfig, PrepareShardsConfig, SourceConfig
 from ambient.data.encode import describe_vae, downsample_factor, vae_config, vae_differences, vae_identity
@@ -26,32 +25,30 @@ from ambient.data.schema import MANIFEST_NAME, Manifest
 from ambient.data.streaming import DatasetInfo, inspect_dataset, stream_epochs
 from ambient.data.text import read_empty_caption
 from ambient.data.validate import load_manifest
+from ambient.demo_paths import is_demo_data_uri
 from ambient.models.conditioning import TextEmbeddings
-from ambient.models.source import check_model
+from ambient.models.ref import ModelRef
+from ambient.models.source import files_root
 from ambient.ray_init import init_ray
 from ambient.storage import exists, is_s3, join, read_text, resolve_filesystem, write_bytes_atomic
 
 from . import resume
-from .callbacks import Callback, Showcase, standard_callbacks
+from .callbacks import Callback
 from .config import DEMO_DATA_URI, FinetuneConfig
 from .layout import RunLayout
 from .loop import train_loop_per_worker
 from .plan import RunPlan, StoredText
 from .records import RunSummary, WorkerSummary
+from .run_callbacks import standard_callbacks
 
 
 def _log(message: str) -> None:
     print(f"[ambient finetune] {message}", flush=True)
 
 
-def resolve_model(cfg: FinetuneConfig) -> str:
-    """model.path checked (not downloaded: each worker fetches an s3:// model itself), or the default."""
-    return check_model(cfg.model.path or None, cfg.storage.resolved(), field="model.path")
-
-
-def is_demo_data_uri(uri: str) -> bool:
-    """Whether ``uri`` is the demo's own dataset path, runs/demo/shards under the caller's directory."""
-    return not is_s3(uri) and absolute_path(uri) == absolute_path(DEMO_DATA_URI)
+def model_ref(cfg: FinetuneConfig) -> ModelRef:
+    """The run's model as its config names it (an empty model.path is the default)."""
+    return ModelRef(cfg.model.path or None, field="model.path")
 
 
 def check_training_data(cfg: FinetuneConfig) -> bool:
@@ -193,9 +190,9 @@ def check_stored_text(cfg: FinetuneConfig, manifest: Manifest, model_source: str
     too (the workers load no text encoders to embed its captions)."""
     info = manifest.text_embeddings
     try:
-        unet = json.loads(read_text(join(model_source, "unet", "config.json"), storage))
+        unet = json.loads(read_text(join(files_root(model_source, storage), "unet", "config.json"), storage))
     except FileNotFoundError:
-        unet = {}  # an adapter export: its base's UNet is checked when it is loaded
+        unet = {}  # checked when the model is loaded
     width = unet.get("cross_attention_dim")
     if width is not None and int(width) != info.prompt_dim:
         raise ValueError(
@@ -247,8 +244,8 @@ def training_sigma_n(cfg: FinetuneConfig, data_sigma_n: float) -> float:
 
 
 def prepare_run(cfg: FinetuneConfig, model_source: str, layout: RunLayout) -> PreparedRun:
-    """Validate the shards and plan the run (Ray must be initialised; ``model_source`` from
-    resolve_model; the held-out set checked by the preflight)."""
+    """Validate the shards and plan the run (Ray must be initialised; ``model_source`` checked by the
+    preflight, ``ModelRef.check``; the held-out set checked by the preflight too)."""
     storage = cfg.storage.resolved()
     info = checked_dataset(cfg, storage, model_source)
     exact = cfg.data.split == "exact"
@@ -391,7 +388,8 @@ class FinetuneRun:
         """Before any cluster work: the model reference, the VAE that encoded the shards, the dataset
         (or the demo's, to be prepared), the held-out set (errors name ``holdout_field``)."""
         started = time.time()
-        model_source = resolve_model(cfg)
+        # Checked, not downloaded: each worker makes an s3:// model local itself.
+        model_source = model_ref(cfg).check(cfg.storage.resolved()).uri
         check_dataset_vae(cfg, model_source)
         prepare = check_training_data(cfg)
         check_validation_data(cfg, holdout_field)
@@ -434,15 +432,15 @@ def run_finetune(cfg: FinetuneConfig, callbacks: list | None = None) -> str:
     run.prepare_data()
     own = [c for c in callbacks or [] if isinstance(c, Callback)]
     ray_callbacks = [c for c in callbacks or [] if not isinstance(c, Callback)]
-    summary = run.train([*standard_callbacks(cfg), Showcase(), *own], ray_callbacks)
+    summary = run.train([*standard_callbacks(cfg, showcase=True), *own], ray_callbacks)
     _log_block(final_summary(summary, run.layout.summary))
     return run.layout.summary
 
 
 def _read_scheduler_config(model_source: str, storage) -> dict:
-    path = join(model_source, "scheduler/scheduler_config.json")
+    path = join(files_root(model_source, storage), "scheduler", "scheduler_config.json")
     try:
-        text = read_text(path, storage) if is_s3(model_source) else Path(path).read_text()
+        text = read_text(path, storage)
     except (OSError, FileNotFoundError) as exc:
         raise FileNotFoundError(
             f"model {model_source}: scheduler/scheduler_config.json unreadable ({exc})"

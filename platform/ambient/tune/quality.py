@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ambient.core import sliced_wasserstein
+from ambient.core.sampling_spec import SamplingSpec, explicit_spec
 from ambient.eval.adherence import parse_prompt, prompt_adherence
 from ambient.models.loading import load_components
 from ambient.models.sampling import sample_latents
@@ -33,7 +34,9 @@ def trial_quality(
     """{"quality_sw": the noisy-space distance, "adherence": prompt adherence of the same samples where
     the held-out captions belong to the synthetic shape world, else None}."""
     comps = load_components(model_dir)
-    latents = _samples(comps, holdout, mode, sampling_sigma_n, num_steps, seed, micro_batch)
+    # Guidance 1: the score measures the model's own distribution, not a guided one.
+    spec = explicit_spec(mode, sampling_sigma_n, steps=num_steps, guidance=1.0)
+    latents = _samples(comps, holdout, spec, seed, micro_batch)
     captions = [str(c) for c in holdout["captions"]]
     adherence = None
     if all(parse_prompt(c) for c in captions):
@@ -41,17 +44,12 @@ def trial_quality(
     return {"quality_sw": _distance(latents, holdout, seed), "adherence": adherence}
 
 
-def _samples(
-    comps, holdout: dict, mode: str, sampling_sigma_n: float, num_steps: int, seed: int, micro_batch: int
-):
+def _samples(comps, holdout: dict, spec: SamplingSpec, seed: int, micro_batch: int):
     captions = list(holdout["captions"])
     latents = sample_latents(
         comps,
         captions,
-        mode=mode,
-        sigma_n=sampling_sigma_n,
-        num_steps=num_steps,
-        guidance_scale=1.0,
+        spec=spec,
         seed=list(range(seed, seed + len(captions))),
         micro_batch=micro_batch,
     )

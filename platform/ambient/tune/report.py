@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from matplotlib.figure import Figure
 
 from ambient.config import redacted
+from ambient.storage import join
 
 from .axes import AXES
 from .config import SweepConfig
@@ -17,6 +19,47 @@ from .result import TrialResult
 from .trial import trial_config
 
 METRICS = ("status", *TrialResult.columns())
+
+RESULTS_CSV = "results.csv"
+RESULTS_MD = "results.md"
+BEST_CONFIG = "best_config.yaml"
+PARETO = "pareto.png"
+GRIDS = "grids"
+
+
+@dataclass(frozen=True)
+class SweepLayout:
+    """The sweep's own outputs in its folder (a local path or an s3:// URI), beside its trials' runs
+    (each a ``RunLayout``: ``sweep.trial_layout``)."""
+
+    root: str
+
+    @property
+    def results_csv(self) -> str:
+        """Every trial's parameters and metrics, with its sample grid and summary.json."""
+        return join(self.root, RESULTS_CSV)
+
+    @property
+    def results_md(self) -> str:
+        """The results table the sweep job prints the path of."""
+        return join(self.root, RESULTS_MD)
+
+    @property
+    def best_config(self) -> str:
+        """The best trial's fine-tuning config, runnable as it is."""
+        return join(self.root, BEST_CONFIG)
+
+    @property
+    def pareto(self) -> str:
+        return join(self.root, PARETO)
+
+    @property
+    def grids(self) -> str:
+        """Each trial's last sample grid, ``<trial>.png``."""
+        return join(self.root, GRIDS)
+
+    def grid(self, trial: str) -> str:
+        return join(self.grids, f"{trial}.png")
 
 
 def parameters(cfg: SweepConfig) -> list[str]:
@@ -97,9 +140,10 @@ def plot_pareto(rows: list[dict], path: Path, params: list[str]) -> None:
 
 def write_reports(rows: list[dict], sweep_dir: Path, cfg: SweepConfig, base_dump: dict, note: str) -> str:
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    layout = SweepLayout(str(sweep_dir))
     params, cols = parameters(cfg), columns(cfg)
     rows = sorted(rows, key=lambda r: (r.get("objective") is None, r.get("objective") or 0.0))
-    with open(sweep_dir / "results.csv", "w", newline="") as handle:
+    with open(layout.results_csv, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=[*cols, "sample_grid", "summary"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -125,14 +169,14 @@ def write_reports(rows: list[dict], sweep_dir: Path, cfg: SweepConfig, base_dump
         data["storage"] = {
             k: v for k, v in data["storage"].items() if k not in ("access_key_id", "secret_access_key")
         }
-        (sweep_dir / "best_config.yaml").write_text(
+        Path(layout.best_config).write_text(
             f"# Best trial {best['trial']} of sweep {cfg.name}: python jobs/finetune.py --config this-file\n"
             + yaml.safe_dump(data, sort_keys=False)
         )
-        lines += ["", f"Best trial: `{best['trial']}` with {chosen}; its config: `best_config.yaml`."]
+        lines += ["", f"Best trial: `{best['trial']}` with {chosen}; its config: `{BEST_CONFIG}`."]
     else:
         lines += ["", "No trial completed: there is no best config."]
-    plot_pareto(rows, sweep_dir / "pareto.png", params)
-    lines += ["", "Pareto plot: `pareto.png`; each trial's last sample grid: `grids/`."]
-    (sweep_dir / "results.md").write_text("\n".join(lines) + "\n")
-    return str(sweep_dir / "results.md")
+    plot_pareto(rows, Path(layout.pareto), params)
+    lines += ["", f"Pareto plot: `{PARETO}`; each trial's last sample grid: `{GRIDS}/`."]
+    Path(layout.results_md).write_text("\n".join(lines) + "\n")
+    return layout.results_md

@@ -28,7 +28,7 @@ from ambient.data.config import (
 from ambient.data.holdout import read_rows
 from ambient.data.schema import MANIFEST_NAME
 from ambient.data.validate import load_manifest
-from ambient.models.source import resolve_model as resolve_model_folder
+from ambient.models.ref import ModelRef
 from ambient.storage import (
     exists,
     file_infos,
@@ -38,16 +38,16 @@ from ambient.storage import (
     resolve_filesystem,
     upload_directory,
 )
-from ambient.train.callbacks import standard_callbacks
 from ambient.train.config import FinetuneConfig
 from ambient.train.layout import RunLayout
+from ambient.train.run_callbacks import standard_callbacks
 from ambient.train.trainer import FinetuneRun, init_ray
 
 from .config import SweepConfig
 from .quality import trial_quality
 from .report import write_reports
 from .result import TrialResult
-from .trial import trial_config
+from .trial import shown_axes, trial_config
 
 TRIALS = "trials"  # the trials' runs, in the sweep's folder
 NO_MEMORIZATION_NOTE = (
@@ -90,11 +90,13 @@ def run_trial(
     layout = trial_layout(sweep_uri, tune.get_context().get_trial_id())
     cfg = trial_config(base, params, layout.name, layout.storage_path)
     run = FinetuneRun(cfg, model_source)  # the sweep checked the base's inputs and prepared the data
-    summary = run.train(standard_callbacks(cfg), ray_callbacks=[TuneReportCallback()])
+    # The trial's axes become its tracker run's parameters (one TensorBoard folder per trial).
+    callbacks = standard_callbacks(cfg, hparams=shown_axes(params))
+    summary = run.train(callbacks, ray_callbacks=[TuneReportCallback()])
     summary_uri = run.layout.summary
     holdout = read_rows(cfg.validation.data_uri, cfg.storage.resolved(), quality["samples"])
     quality_scores = trial_quality(
-        str(resolve_model_folder(summary.exported_model, cfg.storage.resolved())),
+        str(ModelRef(summary.exported_model).local(cfg.storage.resolved())),
         holdout,
         mode=run.plan.sampling_mode,
         sampling_sigma_n=run.plan.sigma_n,

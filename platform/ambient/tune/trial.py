@@ -31,6 +31,14 @@ def trial_config(
     return apply_axes(data, params)
 
 
+def shown_axes(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The trial's {axis name: value} as a tracker may show them: a secret field's value as '***'."""
+    return {
+        name: "***" if any(looks_secret(p) for p in axis_path(name).split(".")) else value
+        for name, value in params.items()
+    }
+
+
 def field_value(cfg: BaseModel, path: str) -> Any:
     """The value of the field at a dotted path."""
     value: Any = cfg
