@@ -32,7 +32,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ambient.storage import StorageConfig, StorageError, is_s3, join, resolve_filesystem, storage_error
+from ambient.storage import (
+    StorageConfig,
+    StorageError,
+    is_s3,
+    join,
+    resolve_filesystem,
+    storage_error,
+    write_bytes_atomic,
+)
 
 from .errors import DataError
 
@@ -209,9 +217,7 @@ class LocalLockStore:
             return None
 
     def _write(self, body: bytes) -> str:
-        tmp = self.path.with_name(f"{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_bytes(body)
-        os.replace(tmp, self.path)  # readers never see a half-written lock
+        write_bytes_atomic(str(self.path), body)  # readers never see a half-written lock
         return hashlib.sha256(body).hexdigest()
 
     def create(self, body: bytes) -> str | None:

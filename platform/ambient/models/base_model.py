@@ -14,10 +14,11 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from ambient.storage import local_folder_atomic
 
 from .vae_pretrain import default_cache_dir, file_lock
 
@@ -101,15 +102,10 @@ def ensure_default_model(cache_dir: Path | None = None) -> Path:
             return final
         from diffusers import StableDiffusionXLPipeline
 
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
-        try:
+        with local_folder_atomic(final) as tmp:
             pipe = StableDiffusionXLPipeline.from_pretrained(BASE_DIR, torch_dtype=torch.float32)
             pipe.save_pretrained(tmp, safe_serialization=True)
             shutil.copy2(BASE_DIR / MANIFEST, tmp / MANIFEST)  # last: marks the folder complete
-            tmp.rename(final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     logger.info("base model cached at %s", final)
     return final
 
@@ -122,18 +118,11 @@ def package_base(export_dir: str | Path, provenance: dict, out_dir: Path = BASE_
     pipe = StableDiffusionXLPipeline.from_pretrained(export_dir, torch_dtype=torch.float32)
     pipe.unet.to(torch.float16)
     out_dir = Path(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with local_folder_atomic(out_dir) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
         files = {name: sha256_file(tmp / name) for name in _weight_files(tmp)}
         manifest = {"name": BASE_NAME, "files": files, **provenance}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

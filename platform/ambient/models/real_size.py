@@ -138,15 +138,13 @@ def write_real_size_folder(out: str | Path, seed: int = 0, dtype: torch.dtype = 
 
     Written to a temporary folder beside ``out`` and renamed into place; an existing complete folder
     (with model_index.json) is kept."""
-    import shutil
-    import tempfile
+    from ambient.storage import local_folder_atomic
 
     out = Path(out)
     if (out / "model_index.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with local_folder_atomic(out) as tmp:
         model = build_real_size("cpu", seed)
         pipe = StableDiffusionXLPipeline(
             vae=model.vae,
@@ -161,9 +159,4 @@ def write_real_size_folder(out: str | Path, seed: int = 0, dtype: torch.dtype = 
         pipe.to(dtype=dtype)
         pipe.save_pretrained(tmp, safe_serialization=True)
         del pipe, model
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
