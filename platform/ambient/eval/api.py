@@ -8,7 +8,6 @@ memorization_score(model_dir, items, *, config=None) -> float   (higher = more m
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from ambient.models.loading import SDXLComponents, load_components
 from ambient.models.ref import ModelRef
 from ambient.models.vae import decode_latents, encode_images
 from ambient.storage import StorageConfig
-from ambient.threads import default_threads
+from ambient.threads import torch_threads
 
 from .adherence import parse_prompt, prompt_adherence
 from .attack import AttackResult, psnr, reconstruction_attack, to_uint8
@@ -69,16 +68,6 @@ def originals_of(items: AuditItems, comps: SDXLComponents, micro_batch: int | No
     if items.pixels is not None:
         return items.pixels.float()
     return decode_latents(comps.vae, items.latents, micro_batch).float() / 127.5 - 1
-
-
-@contextmanager
-def _threads(count: int | None):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count or default_threads())
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def score_of(audit: ModelAudit, score: str) -> float:
@@ -199,7 +188,7 @@ def run_audit(cfg: AuditConfig) -> Path:
     from .report import write_report
 
     check_paths(cfg)
-    with _threads(cfg.threads):
+    with torch_threads(cfg.threads):
         storage = cfg.storage.resolved()
         local = [str(ModelRef(m.path, f"models[{i}].path").local(storage)) for i, m in enumerate(cfg.models)]
         paths = [
@@ -244,7 +233,7 @@ def memorization_score(
         cfg.generation.n = 0
     cfg.quality.enabled = False
     path = str(ModelRef(None if model_dir is None else str(model_dir)).local(storage))
-    with _threads(cfg.threads):
+    with torch_threads(cfg.threads):
         comps = load_components(path)
         if isinstance(items, str):
             items = from_dataset(items, cfg.items.count, None, storage)
