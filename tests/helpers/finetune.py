@@ -35,6 +35,7 @@ def make_config(storage: Path, model: str, shards: str, name: str, **values) -> 
         "validation.num_steps": 4,
         "validation.prompts": "[a red circle on a blue background, a green square on a white background]",
         "showcase.enabled": False,
+        "tracking.tensorboard": False,  # on in the tests that read it (test_finetune.py)
         **values,
     }
     return load_config(FinetuneConfig, DEMO_CONFIG, [f"{k}={v}" for k, v in overrides.items()])

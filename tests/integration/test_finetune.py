@@ -46,6 +46,7 @@ def storage(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(storage, tiny_model, demo_shards) -> dict:
     showcase = {"showcase.enabled": True, "showcase.examples": 2, "showcase.adherence_prompts": 4}
+    showcase["tracking.tensorboard"] = True  # read back below
     cfg = make_config(storage, tiny_model, demo_shards, "main", **showcase, **{"showcase.num_steps": 4})
     staging_before = set(Path(tempfile.gettempdir()).glob("ambient-outputs-*"))
     summary_uri = run_finetune(cfg)
@@ -136,6 +137,7 @@ def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(
         "fault",
         **{"train.max_steps": 16, "train.checkpoint_every": 4, "run.max_failures": 2},
         **{"data.record_rows": True, "train.ema_decay": 0.5, "consistency.weight": 0},
+        **{"tracking.tensorboard": True},
     )
     result: dict = {}
     thread = threading.Thread(target=lambda: result.setdefault("uri", run_finetune(cfg)), daemon=True)

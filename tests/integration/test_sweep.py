@@ -37,6 +37,7 @@ GRID = [
     "quality_steps=3",
     "holdout_rows=8",
     "base.scaling.num_workers=1",
+    "base.tracking.tensorboard=false",  # a trial's tracker: tests/unit/test_tracking.py
     "base.train.batch_size=4",
     "base.train.max_steps=6",
     "base.train.log_every=2",  # off the validation steps: Tune needs val_ambient_loss in every report
