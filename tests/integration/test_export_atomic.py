@@ -9,16 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.models import save_tiny_base
+
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> Path:
-    from ambient.models import build_tiny_pipeline
-
-    path = tmp_path_factory.mktemp("base") / "tiny"
-    build_tiny_pipeline(seed=0, resolution=32).save_pretrained(path, safe_serialization=True)
-    return path
+    return save_tiny_base(tmp_path_factory.mktemp("base") / "tiny")
 
 
 @pytest.fixture()

@@ -74,7 +74,7 @@ def substitute(expr: str, values: dict[str, str]) -> str:
 
 @pytest.fixture(scope="module")
 def prometheus(ray_session, tmp_path_factory):
-    """A real Prometheus scraping this session's Ray node every 10 s; stopped by its PID."""
+    """A real Prometheus scraping the tests' Ray node every 10 s; stopped by its PID."""
     require("Prometheus (/usr/bin/prometheus)", os.access(PROMETHEUS, os.X_OK), "make system-deps")
     tmp = tmp_path_factory.mktemp("prometheus")
     config = render("ray-local", target=f"127.0.0.1:{ray_metrics_port()}", interval=SCRAPE_INTERVAL)

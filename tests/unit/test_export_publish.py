@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ambient.models import build_tiny_pipeline, load_components
+from ambient.models import load_components
 from ambient.models.export import export_adapter, export_pipeline, publish_export, read_metadata
 from ambient.models.folders import (
     MANIFEST_FILE,
@@ -22,13 +22,12 @@ from ambient.models.folders import (
     resolve_export,
 )
 from ambient.models.lora import add_lora
+from tests.helpers.models import save_tiny_base
 
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("base") / "tiny"
-    build_tiny_pipeline(seed=0, resolution=32).save_pretrained(path, safe_serialization=True)
-    return path
+    return save_tiny_base(tmp_path_factory.mktemp("base") / "tiny")
 
 
 @pytest.fixture()
